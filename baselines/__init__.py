@@ -1,0 +1,1 @@
+"""Baseline and reference compression methods, each a plugin package."""

@@ -1,0 +1,210 @@
+"""Model adapters: where each architecture keeps its blocks, linears, norms and head.
+
+Supporting a new architecture is a declarative change: add an ``Architecture`` row to
+``ARCHITECTURES``. Methods see every model through the same ``ModelAdapter`` interface:
+linear layers by *role* (q, k, v, o, gate, up, down; fused qkv / gate_up where the model
+fuses them), norms, embeddings, rotary embedding, LM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str
+    model_types: tuple[str, ...]  # transformers' config.model_type values
+    linears: dict[str, str]  # role -> attribute path inside one decoder block
+    norms: tuple[str, ...]  # attribute paths of the block's norms, in forward order
+    #: Which norm feeds which linears (SliceGPT folds norm scales into their readers).
+    norm_readers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    parallel_block: bool = False  # attention and MLP read the same normed input (Phi-2)
+    layers: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    rotary: str | None = "model.rotary_emb"
+    lm_head: str = "lm_head"
+
+    @property
+    def attention_roles(self) -> tuple[str, ...]:
+        return tuple(r for r, p in self.linears.items() if p.startswith("self_attn."))
+
+    @property
+    def mlp_roles(self) -> tuple[str, ...]:
+        return tuple(r for r, p in self.linears.items() if p.startswith("mlp."))
+
+
+_LLAMA_LINEARS = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    # Llama-2, Llama-3 (GQA), SmolLM2, Mistral, Qwen2 (q/k/v biases): one layout.
+    Architecture(
+        family="llama",
+        model_types=("llama", "mistral", "qwen2"),
+        linears=_LLAMA_LINEARS,
+        norms=("input_layernorm", "post_attention_layernorm"),
+        norm_readers={
+            "input_layernorm": ("q", "k", "v"),
+            "post_attention_layernorm": ("gate", "up"),
+        },
+    ),
+    # Phi-3: fused qkv and gate_up projections.
+    Architecture(
+        family="phi3",
+        model_types=("phi3",),
+        linears={
+            "qkv": "self_attn.qkv_proj",
+            "o": "self_attn.o_proj",
+            "gate_up": "mlp.gate_up_proj",
+            "down": "mlp.down_proj",
+        },
+        norms=("input_layernorm", "post_attention_layernorm"),
+        norm_readers={"input_layernorm": ("qkv",), "post_attention_layernorm": ("gate_up",)},
+    ),
+    # Phi-2: LayerNorm with bias, attention and MLP in parallel on one normed input,
+    # biases everywhere, partial rotary.
+    Architecture(
+        family="phi2",
+        model_types=("phi",),
+        linears={
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "o": "self_attn.dense",
+            "up": "mlp.fc1",
+            "down": "mlp.fc2",
+        },
+        norms=("input_layernorm",),
+        norm_readers={"input_layernorm": ("q", "k", "v", "up")},
+        parallel_block=True,
+        final_norm="model.final_layernorm",
+    ),
+)
+
+FAMILIES = tuple(a.family for a in ARCHITECTURES)
+
+
+class UnsupportedArchitecture(ValueError):
+    pass
+
+
+def architecture_for(model_type: str) -> Architecture:
+    for arch in ARCHITECTURES:
+        if model_type in arch.model_types:
+            return arch
+    supported = ", ".join(t for a in ARCHITECTURES for t in a.model_types)
+    raise UnsupportedArchitecture(
+        f"architecture {model_type!r} is not supported; supported model types: {supported}"
+    )
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+class ModelAdapter:
+    """One causal LM seen through its architecture's layout."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.arch = architecture_for(model.config.model_type)
+
+    # --- structure -------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.arch.family
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return _get(self.model, self.arch.layers)
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return _get(self.model, self.arch.embed)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return _get(self.model, self.arch.final_norm)
+
+    @property
+    def rotary(self) -> nn.Module | None:
+        return _get(self.model, self.arch.rotary) if self.arch.rotary else None
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return _get(self.model, self.arch.lm_head)
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return self.lm_head.weight is self.embeddings.weight
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.arch.linears)
+
+    def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """The block's linear layers by role, in forward order."""
+        return {role: _get(block, path) for role, path in self.arch.linears.items()}
+
+    def norms(self, block: nn.Module) -> dict[str, nn.Module]:
+        return {path: _get(block, path) for path in self.arch.norms}
+
+    def named_linears(self) -> Iterator[tuple[str, nn.Linear]]:
+        """("layers.3.up", linear) for every linear of every decoder block."""
+        for i, block in enumerate(self.blocks):
+            for role, linear in self.linears(block).items():
+                yield f"layers.{i}.{role}", linear
+
+    def replace_linear(self, block: nn.Module, role: str, new: nn.Module) -> None:
+        """Swap a block's linear for another module (e.g. a smaller nn.Linear)."""
+        _set(block, self.arch.linears[role], new)
+
+    def untie_embeddings(self) -> None:
+        """Give the LM head its own weight (needed before transforming either side)."""
+        if self.tied_embeddings:
+            self.lm_head.weight = nn.Parameter(self.embeddings.weight.detach().clone())
+            self.config.tie_word_embeddings = False
+
+    # --- geometry ----------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.weight.dtype

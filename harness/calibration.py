@@ -1,0 +1,265 @@
+"""The calibration engine: one shared calibration set, and the block-by-block driver.
+
+Every method in a comparison gets the same ``Calibration`` (N sequences × L tokens drawn
+with a seed, cached on disk). Methods walk the model with ``calibration.sequential``:
+
+    for block in calibration.sequential(model):        # block 0, 1, ... in order
+        stats = block.input_stats(["q", "down"])       # XᵀX per linear, float64
+        ...                                            # transform block.module in place
+    # on leaving each iteration the driver recomputes the (transformed) block's outputs,
+    # which become the next block's inputs: the sequential protocol of SparseGPT, Wanda
+    # and SliceGPT. Only the current block is on the compute device; the rest of the
+    # model stays on the CPU, so a 70B model goes through one GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.adapters import ModelAdapter
+
+
+# --- the calibration set ------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalibrationSpec:
+    dataset: str = "wikitext2"
+    n: int = 128
+    length: int = 2048
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str, seed: int = 0) -> CalibrationSpec:
+        """``"wikitext2:128x2048"`` → CalibrationSpec("wikitext2", 128, 2048)."""
+        match = re.fullmatch(r"([\w.-]+)(?::(\d+)x(\d+))?", text)
+        if not match:
+            raise ValueError(f"calibration must look like DATASET:NxL (e.g. wikitext2:128x2048), got {text!r}")
+        n, length = (int(match[2]), int(match[3])) if match[2] else (cls.n, cls.length)
+        if n < 1 or length < 2:
+            raise ValueError(f"calibration needs N ≥ 1 sequences of L ≥ 2 tokens, got {n}x{length}")
+        return cls(match[1], n, length, seed)
+
+    def __str__(self) -> str:
+        return f"{self.dataset}:{self.n}x{self.length}@seed{self.seed}"
+
+
+def draw_windows(token_ids: torch.Tensor, n: int, length: int, seed: int) -> torch.Tensor:
+    """N random windows of ``length`` tokens from one long token stream (seeded)."""
+    if token_ids.numel() <= length:
+        raise ValueError(f"calibration text has {token_ids.numel()} tokens, fewer than L={length}")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, token_ids.numel() - length, (n,), generator=generator)
+    return torch.stack([token_ids[s : s + length] for s in starts.tolist()])
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """The whole text as one 1-D token stream (no special tokens, as the papers do)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    return ids[0]
+
+
+def _cache_file(cache_dir: Path, kind: str, *key: object) -> Path:
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    return cache_dir / kind / f"{digest}.pt"
+
+
+def load_or_make(cache_dir: Path | None, kind: str, key: tuple, make):
+    """Return ``make()``, cached on disk under ``key`` (written atomically)."""
+    if cache_dir is None:
+        return make()
+    path = _cache_file(Path(cache_dir), kind, *key)
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+@dataclass
+class Calibration:
+    """The shared calibration set and where to compute on it."""
+
+    input_ids: torch.Tensor  # (N, L) token ids
+    spec: CalibrationSpec
+    source: str = ""  # where the text came from (file path or hub)
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 8
+
+    def sequential(self, model: ModelAdapter, desc: str = "blocks") -> Iterator[BlockStep]:
+        return sequential(model, self.input_ids, self.device, self.batch_size, desc)
+
+    def describe(self) -> dict:
+        return {**asdict(self.spec), "source": self.source, "batch_size": self.batch_size}
+
+
+# --- the block-by-block driver -------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+class _Catcher(nn.Module):
+    """Stands in for block 0 to record its inputs, then stops the forward pass."""
+
+    def __init__(self, block: nn.Module, store: list):
+        super().__init__()
+        self.store = store
+        if hasattr(block, "attention_type"):  # read by some models' forward loops
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.store.append((hidden_states, kwargs))
+        raise _Stop
+
+
+def _to(value, device):
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+def capture_block_inputs(model: ModelAdapter, input_ids: torch.Tensor, device: torch.device,
+                         batch_size: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """Hidden states and keyword arguments (masks, positions, rotary) entering block 0."""
+    blocks = model.blocks
+    first = blocks[0]
+    store: list = []
+    outer = [model.embeddings] + ([model.rotary] if model.rotary is not None else [])
+    for m in outer:
+        m.to(device)
+    blocks[0] = _Catcher(first, store)
+    try:
+        with torch.no_grad():
+            for batch in input_ids.split(batch_size):
+                try:
+                    model.model(batch.to(device), use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        blocks[0] = first
+        for m in outer:
+            m.to("cpu")
+    hidden = [h for h, _ in store]
+    kwargs = [{k: _to(v, device) for k, v in kw.items() if k not in ("past_key_values", "past_key_value")}
+              for _, kw in store]
+    for kw in kwargs:
+        kw["use_cache"] = False
+    return hidden, kwargs
+
+
+def run_block(block: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
+    outputs = []
+    for h, kw in zip(hidden, kwargs):
+        out = block(h, **kw)
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return outputs
+
+
+@dataclass
+class InputStats:
+    """Statistics of one linear layer's input X (tokens × features) over the calibration set."""
+
+    gram: torch.Tensor | None  # XᵀX, float64 (features × features)
+    sqnorm: torch.Tensor  # Σ_tokens x_j², float64: diag(XᵀX), Wanda's ‖X_j‖²
+    tokens: int
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sqnorm.sqrt()
+
+
+class _StatsHook:
+    def __init__(self, features: int, device, gram: bool):
+        self.gram = torch.zeros(features, features, dtype=torch.float64, device=device) if gram else None
+        self.sqnorm = torch.zeros(features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def __call__(self, module, args, output):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        self.sqnorm += (x * x).sum(0)
+        if self.gram is not None:
+            self.gram.addmm_(x.T, x)
+        self.tokens += x.shape[0]
+
+    def result(self) -> InputStats:
+        return InputStats(self.gram, self.sqnorm, self.tokens)
+
+
+@dataclass
+class BlockStep:
+    """One decoder block on the compute device, with its calibration inputs."""
+
+    index: int
+    module: nn.Module
+    model: ModelAdapter
+    inputs: list[torch.Tensor]
+    kwargs: list[dict]
+
+    @property
+    def linears(self) -> dict[str, nn.Linear]:
+        return self.model.linears(self.module)
+
+    @torch.no_grad()
+    def forward(self) -> list[torch.Tensor]:
+        """The block's outputs on all calibration inputs, as the block is now."""
+        return run_block(self.module, self.inputs, self.kwargs)
+
+    @torch.no_grad()
+    def input_stats(self, roles: list[str] | None = None, gram: bool = True) -> dict[str, InputStats]:
+        """Input statistics of the named linears (default: all), from one forward pass.
+
+        Linears that read the same tensor (q/k/v, gate/up) share one accumulation.
+        """
+        linears = self.linears
+        roles = list(roles or linears)
+        hooks, handles, by_role = {}, [], {}
+        for role in roles:
+            group = next((g for g in self.model.arch.norm_readers.values() if role in g), (role,))
+            leader = next(r for r in group if r in roles)
+            if leader not in hooks:
+                layer = linears[leader]
+                hooks[leader] = _StatsHook(layer.in_features, layer.weight.device, gram)
+                handles.append(layer.register_forward_hook(hooks[leader]))
+            by_role[role] = leader
+        try:
+            self.forward()
+        finally:
+            for h in handles:
+                h.remove()
+        results = {leader: hook.result() for leader, hook in hooks.items()}
+        return {role: results[leader] for role, leader in by_role.items()}
+
+
+def sequential(model: ModelAdapter, input_ids: torch.Tensor, device: torch.device | str,
+               batch_size: int = 8, desc: str = "blocks") -> Iterator[BlockStep]:
+    """Walk the decoder blocks in order; see the module docstring.
+
+    After the loop the last block's outputs are available as ``.outputs`` of the final
+    step (the perplexity evaluator reads them).
+    """
+    device = torch.device(device)
+    hidden, kwargs = capture_block_inputs(model, input_ids, device, batch_size)
+    blocks = model.blocks
+    for index in tqdm(range(len(blocks)), desc=desc, leave=False, dynamic_ncols=True):
+        block = blocks[index].to(device)
+        step = BlockStep(index, block, model, hidden, kwargs)
+        yield step
+        block = blocks[index]  # the method may have replaced the whole block
+        step.module = block
+        with torch.no_grad():
+            hidden = run_block(block, hidden, kwargs)
+        step.outputs = hidden
+        block.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

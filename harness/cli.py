@@ -1,0 +1,172 @@
+"""Command line: ``harness run | leaderboard | plugins``. A thin layer over the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from harness import __version__
+from harness.runner import RunConfig
+
+EXAMPLES = """\
+examples:
+  harness run --methods dense,magnitude --ratios 0.2,0.3 --out results
+  harness run --model meta-llama/Llama-2-7b-hf --methods wanda,sparsegpt --pattern 2:4 \\
+              --calib c4:128x2048 --eval ppl:wikitext2,c4 --out results
+  harness run --config sweep.toml            # any option below, as TOML keys
+  harness leaderboard results --out leaderboards
+  harness plugins
+
+The ratio r is 1 − P(compressed)/P(dense) over the decoder blocks' linear layers, measured
+on the compressed model (nonzeros of masked weights, real shapes of sliced ones, plus any
+matrix a method adds). A run whose measured r misses its target by more than 0.5
+percentage points fails instead of being reported.
+"""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _option(text: str) -> tuple[str, str, object]:
+    """``sliceGPT.slicing=0.25`` → ("slicegpt", "slicing", 0.25)."""
+    try:
+        key, value = text.split("=", 1)
+        method, knob = key.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"options look like METHOD.KNOB=VALUE, got {text!r}") from None
+    for cast in (int, float):
+        try:
+            return method, knob, cast(value)
+        except ValueError:
+            pass
+    return method, knob, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Compare LLM compression methods at a matched compression ratio.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"compression-harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="compress and evaluate: one record per method and target",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", type=Path, help="a TOML sweep file; flags given here override it")
+    run.add_argument("--model", help="embedded name (default smollm2-135m-instruct), hub id, "
+                     "local directory or .gguf file")
+    run.add_argument("--methods", type=_names, help="comma-separated method names (see `harness plugins`)")
+    run.add_argument("--ratios", type=_floats, help="target ratios r in (0, 1), e.g. 0.2,0.3")
+    run.add_argument("--pattern", help="unstructured (default), 2:4 or 4:8 (fixes r at 0.5)")
+    run.add_argument("--calib", dest="calibration", help="calibration set DATASET:NxL (default wikitext2:128x2048)")
+    run.add_argument("--seed", type=int, help="calibration seed (default 0)")
+    run.add_argument("--eval", dest="evals", action="append",
+                     help="evaluations, e.g. ppl:wikitext2,c4 (repeatable; default ppl:wikitext2)")
+    run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
+                     "(quick runs; recorded with the result)")
+    run.add_argument("--eval-length", type=int, help="perplexity window length (default: context, at most 2048)")
+    run.add_argument("--out", help="directory of run records (default ./results)")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    run.add_argument("--dtype", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    run.add_argument("--batch-size", type=int, help="sequences per forward pass (default 8)")
+    run.add_argument("--data-dir", help="local datasets directory (or set HARNESS_DATA_DIR)")
+    run.add_argument("--cache-dir", help="tokenised data cache (default ~/.cache/compression-harness)")
+    run.add_argument("--option", "-o", dest="option_list", action="append", type=_option, default=[],
+                     metavar="METHOD.KNOB=VALUE", help="a method's own knob (repeatable)")
+    run.add_argument("--overwrite", action="store_true", default=None, help="redo runs whose records exist")
+    run.add_argument("--leaderboard", metavar="DIR", help="also write leaderboards to DIR afterwards")
+
+    board = sub.add_parser("leaderboard", help="build leaderboard tables from run records")
+    board.add_argument("results", type=Path, help="directory of run records")
+    board.add_argument("--out", type=Path, default=Path("leaderboards"), help="output directory")
+    board.add_argument("--sort", help="metric to rank by (default: first perplexity)")
+    board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
+
+    sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values = {}
+    if args.config:
+        try:
+            values = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"cannot read sweep file {args.config}: {error}") from None
+        known = {f.name for f in fields(RunConfig)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown keys in {args.config}: {sorted(unknown)}; known: {sorted(known)}")
+    for f in fields(RunConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    options = values.setdefault("options", {})
+    for method, knob, value in args.option_list:
+        options.setdefault(method, {})[knob] = value
+    return RunConfig(**values)
+
+
+def cmd_plugins() -> int:
+    from harness.plugins import default_registry
+
+    registry = default_registry()
+    for info in registry.plugins:
+        status = f"FAILED: {info.error}" if info.error else "ok"
+        print(f"{info.name:<14} {info.origin}  [{status}]")
+        for name in info.methods:
+            m = registry.methods[name]
+            archs = ",".join(m.architectures) if m.architectures else "all"
+            print(f"    method  {name:<12} {m.kind:<16} patterns={','.join(m.patterns)} "
+                  f"architectures={archs}  {m.description}")
+        for name in info.datasets:
+            print(f"    dataset {name:<12} {registry.datasets[name].description}")
+        for name in info.reporters:
+            print(f"    format  {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "plugins":
+            return cmd_plugins()
+        if args.command == "leaderboard":
+            from harness.leaderboard import write_leaderboards
+
+            for path in write_leaderboards(args.results, args.out, args.sort, args.formats):
+                print(path)
+            return 0
+        from harness.runner import run
+
+        config = config_from_args(args)
+        records = run(config)
+        failed = [r for r in records if r["status"] != "ok"]
+        if args.leaderboard:
+            from harness.leaderboard import write_leaderboards
+            paths = write_leaderboards(Path(config.out), Path(args.leaderboard))
+            for path in paths:
+                if path.suffix == ".md":
+                    print(f"\n{path}:\n{path.read_text()}")
+        if failed:
+            print(f"{len(failed)} run(s) failed: " + "; ".join(f"{r['method']}: {r['error']}" for r in failed),
+                  file=sys.stderr)
+            return 1
+        return 0
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"harness: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Leaderboards: run records → one table per model, written by every registered reporter.
+
+The dense row comes first as the reference; every metric gets a Δ column against it; the
+rest are sorted by a metric of your choice (default: the first perplexity, ascending).
+The protocol (calibration, evaluation, device, versions) is printed above each table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.plugins import Registry, default_registry
+from harness.results import load_records, slug
+
+LOWER_IS_BETTER_PREFIXES = ("ppl:",)
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        target = r["target"]
+        row = {
+            "model": r["model"],
+            "method": r["method"],
+            "kind": r["method_kind"],
+            "pattern": target["pattern"],
+            "target": target["ratio"],
+            "ratio": r["achieved"]["ratio"],
+            "model ratio": r["achieved"]["whole_model_ratio"],
+        }
+        row.update(r["metrics"])
+        row["compress s"] = r["timings"].get("compress_s")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_table(frame: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
+    """One model's table: dense first, Δ columns, ranks by ``sort``."""
+    metrics = [c for c in frame.columns if ":" in c]
+    sort = sort or (metrics[0] if metrics else "ratio")
+    if sort not in frame.columns:
+        raise ValueError(f"cannot sort by {sort!r}; columns: {', '.join(frame.columns)}")
+    dense = frame[frame["kind"] == "reference"]
+    rest = frame[frame["kind"] != "reference"]
+    ascending = sort.startswith(LOWER_IS_BETTER_PREFIXES) or sort == "compress s"
+    rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
+    rest.insert(0, "rank", rest.groupby("target")[sort].rank(ascending=ascending, method="min"))
+    table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
+    for metric in metrics:
+        if len(dense):
+            table[f"Δ {metric}"] = table[metric] - dense[metric].iloc[0]
+    ordered = ["rank", "method", "kind", "pattern", "target", "ratio", "model ratio"]
+    ordered += [c for m in metrics for c in (m, f"Δ {m}") if c in table.columns]
+    ordered += [c for c in table.columns if c not in ordered and c != "model"]
+    return table[ordered]
+
+
+def protocol_header(records: list[dict]) -> str:
+    """What every row of a table shares (or the distinct values, if they differ)."""
+    def distinct(get) -> str:
+        values = []
+        for r in records:
+            try:
+                v = get(r)
+            except (KeyError, TypeError):
+                continue
+            if v is not None and v not in values:
+                values.append(v)
+        return " | ".join(map(str, values)) or "—"
+
+    def calib(r):
+        c = r["calibration"]
+        return f"{c['dataset']} {c['n']}×{c['length']} seed {c['seed']} ({c['source']})" if c else None
+
+    def evals(r):
+        return "; ".join(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
+                         + (" (subsampled)" if v["windows"] < v["windows_total"] else "")
+                         for k, v in r["eval"].items())
+
+    p = records[0]["provenance"]
+    return "\n".join([
+        f"model: {records[0]['model']} ({records[0]['architecture']}, {distinct(lambda r: r['dtype'])})",
+        f"ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
+        f"calibration: {distinct(calib)}",
+        f"evaluation: {distinct(evals)}",
+        f"device: {distinct(lambda r: r['provenance']['device'])}",
+        f"versions: harness {p['harness']}, torch {p['torch']}, transformers {p['transformers']}",
+    ])
+
+
+def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
+                       formats: list[str] | None = None, registry: Registry | None = None,
+                       ) -> list[Path]:
+    registry = registry or default_registry()
+    records = load_records(results_dir)
+    if not records:
+        raise FileNotFoundError(f"no run records under {results_dir}")
+    formats = formats or list(registry.reporters)
+    unknown = set(formats) - set(registry.reporters)
+    if unknown:
+        raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
+    written = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model]
+        ok = [r for r in mine if r["status"] == "ok"]
+        failed = [r for r in mine if r["status"] != "ok"]
+        if not ok:
+            continue
+        table = build_table(records_frame(ok), sort)
+        header = protocol_header(ok)
+        if failed:
+            header += "\nfailed runs (not ranked): " + "; ".join(
+                f"{r['method']} @ {r['target']['ratio']:g}: {r['error']}" for r in failed)
+        stem = Path(out_dir) / slug(model)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for name in formats:
+            written.append(registry.reporters[name](table, header, stem))
+    return written

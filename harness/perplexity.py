@@ -1,0 +1,71 @@
+"""Perplexity with the papers' protocol (SparseGPT, Wanda, SliceGPT).
+
+The test split, joined as the dataset defines (WikiText-2: "\\n\\n"), is tokenised once and
+cut into non-overlapping windows of L tokens (the tail that does not fill a window is
+dropped). Perplexity = exp(mean NLL over every predicted token of every window).
+
+The model runs block by block through the same driver as calibration, so evaluating a
+70B model needs one block on the GPU at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.adapters import ModelAdapter
+from harness.calibration import sequential
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    windows: int  # windows evaluated
+    windows_total: int  # windows the full protocol evaluates
+    window_length: int
+    tokens: int  # predicted tokens
+
+    @property
+    def subsampled(self) -> bool:
+        return self.windows < self.windows_total
+
+
+def eval_windows(token_ids: torch.Tensor, length: int, limit: int | None = None,
+                 cap: int | None = None) -> tuple[torch.Tensor, int]:
+    """(windows to evaluate, windows in the full protocol)."""
+    total = token_ids.numel() // length
+    if cap is not None:
+        total = min(total, cap)
+    if total == 0:
+        raise ValueError(f"evaluation text has {token_ids.numel()} tokens, fewer than one window of {length}")
+    n = total if limit is None else min(limit, total)
+    return token_ids[: n * length].view(n, length), total
+
+
+@torch.no_grad()
+def perplexity(model: ModelAdapter, windows: torch.Tensor, device: torch.device | str,
+               batch_size: int = 4, windows_total: int | None = None) -> PerplexityResult:
+    device = torch.device(device)
+    last = None
+    for last in sequential(model, windows, device, batch_size, desc="perplexity"):
+        pass
+    head = [model.final_norm, model.lm_head]
+    for m in head:
+        m.to(device)
+    nll, count = 0.0, 0
+    try:
+        rows = [row for batch in last.outputs for row in batch]  # one window at a time:
+        for hidden, ids in zip(rows, windows):  # full-vocabulary logits are large
+            logits = model.lm_head(model.final_norm(hidden[None])).float()[0]
+            target = ids.to(device)
+            nll += F.cross_entropy(logits[:-1], target[1:], reduction="sum").item()
+            count += target.numel() - 1
+    finally:
+        for m in head:
+            m.to("cpu")
+    length = windows.shape[1]
+    return PerplexityResult(math.exp(nll / count), windows.shape[0],
+                            windows_total or windows.shape[0], length, count)

@@ -1,0 +1,125 @@
+"""Loading plugins: entry points of the ``harness`` group, each reported on its own.
+
+Every method, dataset and reporter comes from a plugin, the built-in ones included. A
+plugin that fails to import (or whose hook raises) is reported with its error and
+skipped; the others still load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pluggy
+
+from harness import hookspecs
+from harness.datasets import TextDataset
+from harness.method import PATTERNS, Method
+
+ENTRY_POINT_GROUP = "harness"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    origin: str  # "package==version (module)" or "<object>" for plugins passed in code
+    methods: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    reporters: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    methods: dict[str, Method] = field(default_factory=dict)
+    datasets: dict[str, TextDataset] = field(default_factory=dict)
+    reporters: dict[str, Callable] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+
+    def method(self, name: str) -> Method:
+        if name not in self.methods:
+            raise UnknownName(f"unknown method {name!r}; installed: {', '.join(sorted(self.methods))}")
+        return self.methods[name]
+
+    def dataset(self, name: str) -> TextDataset:
+        if name not in self.datasets:
+            raise UnknownName(f"unknown dataset {name!r}; known: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+
+class UnknownName(ValueError):
+    pass
+
+
+def _validate_method(method: Method) -> None:
+    for attr in ("name", "kind", "patterns"):
+        if not hasattr(method, attr):
+            raise TypeError(f"{method!r} does not declare {attr!r}")
+    unknown = set(method.patterns) - set(PATTERNS)
+    if unknown:
+        raise TypeError(f"method {method.name!r} declares unknown patterns {sorted(unknown)}")
+
+
+def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Registry:
+    """Discover plugins and collect what they register.
+
+    ``extra`` are plugin objects (modules, instances) registered in addition to the entry
+    points, as a test or a notebook would do.
+    """
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    infos: dict[str, PluginInfo] = {}
+
+    if entry_points:
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist else "?"
+            info = infos.setdefault(ep.name, PluginInfo(ep.name, f"{dist} ({ep.value})"))
+            if pm.has_plugin(ep.name):
+                continue  # the same entry point seen twice (e.g. editable + site install)
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as error:
+                info.error = f"{type(error).__name__}: {error}"
+    for plugin in extra:
+        name = pm.register(plugin)
+        infos[name] = PluginInfo(name, f"<{getattr(plugin, '__name__', type(plugin).__name__)}>")
+
+    def collect(hook: str, add: Callable[[PluginInfo, tuple], None]) -> None:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            info = infos[impl.plugin_name]
+            try:
+                impl.function(register=lambda *args, info=info: add(info, args))
+            except Exception as error:
+                info.error = f"{hook}: {type(error).__name__}: {error}"
+
+    def add_method(info: PluginInfo, args: tuple) -> None:
+        (method,) = args
+        _validate_method(method)
+        if method.name in registry.methods:
+            raise ValueError(f"method name {method.name!r} is already registered")
+        registry.methods[method.name] = method
+        info.methods.append(method.name)
+
+    def add_dataset(info: PluginInfo, args: tuple) -> None:
+        (dataset,) = args
+        registry.datasets[dataset.name] = dataset
+        info.datasets.append(dataset.name)
+
+    def add_reporter(info: PluginInfo, args: tuple) -> None:
+        name, write = args
+        registry.reporters[name] = write
+        info.reporters.append(name)
+
+    collect("register_methods", add_method)
+    collect("register_datasets", add_dataset)
+    collect("register_reporters", add_reporter)
+    registry.plugins = sorted(infos.values(), key=lambda i: i.name)
+    return registry
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    return load_plugins()

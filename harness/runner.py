@@ -1,0 +1,252 @@
+"""The Python API that ``harness run`` is a thin layer over.
+
+    from harness.runner import RunConfig, run
+    records = run(RunConfig(methods=["magnitude"], ratios=[0.2, 0.3], out="results"))
+
+``run`` validates the whole request before doing any work (unknown method, ratio outside
+(0, 1), a pattern or architecture a method does not support, an unknown dataset: one
+clear error, nothing written), then for each (method, target): copies the dense model,
+compresses it, measures the achieved ratio, evaluates, and writes one record.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import harness
+from harness import models
+from harness.adapters import ModelAdapter, architecture_for
+from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, tokenize
+from harness.method import Method, Target, parse_pattern
+from harness.perplexity import eval_windows, perplexity
+from harness.plugins import Registry, default_registry
+from harness.results import (
+    SCHEMA_VERSION,
+    completed,
+    read_record,
+    record_path,
+    run_key,
+    write_json_atomic,
+)
+from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
+
+EVAL_KINDS = ("ppl",)
+DEFAULT_CACHE = Path.home() / ".cache" / "compression-harness"
+
+
+@dataclass
+class RunConfig:
+    model: str = models.DEFAULT_MODEL
+    methods: list[str] = field(default_factory=lambda: ["dense", "magnitude"])
+    ratios: list[float] = field(default_factory=lambda: [0.2, 0.3])
+    pattern: str = "unstructured"
+    calibration: str = "wikitext2:128x2048"
+    seed: int = 0
+    evals: list[str] = field(default_factory=lambda: ["ppl:wikitext2"])
+    eval_windows: int | None = None  # limit on perplexity windows (None: the full protocol)
+    eval_length: int | None = None  # window length (None: model context capped at 2048)
+    out: str | Path = "results"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    data_dir: str | None = None
+    cache_dir: str | Path | None = DEFAULT_CACHE
+    overwrite: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> knobs
+
+
+@dataclass
+class Plan:
+    method: Method
+    target: Target
+
+
+def parse_evals(items: list[str]) -> list[tuple[str, str]]:
+    """["ppl:wikitext2,c4"] → [("ppl", "wikitext2"), ("ppl", "c4")]."""
+    evals, kind = [], None
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            if ":" in part:
+                kind, part = part.split(":", 1)
+            if kind not in EVAL_KINDS:
+                raise ValueError(f"unknown evaluation {part if kind is None else kind!r}; "
+                                 f"use one of {', '.join(k + ':DATASET' for k in EVAL_KINDS)}")
+            evals.append((kind, part))
+    return evals
+
+
+def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
+    """Check the request against the registry; return the runs it asks for."""
+    methods = [registry.method(name) for name in dict.fromkeys(config.methods)]
+    n_m = parse_pattern(config.pattern)
+    if n_m:
+        implied = 1 - n_m[0] / n_m[1]
+        if any(abs(r - implied) > 1e-9 for r in config.ratios if r is not None):
+            raise ValueError(f"pattern {config.pattern} fixes the ratio at {implied:g}; drop --ratios")
+        ratios = [implied]
+    else:
+        ratios = [validate_ratio(float(r)) for r in config.ratios]
+        if not ratios:
+            raise ValueError("no ratios given")
+    plans = []
+    for method in methods:
+        if method.kind == "reference":  # dense: one row, nothing removed
+            plans.append(Plan(method, Target(0.0, "unstructured", config.options.get(method.name, {}))))
+            continue
+        if config.pattern not in method.patterns:
+            raise ValueError(f"method {method.name!r} does not support pattern {config.pattern!r} "
+                             f"(it supports: {', '.join(method.patterns)})")
+        for ratio in ratios:
+            plans.append(Plan(method, Target(ratio, config.pattern, config.options.get(method.name, {}))))
+    return plans
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions(method: Method, registry: Registry) -> dict:
+    import transformers
+
+    plugin = next((p for p in registry.plugins if method.name in p.methods), None)
+    return {"harness": harness.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "plugin": plugin.origin if plugin else None}
+
+
+def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[dict]:
+    """Run every (method, target) of ``config``; return the records (existing ones included)."""
+    registry = registry or default_registry()
+    plans = plan_runs(config, registry)
+    evals = parse_evals(config.evals)
+    for _, name in evals:
+        registry.dataset(name)
+    calib_spec = CalibrationSpec.parse(config.calibration, config.seed)
+    registry.dataset(calib_spec.dataset)
+    device = resolve_device(config.device)
+    dtype = models.pick_dtype(config.dtype, str(device))
+    models.resolve(config.model)  # a missing model fails before anything is loaded
+    out = Path(config.out)
+    cache = Path(config.cache_dir) if config.cache_dir else None
+
+    log(f"loading {config.model} ({dtype}) ...")
+    pristine, tokenizer = models.load_model(config.model, dtype)
+    family = architecture_for(pristine.config.model_type).family
+    for plan in plans:
+        if plan.method.architectures is not None and family not in plan.method.architectures:
+            raise ValueError(f"method {plan.method.name!r} does not support the {family!r} "
+                             f"architecture (it supports: {', '.join(plan.method.architectures)})")
+    dense_count = count_parameters(ModelAdapter(pristine))
+    context = getattr(pristine.config, "max_position_embeddings", 2048) or 2048
+    eval_length = config.eval_length or min(context, 2048)
+
+    # --- shared inputs: one calibration set and tokenised eval texts for every run ---
+    calibration = None
+    if any(p.method.needs_calibration for p in plans):
+        dataset = registry.dataset(calib_spec.dataset)
+
+        def make_calibration():
+            text, source = dataset.text("calibration", config.data_dir)
+            ids = draw_windows(tokenize(tokenizer, text), calib_spec.n, calib_spec.length, calib_spec.seed)
+            return {"input_ids": ids, "source": source}
+
+        drawn = load_or_make(cache, "calibration", (config.model, str(calib_spec), config.data_dir), make_calibration)
+        calibration = Calibration(drawn["input_ids"], calib_spec, drawn["source"], device, config.batch_size)
+        log(f"calibration: {calib_spec} from {drawn['source']}")
+
+    eval_inputs = {}
+    for kind, name in evals:
+        dataset = registry.dataset(name)
+
+        def make_eval(dataset=dataset):
+            text, source = dataset.text("test", config.data_dir)
+            return {"token_ids": tokenize(tokenizer, text), "source": source}
+
+        tokens = load_or_make(cache, "eval", (config.model, name, config.data_dir), make_eval)
+        windows, total = eval_windows(tokens["token_ids"], eval_length, config.eval_windows,
+                                      dataset.max_eval_windows)
+        eval_inputs[(kind, name)] = (windows, total, tokens["source"])
+        note = f" (subsampled: {windows.shape[0]} of {total} windows)" if windows.shape[0] < total else ""
+        log(f"eval {kind}:{name}: {windows.shape[0]} windows × {eval_length} tokens{note}")
+
+    eval_spec = {f"{k}:{n}": {"windows": w.shape[0], "windows_total": t, "window_length": eval_length,
+                              "source": s} for (k, n), (w, t, s) in eval_inputs.items()}
+    small = sum(p.numel() for p in pristine.parameters()) < 3e9
+
+    records = []
+    for plan in plans:
+        method, target = plan.method, plan.target
+        key = run_key(model=config.model, method=method.name, target=asdict(target), dtype=str(dtype),
+                      calibration=str(calib_spec) if method.needs_calibration else None,
+                      evals=eval_spec, schema=SCHEMA_VERSION)
+        path = record_path(out, config.model, method.name, target.label(), key)
+        if completed(path) and not config.overwrite:
+            log(f"{method.name} @ {target.label()}: already done ({path.name}), skipped")
+            records.append(read_record(path))
+            continue
+        log(f"{method.name} @ {target.label()}: compressing ...")
+        record = {
+            "schema": SCHEMA_VERSION, "key": key, "status": "ok", "error": None,
+            "model": config.model, "architecture": family, "dtype": str(dtype).removeprefix("torch."),
+            "method": method.name, "method_kind": method.kind, "target": asdict(target),
+            "calibration": calibration.describe() if calibration and method.needs_calibration else None,
+            "eval": eval_spec, "metrics": {}, "timings": {},
+            "provenance": {**_versions(method, registry), "git_commit": _git_commit(),
+                           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+                           "seed": config.seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        }
+        try:
+            model = copy.deepcopy(pristine) if small else models.load_model(config.model, dtype)[0]
+            adapter = ModelAdapter(model)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            report = method.compress(adapter, calibration, target)
+            record["timings"]["compress_s"] = time.perf_counter() - start
+            record["report"] = asdict(report)
+            measured = measure_ratio(dense_count, adapter)
+            record["achieved"] = measured.to_dict()
+            if method.kind != "reference":
+                check_ratio(measured.ratio, target.ratio)
+            start = time.perf_counter()
+            for (kind, name), (windows, total, _) in eval_inputs.items():
+                result = perplexity(adapter, windows, device, config.batch_size, total)
+                record["metrics"][f"{kind}:{name}"] = result.perplexity
+            record["timings"]["eval_s"] = time.perf_counter() - start
+            log(f"{method.name} @ {target.label()}: ratio {measured.ratio:.4f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items()))
+        except Exception as error:  # one failed run must not lose the others
+            record["status"] = "failed"
+            record["error"] = f"{type(error).__name__}: {error}"
+            record["traceback"] = traceback.format_exc(limit=8)
+            log(f"{method.name} @ {target.label()}: FAILED: {record['error']}")
+        record["memory"] = {
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        write_json_atomic(path, record)
+        records.append(record)
+        del record
+    return records

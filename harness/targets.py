@@ -1,0 +1,110 @@
+"""The measured compression ratio: the one number every comparison is matched on.
+
+    r = 1 − P_blocks(compressed) / P_blocks(dense)
+
+P_blocks counts the nonzero parameters of the decoder blocks outside their norms: every
+linear weight and bias, and every matrix a method adds (SliceGPT's shortcuts, say). It is
+counted on the model as it is: zeros of a masked weight do not count, a sliced weight
+counts its actual shape. Counting nonzeros on both sides makes the dense model's r exactly
+0 even when its weights hold a few exact zeros (quantised checkpoints do).
+
+Embeddings, norms and the LM head are counted separately and reported in a whole-model
+ratio beside r; a tied head is counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from harness.adapters import ModelAdapter
+
+#: A "matched ratio" is within this many ratio units (±0.5 percentage points).
+RATIO_TOLERANCE = 0.005
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+def _nonzeros(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += int(torch.count_nonzero(t.detach()))
+    return total
+
+
+def block_parameters(block: nn.Module) -> list[torch.Tensor]:
+    """Parameters (and float buffers registered by methods) of one block, norms excluded."""
+    tensors = []
+    for module in block.modules():
+        if _is_norm(module):
+            continue
+        tensors += list(module.parameters(recurse=False))
+        # Methods may store added matrices as buffers (e.g. frozen shortcut matrices).
+        tensors += [b for n, b in module.named_buffers(recurse=False)
+                    if b.is_floating_point() and b.dim() >= 2 and not n.startswith("_")]
+    return tensors
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    blocks: int  # nonzeros in decoder blocks outside norms: the basis of r
+    norms: int
+    embeddings: int
+    lm_head: int  # 0 when tied to the embeddings
+    total: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def count_parameters(adapter: ModelAdapter) -> ParameterCount:
+    blocks = sum(_nonzeros(block_parameters(b)) for b in adapter.blocks)
+    norm_tensors = [p for m in adapter.model.modules() if _is_norm(m)
+                    for p in m.parameters(recurse=False)]
+    embeddings = _nonzeros([adapter.embeddings.weight])
+    lm_head = 0 if adapter.tied_embeddings else _nonzeros(adapter.lm_head.parameters())
+    total = _nonzeros(adapter.model.parameters()) + sum(
+        _nonzeros([t for t in block_parameters(b) if not isinstance(t, nn.Parameter)])
+        for b in adapter.blocks)
+    return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total)
+
+
+@dataclass(frozen=True)
+class MeasuredRatio:
+    ratio: float  # r over decoder blocks: the matched quantity
+    whole_model: float  # the same over every parameter of the model
+    dense: ParameterCount
+    compressed: ParameterCount
+
+    def to_dict(self) -> dict:
+        return {"ratio": self.ratio, "whole_model_ratio": self.whole_model,
+                "params_dense": self.dense.to_dict(), "params": self.compressed.to_dict()}
+
+
+def measure_ratio(dense: ParameterCount, compressed: ModelAdapter) -> MeasuredRatio:
+    c = count_parameters(compressed)
+    return MeasuredRatio(1 - c.blocks / dense.blocks, 1 - c.total / dense.total, dense, c)
+
+
+def check_ratio(measured: float, target: float, tolerance: float = RATIO_TOLERANCE) -> None:
+    if abs(measured - target) > tolerance:
+        raise RatioMismatch(
+            f"measured ratio {measured:.4f} misses the target {target:.4f} by more than "
+            f"±{tolerance:.4f}; the row is not a matched-ratio result")
+
+
+class RatioMismatch(RuntimeError):
+    pass
+
+
+def validate_ratio(ratio: float) -> float:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must lie in (0, 1), got {ratio}")
+    return ratio

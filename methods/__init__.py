@@ -1,0 +1,1 @@
+"""The project's own compression methods, each a plugin package."""
