@@ -251,7 +251,8 @@ def sequential(model: ModelAdapter, input_ids: torch.Tensor, device: torch.devic
     device = torch.device(device)
     hidden, kwargs = capture_block_inputs(model, input_ids, device, batch_size)
     blocks = model.blocks
-    for index in tqdm(range(len(blocks)), desc=desc, leave=False, dynamic_ncols=True):
+    # disable=None: no bar when output is not a terminal (CI logs stay readable).
+    for index in tqdm(range(len(blocks)), desc=desc, leave=False, dynamic_ncols=True, disable=None):
         block = blocks[index].to(device)
         step = BlockStep(index, block, model, hidden, kwargs)
         yield step

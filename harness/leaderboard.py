@@ -47,8 +47,9 @@ def build_table(frame: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     dense = frame[frame["kind"] == "reference"]
     rest = frame[frame["kind"] != "reference"]
     ascending = sort.startswith(LOWER_IS_BETTER_PREFIXES) or sort == "compress s"
-    rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
-    rest.insert(0, "rank", rest.groupby("target")[sort].rank(ascending=ascending, method="min"))
+    # Rank within each matched point: same pattern and same target ratio.
+    rest = rest.sort_values(["pattern", "target", sort], ascending=[False, True, ascending]).copy()
+    rest.insert(0, "rank", rest.groupby(["pattern", "target"])[sort].rank(ascending=ascending, method="min"))
     table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
     for metric in metrics:
         if len(dense):
@@ -84,7 +85,7 @@ def protocol_header(records: list[dict]) -> str:
     p = records[0]["provenance"]
     return "\n".join([
         f"model: {records[0]['model']} ({records[0]['architecture']}, {distinct(lambda r: r['dtype'])})",
-        f"ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
+        "ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
         f"calibration: {distinct(calib)}",
         f"evaluation: {distinct(evals)}",
         f"device: {distinct(lambda r: r['provenance']['device'])}",

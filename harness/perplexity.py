@@ -49,9 +49,8 @@ def eval_windows(token_ids: torch.Tensor, length: int, limit: int | None = None,
 def perplexity(model: ModelAdapter, windows: torch.Tensor, device: torch.device | str,
                batch_size: int = 4, windows_total: int | None = None) -> PerplexityResult:
     device = torch.device(device)
-    last = None
-    for last in sequential(model, windows, device, batch_size, desc="perplexity"):
-        pass
+    steps = sequential(model, windows, device, batch_size, desc="perplexity")
+    *_, last = steps  # run every block; the last step holds the final hidden states
     head = [model.final_norm, model.lm_head]
     for m in head:
         m.to(device)

@@ -12,6 +12,7 @@ compresses it, measures the achieved ratio, evaluates, and writes one record.
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import resource
 import subprocess
@@ -42,7 +43,7 @@ from harness.results import (
 from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
 
 EVAL_KINDS = ("ppl",)
-DEFAULT_CACHE = Path.home() / ".cache" / "compression-harness"
+DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "compression-harness"))
 
 
 @dataclass
@@ -88,8 +89,13 @@ def parse_evals(items: list[str]) -> list[tuple[str, str]]:
 
 def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     """Check the request against the registry; return the runs it asks for."""
-    methods = [registry.method(name) for name in dict.fromkeys(config.methods)]
     n_m = parse_pattern(config.pattern)
+    if list(config.methods) == ["all"]:  # every installed method that can do the pattern
+        names = [n for n, m in registry.methods.items()
+                 if m.kind == "reference" or config.pattern in m.patterns]
+    else:
+        names = list(dict.fromkeys(config.methods))
+    methods = [registry.method(name) for name in names]
     if n_m:
         implied = 1 - n_m[0] / n_m[1]
         if any(abs(r - implied) > 1e-9 for r in config.ratios if r is not None):

@@ -1,0 +1,113 @@
+"""Tiny random-initialised models of every supported architecture, and small local data.
+
+Nothing here touches the hub: models come from transformers' config classes, the
+tokenizer is trained on the spot, and data files are written to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256)
+
+
+def tiny_config(name: str):
+    from transformers import LlamaConfig, MistralConfig, Phi3Config, PhiConfig, Qwen2Config
+
+    if name == "llama2":
+        return LlamaConfig(**TINY, num_key_value_heads=4)
+    if name == "llama3":  # GQA, rope theta of Llama-3, untied head
+        return LlamaConfig(**TINY, num_key_value_heads=2, rope_theta=500000.0)
+    if name == "smollm2":  # GQA + tied embeddings
+        return LlamaConfig(**TINY, num_key_value_heads=2, tie_word_embeddings=True)
+    if name == "mistral":
+        return MistralConfig(**TINY, num_key_value_heads=2, sliding_window=None)
+    if name == "qwen2":  # q/k/v biases
+        return Qwen2Config(**TINY, num_key_value_heads=2)
+    if name == "phi3":  # fused qkv and gate_up
+        return Phi3Config(**TINY, num_key_value_heads=2, pad_token_id=0)
+    if name == "phi2":  # LayerNorm, parallel block, biases, partial rotary
+        return PhiConfig(**TINY, partial_rotary_factor=0.5)
+    raise KeyError(name)
+
+
+ARCHS = ["llama2", "llama3", "smollm2", "mistral", "qwen2", "phi3", "phi2"]
+
+
+def tiny_model(name: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(name)
+    config.pad_token_id = config.eos_token_id = config.bos_token_id = 0
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    # Random init has tiny biases/norm weights of 0/1; perturb them so folding bugs show.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    model.config.use_cache = False
+    return model
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+def _words(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    vocab = ["the", "model", "sparse", "weight", "block", "layer", "token", "prune", "slice",
+             "matrix", "rank", "energy", "head", "value", "cache", "speed", "ratio", "data"]
+    lines = []
+    for _ in range(n):
+        lines.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 15))) + " .")
+    return "\n\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A local datasets directory in the layout harness.datasets reads."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "wikitext2").mkdir()
+    (root / "wikitext2" / "test.joined.txt").write_text(_words(400, 1))
+    (root / "wikitext2" / "train.txt").write_text(_words(400, 2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, data_dir) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=TINY["vocab_size"], special_tokens=["<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([(data_dir / "wikitext2" / "train.txt").read_text()], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>")
+    path = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_tokenizer_dir) -> Path:
+    """A tiny Llama saved as a local model directory (the hub-loading code path)."""
+    from transformers import AutoTokenizer
+
+    model = tiny_model("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    assert len(tokenizer) <= TINY["vocab_size"]
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,97 @@
+"""A plugin from outside this repository's packages: found, listed, and run end to end."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.plugins import load_plugins
+from harness.runner import RunConfig, run
+
+PLUGIN_SOURCE = textwrap.dedent('''
+    """A third-party method: random unstructured pruning (for the plugin test)."""
+    import torch
+    from harness import hookimpl
+    from harness.method import CompressionReport, Method
+    from harness.sparsity import weight_sparsity_for
+
+    class RandomPrune(Method):
+        name = "random-prune"
+        kind = "unstructured"
+        patterns = ("unstructured",)
+        needs_calibration = True
+        description = "drops random weights"
+
+        def compress(self, model, calibration, target):
+            s = weight_sparsity_for(model, target.ratio)
+            g = torch.Generator().manual_seed(0)
+            seen_blocks = 0
+            for block in calibration.sequential(model):   # exercises the shared driver
+                seen_blocks += 1
+                for lin in block.linears.values():
+                    w = lin.weight.data
+                    k = int(w.numel() * s)
+                    idx = torch.randperm(w.numel(), generator=g)[:k]
+                    w.view(-1)[idx] = 0
+            return CompressionReport(knobs={"sparsity": s, "blocks": seen_blocks})
+
+    @hookimpl
+    def register_methods(register):
+        register(RandomPrune())
+''')
+
+
+def install_fake_distribution(root: Path, dist: str, module: str, source: str) -> None:
+    """What `pip install` leaves behind: a module and a dist-info with an entry point."""
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{dist}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[harness]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    install_fake_distribution(root, "harness_random_prune", "harness_random_prune", PLUGIN_SOURCE)
+    install_fake_distribution(root, "harness_broken", "harness_broken", "raise ImportError('no such kernel')\n")
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
+def test_third_party_plugin_is_listed_and_broken_one_reported(third_party):
+    env = {**os.environ, "PYTHONPATH": f"{third_party}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plugins"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "harness_random_prune==0.3" in out.stdout
+    assert "random-prune" in out.stdout
+    assert "harness_broken" in out.stdout and "FAILED: ImportError: no such kernel" in out.stdout
+    for builtin in ("dense", "magnitude", "wikitext2", "markdown"):
+        assert builtin in out.stdout
+
+
+def test_builtins_register_through_entry_points_like_third_parties(third_party):
+    registry = load_plugins()
+    origins = {p.name: p.origin for p in registry.plugins}
+    assert origins["magnitude"].startswith("compression-harness==")
+    assert origins["harness_random_prune"].startswith("harness_random_prune==0.3")
+    assert {"dense", "magnitude", "random-prune"} <= set(registry.methods)
+
+
+def test_third_party_method_runs_end_to_end(third_party, tiny_model_dir, data_dir, tmp_path):
+    registry = load_plugins()
+    records = run(RunConfig(model=str(tiny_model_dir), methods=["dense", "random-prune"], ratios=[0.4],
+                            calibration="wikitext2:4x32", eval_windows=2, eval_length=32,
+                            out=tmp_path / "results", data_dir=str(data_dir), cache_dir=tmp_path / "cache"),
+                  registry=registry, log=lambda *a: None)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    rp = records[1]
+    assert rp["method"] == "random-prune" and rp["report"]["knobs"]["blocks"] == 2
+    assert abs(rp["achieved"]["ratio"] - 0.4) <= 0.005
+    assert rp["provenance"]["plugin"].startswith("harness_random_prune==0.3")
+    assert rp["metrics"]["ppl:wikitext2"] > 1

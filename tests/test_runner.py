@@ -1,0 +1,185 @@
+"""The run loop: validation before work, records, resume, failures, leaderboards, CLI."""
+
+import json
+import re
+
+import pytest
+
+from harness import hookimpl
+from harness.cli import main
+from harness.leaderboard import write_leaderboards
+from harness.method import CompressionReport, Method
+from harness.plugins import load_plugins
+from harness.results import write_json_atomic
+from harness.runner import RunConfig, run
+
+
+class Exploding(Method):
+    name = "exploding"
+    kind = "unstructured"
+    patterns = ("unstructured",)
+    needs_calibration = False
+
+    def compress(self, model, calibration, target):
+        raise RuntimeError("out of memory, pretend")
+
+
+class Overshooting(Method):
+    """Removes twice what it is asked: the harness must refuse the row."""
+
+    name = "overshoot"
+    kind = "unstructured"
+    patterns = ("unstructured",)
+    needs_calibration = False
+
+    def compress(self, model, calibration, target):
+        from harness.sparsity import prune_mask
+
+        for _, lin in model.named_linears():
+            lin.weight.data[prune_mask(lin.weight.abs(), min(0.99, 2 * target.ratio), per_row=False)] = 0
+        return CompressionReport()
+
+
+class TestPlugins:
+    @hookimpl
+    def register_methods(self, register):
+        register(Exploding())
+        register(Overshooting())
+
+
+@pytest.fixture
+def registry():
+    return load_plugins(extra=[TestPlugins()])
+
+
+@pytest.fixture
+def config(tiny_model_dir, data_dir, tmp_path):
+    return RunConfig(model=str(tiny_model_dir), methods=["dense", "magnitude"], ratios=[0.2, 0.5],
+                     calibration="wikitext2:4x32", eval_windows=2, eval_length=32,
+                     out=tmp_path / "results", data_dir=str(data_dir), cache_dir=tmp_path / "cache")
+
+
+def quiet(*args):
+    pass
+
+
+def test_records_and_resume(config, registry):
+    records = run(config, registry, log=quiet)
+    assert [(r["method"], r["target"]["ratio"]) for r in records] == [("dense", 0.0), ("magnitude", 0.2), ("magnitude", 0.5)]
+    assert all(r["status"] == "ok" for r in records)
+    for r in records[1:]:
+        assert abs(r["achieved"]["ratio"] - r["target"]["ratio"]) <= 0.005
+    assert records[0]["achieved"]["ratio"] == 0
+    assert records[2]["metrics"]["ppl:wikitext2"] != records[0]["metrics"]["ppl:wikitext2"]
+    assert records[1]["eval"]["ppl:wikitext2"]["windows"] == 2  # the subsampling is recorded
+    assert records[1]["provenance"]["torch"] and records[1]["calibration"] is None  # magnitude uses no data
+    files = sorted(config.out.glob("*.json"))
+    assert len(files) == 3
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    logs = []
+    again = run(config, registry, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 3
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in records]
+
+
+def test_a_failing_method_does_not_lose_the_others(config, registry):
+    config.methods = ["exploding", "overshoot", "magnitude"]
+    config.ratios = [0.3]
+    records = run(config, registry, log=quiet)
+    status = {r["method"]: r for r in records}
+    assert status["exploding"]["status"] == "failed"
+    assert "out of memory, pretend" in status["exploding"]["error"]
+    assert status["overshoot"]["status"] == "failed" and "misses the target" in status["overshoot"]["error"]
+    assert status["magnitude"]["status"] == "ok"
+    # failed runs are retried on the next invocation, finished ones are not
+    logs = []
+    run(config, registry, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["nope"]}, "unknown method 'nope'"),
+    ({"ratios": [1.5]}, r"ratio must lie in \(0, 1\)"),
+    ({"ratios": [0.0]}, r"ratio must lie in \(0, 1\)"),
+    ({"methods": ["exploding"], "pattern": "2:4", "ratios": []}, "does not support pattern '2:4'"),
+    ({"pattern": "2:4", "ratios": [0.3]}, "fixes the ratio at 0.5"),
+    ({"pattern": "5:4"}, "0 < N < M"),
+    ({"evals": ["ppl:nodata"]}, "unknown dataset 'nodata'"),
+    ({"evals": ["acc:wikitext2"]}, "unknown evaluation"),
+    ({"calibration": "mystery:4x32"}, "unknown dataset 'mystery'"),
+    ({"model": "/no/such/model.gguf"}, "no GGUF file"),
+])
+def test_bad_input_fails_before_writing(config, registry, change, message):
+    for key, value in change.items():
+        setattr(config, key, value)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run(config, registry, log=quiet)
+    assert not config.out.exists()
+
+
+def test_missing_data_says_where_it_looked(config, registry, tmp_path):
+    config.data_dir = str(tmp_path / "empty")
+    config.methods = ["dense"]
+    with pytest.raises(FileNotFoundError, match="empty/wikitext2/test.joined.txt"):
+        run(config, registry, log=quiet)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_leaderboard_tables(config, registry, tmp_path):
+    run(config, registry, log=quiet)
+    paths = write_leaderboards(config.out, tmp_path / "boards", registry=registry)
+    assert sorted(p.suffix for p in paths) == [".csv", ".json", ".md"]
+    board = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    rows = board["rows"]
+    assert rows[0]["method"] == "dense" and rows[0]["Δ ppl:wikitext2"] == 0
+    assert [r["target"] for r in rows[1:]] == [0.2, 0.5]
+    assert any("calibration" in line for line in board["protocol"])
+    md = next(p for p in paths if p.suffix == ".md").read_text()
+    assert re.search(r"\|\s+rank\s+\| method", md) and "subsampled" in md
+    with pytest.raises(ValueError, match="cannot sort by"):
+        write_leaderboards(config.out, tmp_path / "boards", sort="bogus", registry=registry)
+
+
+def test_cli_bad_input_exit_code(tmp_path, capsys):
+    assert main(["run", "--methods", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["run", "--ratios", "0.2,1.2", "--methods", "magnitude", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--pattern" in out and "examples:" in out and "1 − P(compressed)/P(dense)" in out
+
+
+def test_cli_sweep_file_and_leaderboard(config, tmp_path, capsys):
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'''
+model = "{config.model}"
+methods = ["dense", "magnitude"]
+ratios = [0.3]
+calibration = "wikitext2:4x32"
+eval_windows = 1
+eval_length = 32
+data_dir = "{config.data_dir}"
+cache_dir = "{tmp_path / 'cache'}"
+''')
+    code = main(["run", "--config", str(sweep), "--out", str(tmp_path / "res"),
+                 "--leaderboard", str(tmp_path / "lb")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| magnitude" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("ratioz = [0.3]\n")
+    assert main(["run", "--config", str(bad)]) == 2

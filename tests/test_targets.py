@@ -1,0 +1,83 @@
+import pytest
+import torch
+from conftest import tiny_model
+
+from harness.adapters import ModelAdapter
+from harness.sparsity import prune_mask, weight_sparsity_for
+from harness.targets import RatioMismatch, check_ratio, count_parameters, measure_ratio
+
+
+def _analytic_block_params(model) -> int:
+    total = 0
+    for block in ModelAdapter(model).blocks:
+        for lin in ModelAdapter(model).linears(block).values():
+            total += lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+    return total
+
+
+def test_dense_count_is_the_analytic_count(arch):
+    model = tiny_model(arch)
+    count = count_parameters(ModelAdapter(model))
+    assert count.blocks == _analytic_block_params(model)
+    # nonzeros (the padding row of an embedding is zero); a tied head counted once
+    assert count.total == sum(int(p.count_nonzero()) for p in model.parameters())
+    assert count.lm_head == (0 if arch == "smollm2" else sum(
+        int(p.count_nonzero()) for p in model.lm_head.parameters()))
+
+
+def test_measured_ratio_counts_zeros_shapes_and_added_matrices():
+    model = tiny_model("llama2")
+    adapter = ModelAdapter(model)
+    dense = count_parameters(adapter)
+    assert measure_ratio(dense, adapter).ratio == 0
+    block = adapter.blocks[0]
+    up = adapter.linears(block)["up"]
+    up.weight.data[:, : up.in_features // 2] = 0  # masked: zeros do not count
+    removed = up.weight.numel() // 2
+    down = adapter.linears(block)["down"]
+    adapter.replace_linear(block, "down", torch.nn.Linear(down.in_features // 4, down.out_features, bias=False))
+    removed += down.weight.numel() * 3 // 4  # sliced: actual shape counts
+    block.register_buffer("shortcut", torch.randn(64, 48))  # an added matrix counts
+    removed -= 64 * 48
+    measured = measure_ratio(dense, adapter)
+    assert measured.ratio == pytest.approx(removed / dense.blocks)
+    assert measured.compressed.blocks == dense.blocks - removed
+    assert 0 < measured.whole_model < measured.ratio
+
+
+def test_ratio_tolerance_is_half_a_point():
+    check_ratio(0.3049, 0.3)
+    with pytest.raises(RatioMismatch, match="misses the target"):
+        check_ratio(0.306, 0.3)
+
+
+@pytest.mark.parametrize("n_m", [(2, 4), (4, 8)])
+def test_n_m_masks_are_exact(n_m):
+    scores = torch.rand(16, 64)
+    mask = prune_mask(scores, 0.5, n_m)
+    n, m = n_m
+    kept = (~mask).reshape(16, 64 // m, m).sum(-1)
+    assert bool((kept == n).all())
+    # the pruned ones are the lowest of their group
+    groups = scores.reshape(16, -1, m)
+    g_mask = mask.reshape(16, -1, m)
+    assert bool((groups.masked_fill(~g_mask, -1).amax(-1) <= groups.masked_fill(g_mask, 2).amin(-1)).all())
+
+
+def test_row_and_layer_masks_hit_the_sparsity():
+    scores = torch.rand(10, 100)
+    row = prune_mask(scores, 0.3, per_row=True)
+    assert bool((row.sum(1) == 30).all())
+    layer = prune_mask(scores, 0.3, per_row=False)
+    assert int(layer.sum()) == 300
+    assert scores[layer].max() <= scores[~layer].min()
+
+
+def test_weight_sparsity_accounts_for_biases():
+    adapter = ModelAdapter(tiny_model("qwen2"))  # q/k/v carry biases
+    s = weight_sparsity_for(adapter, 0.3)
+    assert s > 0.3
+    for _, lin in adapter.named_linears():
+        lin.weight.data[prune_mask(lin.weight.abs(), s, per_row=False)] = 0
+    dense = count_parameters(ModelAdapter(tiny_model("qwen2")))
+    assert measure_ratio(dense, adapter).ratio == pytest.approx(0.3, abs=1e-3)
