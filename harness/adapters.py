@@ -178,6 +178,9 @@ class ModelAdapter:
         """Swap a block's linear for another module (e.g. a smaller nn.Linear)."""
         _set(block, self.arch.linears[role], new)
 
+    def set_final_norm(self, module: nn.Module) -> None:
+        _set(self.model, self.arch.final_norm, module)
+
     def untie_embeddings(self) -> None:
         """Give the LM head its own weight (needed before transforming either side)."""
         if self.tied_embeddings:

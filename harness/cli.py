@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
 
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
+
+    bench = sub.add_parser("bench", help="benchmarks on random-initialised models of named shapes")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    comp = bench_sub.add_parser("compress", help="time compression: total and per-block seconds, peak GPU memory")
+    comp.add_argument("--shape", default="llama-2-7b", help="llama-2-7b (default), llama-2-13b, llama-3-8b, phi-3-mini, smollm2-135m")
+    comp.add_argument("--methods", type=_names, default=["wanda", "sparsegpt"])
+    comp.add_argument("--calib", default="128x2048", help="N x L calibration tokens (random ids)")
+    comp.add_argument("--pattern", default="unstructured")
+    comp.add_argument("--ratio", type=float, default=0.5)
+    comp.add_argument("--layers", type=int, help="build only this many blocks; the total is extrapolated")
+    comp.add_argument("--device", default="auto")
+    comp.add_argument("--dtype", default="float16")
+    comp.add_argument("--batch-size", type=int, default=8)
+    comp.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     return parser
 
 
@@ -137,11 +151,29 @@ def cmd_plugins() -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import bench_compress, format_rows
+    from harness.models import pick_dtype
+    from harness.results import write_json_atomic
+    from harness.runner import resolve_device
+
+    n, length = (int(x) for x in args.calib.lower().split("x"))
+    device = resolve_device(args.device)
+    rows = bench_compress(args.shape, args.methods, n, length, args.pattern, args.ratio, args.layers,
+                          str(device), pick_dtype(args.dtype, str(device)), args.batch_size)
+    print(format_rows(rows))
+    if args.json:
+        write_json_atomic(args.json, rows)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "plugins":
             return cmd_plugins()
+        if args.command == "bench":
+            return cmd_bench(args)
         if args.command == "leaderboard":
             from harness.leaderboard import write_leaderboards
 

@@ -86,6 +86,10 @@ class Method:
     architectures: ClassVar[tuple[str, ...] | None] = None
     #: False for methods that never look at data (the harness then skips calibration).
     needs_calibration: ClassVar[bool] = True
+    #: The method's own compression knob (e.g. SliceGPT's "slicing"). When a run sets it
+    #: through ``-o METHOD.KNOB=VALUE``, the run reproduces that knob value instead of
+    #: matching a ratio: the achieved ratio is measured and reported, not enforced.
+    native_knob: ClassVar[str | None] = None
     #: One line for ``harness plugins``.
     description: ClassVar[str] = ""
 

@@ -50,7 +50,7 @@ DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" 
 class RunConfig:
     model: str = models.DEFAULT_MODEL
     methods: list[str] = field(default_factory=lambda: ["dense", "magnitude"])
-    ratios: list[float] = field(default_factory=lambda: [0.2, 0.3])
+    ratios: list[float] | None = None  # None: 0.2, 0.3 (N:M patterns imply their own)
     pattern: str = "unstructured"
     calibration: str = "wikitext2:128x2048"
     seed: int = 0
@@ -71,6 +71,14 @@ class RunConfig:
 class Plan:
     method: Method
     target: Target
+    matched: bool = True  # False: a native-knob run, its ratio measured but not enforced
+
+    @property
+    def label(self) -> str:
+        if self.matched:
+            return self.target.label()
+        knob = self.method.native_knob
+        return f"{knob}={self.target.options[knob]:g}"
 
 
 def parse_evals(items: list[str]) -> list[tuple[str, str]]:
@@ -98,23 +106,30 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     methods = [registry.method(name) for name in names]
     if n_m:
         implied = 1 - n_m[0] / n_m[1]
-        if any(abs(r - implied) > 1e-9 for r in config.ratios if r is not None):
+        if any(abs(r - implied) > 1e-9 for r in config.ratios or ()):
             raise ValueError(f"pattern {config.pattern} fixes the ratio at {implied:g}; drop --ratios")
         ratios = [implied]
     else:
-        ratios = [validate_ratio(float(r)) for r in config.ratios]
+        ratios = [validate_ratio(float(r)) for r in (config.ratios if config.ratios is not None else [0.2, 0.3])]
         if not ratios:
             raise ValueError("no ratios given")
     plans = []
     for method in methods:
+        options = config.options.get(method.name, {})
         if method.kind == "reference":  # dense: one row, nothing removed
-            plans.append(Plan(method, Target(0.0, "unstructured", config.options.get(method.name, {}))))
+            plans.append(Plan(method, Target(0.0, "unstructured", options)))
             continue
         if config.pattern not in method.patterns:
             raise ValueError(f"method {method.name!r} does not support pattern {config.pattern!r} "
                              f"(it supports: {', '.join(method.patterns)})")
+        if method.native_knob and method.native_knob in options:
+            plans.append(Plan(method, Target(0.0, config.pattern, options), matched=False))
+            continue
         for ratio in ratios:
-            plans.append(Plan(method, Target(ratio, config.pattern, config.options.get(method.name, {}))))
+            plans.append(Plan(method, Target(ratio, config.pattern, options)))
+    unknown = set(config.options) - {m.name for m in methods}
+    if unknown:
+        raise ValueError(f"options given for methods not in this run: {', '.join(sorted(unknown))}")
     return plans
 
 
@@ -205,19 +220,21 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
     records = []
     for plan in plans:
         method, target = plan.method, plan.target
-        key = run_key(model=config.model, method=method.name, target=asdict(target), dtype=str(dtype),
+        key = run_key(model=config.model, method=method.name, target=asdict(target), matched=plan.matched, dtype=str(dtype),
                       calibration=str(calib_spec) if method.needs_calibration else None,
                       evals=eval_spec, schema=SCHEMA_VERSION)
-        path = record_path(out, config.model, method.name, target.label(), key)
+        label = plan.label
+        path = record_path(out, config.model, method.name, label, key)
         if completed(path) and not config.overwrite:
-            log(f"{method.name} @ {target.label()}: already done ({path.name}), skipped")
+            log(f"{method.name} @ {label}: already done ({path.name}), skipped")
             records.append(read_record(path))
             continue
-        log(f"{method.name} @ {target.label()}: compressing ...")
+        log(f"{method.name} @ {label}: compressing ...")
         record = {
             "schema": SCHEMA_VERSION, "key": key, "status": "ok", "error": None,
             "model": config.model, "architecture": family, "dtype": str(dtype).removeprefix("torch."),
             "method": method.name, "method_kind": method.kind, "target": asdict(target),
+            "mode": "matched-ratio" if plan.matched else f"native {method.native_knob}", "label": label,
             "calibration": calibration.describe() if calibration and method.needs_calibration else None,
             "eval": eval_spec, "metrics": {}, "timings": {},
             "provenance": {**_versions(method, registry), "git_commit": _git_commit(),
@@ -235,20 +252,20 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             record["report"] = asdict(report)
             measured = measure_ratio(dense_count, adapter)
             record["achieved"] = measured.to_dict()
-            if method.kind != "reference":
+            if plan.matched and method.kind != "reference":
                 check_ratio(measured.ratio, target.ratio)
             start = time.perf_counter()
             for (kind, name), (windows, total, _) in eval_inputs.items():
                 result = perplexity(adapter, windows, device, config.batch_size, total)
                 record["metrics"][f"{kind}:{name}"] = result.perplexity
             record["timings"]["eval_s"] = time.perf_counter() - start
-            log(f"{method.name} @ {target.label()}: ratio {measured.ratio:.4f}, "
+            log(f"{method.name} @ {label}: ratio {measured.ratio:.4f}, "
                 + ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items()))
         except Exception as error:  # one failed run must not lose the others
             record["status"] = "failed"
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc(limit=8)
-            log(f"{method.name} @ {target.label()}: FAILED: {record['error']}")
+            log(f"{method.name} @ {label}: FAILED: {record['error']}")
         record["memory"] = {
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

@@ -11,6 +11,14 @@ import pytest
 from harness.plugins import load_plugins
 from harness.runner import RunConfig, run
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_plugin_example() -> str:
+    """The README's "write your own method plugin" code block, verbatim."""
+    text = README.read_text().split("<!-- plugin-example -->", 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
 PLUGIN_SOURCE = textwrap.dedent('''
     """A third-party method: random unstructured pruning (for the plugin test)."""
     import torch
@@ -59,6 +67,7 @@ def third_party(tmp_path, monkeypatch):
     root.mkdir()
     install_fake_distribution(root, "harness_random_prune", "harness_random_prune", PLUGIN_SOURCE)
     install_fake_distribution(root, "harness_broken", "harness_broken", "raise ImportError('no such kernel')\n")
+    install_fake_distribution(root, "my_harness_plugin", "my_harness_plugin", readme_plugin_example())
     monkeypatch.syspath_prepend(str(root))
     return root
 
@@ -95,3 +104,16 @@ def test_third_party_method_runs_end_to_end(third_party, tiny_model_dir, data_di
     assert abs(rp["achieved"]["ratio"] - 0.4) <= 0.005
     assert rp["provenance"]["plugin"].startswith("harness_random_prune==0.3")
     assert rp["metrics"]["ppl:wikitext2"] > 1
+
+
+def test_readme_plugin_example_works(third_party, tiny_model_dir, data_dir, tmp_path):
+    registry = load_plugins()
+    assert "mlp-only" in registry.methods
+    records = run(RunConfig(model=str(tiny_model_dir), methods=["mlp-only"], ratios=[0.3],
+                            calibration="wikitext2:4x32", eval_windows=1, eval_length=32,
+                            out=tmp_path / "results", data_dir=str(data_dir), cache_dir=tmp_path / "cache"),
+                  registry=registry, log=lambda *a: None)
+    (record,) = records
+    assert record["status"] == "ok", record.get("error")
+    assert abs(record["achieved"]["ratio"] - 0.3) <= 0.005
+    assert all(".up" in k or ".gate" in k or ".down" in k for k in record["report"]["layer_ratios"])

