@@ -28,7 +28,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "method": r["method"],
             "kind": r["method_kind"],
             "pattern": target["pattern"],
-            "target": target["ratio"],
+            "target": r.get("label", target["ratio"]),
             "ratio": r["achieved"]["ratio"],
             "model ratio": r["achieved"]["whole_model_ratio"],
         }
@@ -48,7 +48,8 @@ def build_table(frame: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     rest = frame[frame["kind"] != "reference"]
     ascending = sort.startswith(LOWER_IS_BETTER_PREFIXES) or sort == "compress s"
     # Rank within each matched point: same pattern and same target ratio.
-    rest = rest.sort_values(["pattern", "target", sort], ascending=[False, True, ascending]).copy()
+    rest = rest.assign(target=rest["target"].astype(str))
+    rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
     rest.insert(0, "rank", rest.groupby(["pattern", "target"])[sort].rank(ascending=ascending, method="min"))
     table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
     for metric in metrics:
@@ -115,7 +116,7 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         header = protocol_header(ok)
         if failed:
             header += "\nfailed runs (not ranked): " + "; ".join(
-                f"{r['method']} @ {r['target']['ratio']:g}: {r['error']}" for r in failed)
+                f"{r['method']} @ {r.get('label', r['target']['ratio'])}: {r['error']}" for r in failed)
         stem = Path(out_dir) / slug(model)
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
