@@ -1,0 +1,84 @@
+"""Attention whose value heads are narrower than its query/key heads.
+
+Structured methods that compress the value→output path (IntraSlice folds a per-KV-group
+PCA basis into v_proj and o_proj) leave each value head with v_dim < head_dim dimensions,
+which transformers' attention modules cannot express. ``SlimValueAttention`` takes over
+the original module's projections, rotary and scaling and computes
+
+    softmax(q kᵀ · scaling + mask) v        q, k: head_dim;  v: v_dim per head
+
+with one ``scaled_dot_product_attention`` call (it accepts a value width different from
+the query/key width, and shares KV heads across query groups natively), so no Python
+reshaping runs per head. The KV cache for V shrinks by v_dim / head_dim as well.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on the first cos.shape[-1] dimensions (all of them, or Phi-2's partial rotary)."""
+    rot = cos.shape[-1]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x_rot = x_rot * cos + _rotate_half(x_rot) * sin
+    return torch.cat((x_rot, x_pass), dim=-1) if x_pass.shape[-1] else x_rot
+
+
+class SlimValueAttention(nn.Module):
+    """Multi-head / grouped-query attention with value heads of width ``v_dim``.
+
+    Keeps the original module's attribute names (q_proj/k_proj/v_proj/o_proj, or Phi-2's
+    ``dense``, or Phi-3's fused ``qkv_proj``) so model adapters find the linears by role.
+    """
+
+    def __init__(self, original: nn.Module, num_heads: int, num_kv_heads: int, head_dim: int, v_dim: int):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim, self.v_dim = head_dim, v_dim
+        self.scaling = float(getattr(original, "scaling", head_dim**-0.5))
+        self.layer_idx = getattr(original, "layer_idx", None)
+        self.fused_qkv = hasattr(original, "qkv_proj")
+        self.output_name = "dense" if hasattr(original, "dense") else "o_proj"
+        names = ["qkv_proj"] if self.fused_qkv else ["q_proj", "k_proj", "v_proj"]
+        for name in names + [self.output_name]:
+            setattr(self, name, getattr(original, name))
+        self.qk_norms = bool(getattr(original, "qk_layernorm", False))
+        if self.qk_norms:
+            self.q_layernorm, self.k_layernorm = original.q_layernorm, original.k_layernorm
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                **kwargs) -> tuple[torch.Tensor, None]:
+        if kwargs.get("past_key_values") is not None:
+            raise NotImplementedError("SlimValueAttention runs without a KV cache")
+        B, L, _ = hidden_states.shape
+        H, G, hd, vd = self.num_heads, self.num_kv_heads, self.head_dim, self.v_dim
+        if self.fused_qkv:
+            q, k, v = self.qkv_proj(hidden_states).split([H * hd, G * hd, G * vd], dim=-1)
+        else:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        q = q.view(B, L, H, hd).transpose(1, 2)
+        k = k.view(B, L, G, hd).transpose(1, 2)
+        v = v.view(B, L, G, vd).transpose(1, 2)
+        if self.qk_norms:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask[:, :, :, : k.shape[-2]]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+                                                 enable_gqa=G != H)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling,
+                                                 enable_gqa=G != H)
+        out = out.transpose(1, 2).reshape(B, L, H * vd)
+        return getattr(self, self.output_name)(out), None

@@ -1,0 +1,335 @@
+"""IntraSlice: PCA inside each module, folded into existing weights, with a global allocator.
+
+Paper: "IntraSlice: Towards High-Performance Structural Pruning with Block-Intra PCA for
+LLMs" (Li, Wang, Shao, Hu, Fang, Zhang, Wei, Cheng; arXiv 2602.01975, 2026). No public
+code; the abstract gives the three ideas, ../shared/notes/intraslice.md our reconstruction,
+and this docstring says which choice comes from where.
+
+1. Value→output path (abstract: PCA inside the attention module, fully fused; details
+   ours). For query head h of KV group g, o_h = A_h X W_v,gᵀ and the attention output is
+   Σ_h o_h W_o,hᵀ. A mixes tokens, not features, so for any Q_g (head_dim × k) with
+   orthonormal columns  o_h Q_g Q_gᵀ W_o,hᵀ = A_h X (Q_gᵀ W_v,g)ᵀ (W_o,h Q_g)ᵀ:
+   Q_gᵀ folds into v_proj's rows of group g and Q_g into o_proj's columns of every head of
+   the group. Q_g = top-k eigenvectors of Σ_{h∈g} E[o_hᵀ o_h] (float64): an exact PCA that
+   adds nothing. Value heads become k wide (``harness.attention.SlimValueAttention``);
+   Q and K stay intact because RoPE does not commute with a general rotation.
+2. MLP (abstract: *approximate* PCA that fuses completely; the construction is ours).
+   h = act(x W_gᵀ) ⊙ (x W_uᵀ) is elementwise, so no rotation passes the nonlinearity; the
+   best fusable subspace is a coordinate one. With C = E[hᵀh], channels are chosen greedily
+   to retain the most *output* energy of h W_dᵀ: with the Schur residual R (initially C)
+   and G = W_d R, channel j gains ‖G[:, j]‖² / R_jj; after taking j, R and G drop their
+   rank-one component (an output-weighted pivoted Cholesky). down_proj is then refit to
+   the kept channels S by least squares, ridge-regularised on the compensation only:
+       W_d' = W_d[:, S] + W_d[:, S̄] C[S̄, S] (C[S, S] + λI)⁻¹,   λ = ridge · mean diag C[S, S]
+   which is exact when the dropped channels are dead or linear combinations of kept ones.
+   gate/up lose the rows ∉ S, down the columns ∉ S. Nothing is added.
+3. Global ratio estimator (abstract: module importance plus the PCA distribution of the
+   compressed activations; formula ours). A first sweep over the dense model measures, per
+   module m (each block's VO path and MLP), its importance I_m = E‖module output‖² /
+   E‖residual stream at its input‖², and its energy curve e_m(k) (eigenvalues for VO, the
+   greedy gains for MLP). The estimated loss of keeping k units is I_m · (1 − e_m(k)).
+   Units (one value dimension in every KV group of a layer; one MLP channel) are removed
+   greedily by smallest marginal loss per parameter saved until the measured ratio r of
+   the whole model reaches the target. ``allocation="uniform"`` removes the same fraction
+   from every module instead (the ablation).
+4. Sequential (as SliceGPT/SparseGPT): the second sweep compresses block l with statistics
+   from inputs produced by the already compressed blocks < l; VO first, then the MLP's
+   statistics are collected through the compressed attention.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.adapters import ModelAdapter
+from harness.attention import SlimValueAttention
+from harness.calibration import BlockStep
+from harness.method import CompressionReport, Method
+from harness.targets import block_parameters, count_parameters
+
+
+# --- statistics ------------------------------------------------------------------------
+@torch.no_grad()
+def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = True, want_mlp: bool = True):
+    """One forward pass: per-group value covariances, MLP channel covariance, energies."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    linears = step.linears
+    acc = {"vo_cov": None, "mlp_cov": None, "vo_out": 0.0, "mlp_out": 0.0, "res_attn": 0.0, "res_mlp": 0.0}
+
+    def vo_in(module, args):
+        x = args[0].reshape(-1, G, H // G, args[0].shape[-1] // H).double()
+        cov = torch.einsum("ngpi,ngpj->gij", x, x)
+        acc["vo_cov"] = cov if acc["vo_cov"] is None else acc["vo_cov"] + cov
+
+    def mlp_in(module, args):
+        x = args[0].reshape(-1, args[0].shape[-1]).double()
+        acc["mlp_cov"] = x.T @ x if acc["mlp_cov"] is None else acc["mlp_cov"].addmm_(x.T, x)
+
+    def energy(key):
+        def hook(module, args, output=None):
+            t = args[0] if output is None else output
+            acc[key] += float(t.double().pow(2).sum())
+        return hook
+
+    handles = [step.module.register_forward_pre_hook(energy("res_attn")),
+               linears["o"].register_forward_hook(energy("vo_out")),
+               linears["down"].register_forward_hook(energy("mlp_out"))]
+    if want_vo:
+        handles.append(linears["o"].register_forward_pre_hook(vo_in))
+    if want_mlp:
+        handles.append(linears["down"].register_forward_pre_hook(mlp_in))
+    norms = model.norms(step.module)
+    mlp_norm = norms[model.arch.norms[-1]]
+    handles.append(mlp_norm.register_forward_pre_hook(energy("res_mlp")))
+    try:
+        step.forward()
+    finally:
+        for h in handles:
+            h.remove()
+    del hd
+    return acc
+
+
+# --- the MLP: output-weighted greedy channel selection and refit ------------------------
+@torch.no_grad()
+def greedy_channels(cov: torch.Tensor, w_down: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First ``k`` channels of the greedy order, and each step's gain in output energy."""
+    R = cov.clone()
+    G = w_down.detach().double() @ R
+    order, gains = [], []
+    taken = torch.zeros(R.shape[0], dtype=torch.bool, device=R.device)
+    # A channel whose residual variance fell below 1e-10 of its own variance is explained by
+    # the channels already taken (or dead): it adds nothing, and dividing by it is noise.
+    floor = 1e-10 * torch.diagonal(cov).clamp_min(0) + 1e-300
+    for _ in range(k):
+        diag = torch.diagonal(R)
+        spent = taken | (diag <= floor)
+        score = (G * G).sum(0) / torch.where(spent, torch.ones_like(diag), diag)
+        score[spent] = -1.0
+        j = int(torch.argmax(score))
+        if score[j] < 0:  # only explained or dead channels remain: they add nothing
+            j = int(torch.nonzero(~taken)[0])
+            order.append(j)
+            gains.append(0.0)
+            taken[j] = True
+            continue
+        gains.append(float(score[j]))
+        order.append(j)
+        taken[j] = True
+        column = R[:, j] / diag[j].sqrt()
+        G.sub_(torch.outer(G[:, j] / diag[j].sqrt(), column))
+        R.sub_(torch.outer(column, column))
+    return torch.tensor(order, device=cov.device), torch.tensor(gains, dtype=torch.float64)
+
+
+@torch.no_grad()
+def refit_down(w_down: torch.Tensor, cov: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+    """W_d[:, S] + W_d[:, S̄] C[S̄, S] (C[S, S] + λI)⁻¹ (float64)."""
+    W = w_down.detach().double()
+    drop = torch.ones(W.shape[1], dtype=torch.bool, device=W.device)
+    drop[keep] = False
+    if not bool(drop.any()):
+        return W[:, keep]
+    C_ss = cov[keep][:, keep]
+    lam = ridge * float(torch.diagonal(C_ss).mean().clamp_min(1e-300))
+    C_ss = C_ss + lam * torch.eye(len(keep), dtype=C_ss.dtype, device=C_ss.device)
+    compensation = torch.linalg.solve(C_ss, cov[keep][:, drop] @ W[:, drop].T).T  # (d × |S|)
+    return W[:, keep] + compensation
+
+
+# --- folding into the weights --------------------------------------------------------------
+def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.data.copy_(weight)
+    if bias is not None:
+        new.bias.data.copy_(bias)
+    new.weight.requires_grad_(False)
+    return new
+
+
+@torch.no_grad()
+def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor) -> None:
+    """Fold per-group bases (G × head_dim × k) into v_proj and o_proj; value heads become k wide."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    k = bases.shape[-1]
+    linears = model.linears(block)
+    dtype = torch.float64
+    o = linears["o"]
+    W_o = o.weight.detach().double().view(o.out_features, G, H // G, hd)
+    new_o = torch.einsum("dgph,ghk->dgpk", W_o, bases.to(dtype)).reshape(o.out_features, H * k)
+    model.replace_linear(block, "o", _linear_like(o, new_o, o.bias))
+    if "v" in linears:
+        v = linears["v"]
+        W_v = v.weight.double().view(G, hd, -1)
+        new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
+        b_v = None if v.bias is None else torch.einsum("ghk,gh->gk", bases.to(dtype), v.bias.double().view(G, hd)).reshape(-1)
+        model.replace_linear(block, "v", _linear_like(v, new_v, b_v))
+    else:  # Phi-3: the value rows sit at the end of the fused qkv projection
+        qkv = linears["qkv"]
+        W = qkv.weight.double()
+        qk_rows = (H + G) * hd
+        W_v = W[qk_rows:].view(G, hd, -1)
+        new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
+        bias = None
+        if qkv.bias is not None:
+            b = qkv.bias.double()
+            bias = torch.cat([b[:qk_rows], torch.einsum("ghk,gh->gk", bases.to(dtype), b[qk_rows:].view(G, hd)).reshape(-1)])
+        model.replace_linear(block, "qkv", _linear_like(qkv, torch.cat([W[:qk_rows], new_v]), bias))
+    attention = block.self_attn
+    if isinstance(attention, SlimValueAttention):
+        attention.v_dim = k
+    else:
+        block.self_attn = SlimValueAttention(attention, H, G, hd, k)
+
+
+@torch.no_grad()
+def fold_mlp_channels(model: ModelAdapter, block: nn.Module, keep: torch.Tensor, new_down: torch.Tensor) -> None:
+    linears = model.linears(block)
+    width = linears["down"].in_features
+    for role in model.arch.norm_readers[model.arch.norms[-1]]:
+        if role not in model.arch.mlp_roles:
+            continue  # Phi-2's single norm also feeds q/k/v
+        lin = linears[role]
+        rows = torch.cat([keep, keep + width]) if role == "gate_up" else keep
+        model.replace_linear(block, role, _linear_like(
+            lin, lin.weight[rows], None if lin.bias is None else lin.bias[rows]))
+    down = linears["down"]
+    model.replace_linear(block, "down", _linear_like(down, new_down, down.bias))
+
+
+# --- allocation ----------------------------------------------------------------------------
+@dataclass
+class Module:
+    """A compressible module: a block's VO path or MLP, with its estimator statistics."""
+
+    name: str
+    block: int
+    kind: str  # "vo" | "mlp"
+    size: int  # units kept when dense (head_dim, or intermediate channels)
+    unit_cost: int  # parameters one unit removes
+    importance: float
+    energy: torch.Tensor  # energy[k] = retained fraction with k units kept; energy[size] = 1
+    minimum: int = 1
+
+    def loss(self, k: int) -> float:
+        return self.importance * (1.0 - float(self.energy[k]))
+
+
+def allocate(modules: list[Module], need: int, uniform: bool = False) -> dict[str, int]:
+    """Units kept per module so that at least ``need`` parameters are removed."""
+    capacity = sum((m.size - m.minimum) * m.unit_cost for m in modules)
+    if need > capacity:
+        raise ValueError(f"these modules can remove at most {capacity} parameters, {need} needed")
+    if uniform:  # the same fraction everywhere: bisect on it
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            f = (lo + hi) / 2
+            saved = sum((m.size - max(m.minimum, round(m.size * (1 - f)))) * m.unit_cost for m in modules)
+            lo, hi = (f, hi) if saved < need else (lo, f)
+        return {m.name: max(m.minimum, round(m.size * (1 - hi))) for m in modules}
+    keep = {m.name: m.size for m in modules}
+    heap = []
+    for i, m in enumerate(modules):
+        if m.size > m.minimum:
+            heapq.heappush(heap, ((m.loss(m.size - 1) - m.loss(m.size)) / m.unit_cost, i))
+    saved = 0
+    while saved < need:
+        _, i = heapq.heappop(heap)
+        m = modules[i]
+        keep[m.name] -= 1
+        saved += m.unit_cost
+        k = keep[m.name]
+        if k > m.minimum:
+            heapq.heappush(heap, ((m.loss(k - 1) - m.loss(k)) / m.unit_cost, i))
+    return keep
+
+
+def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
+    linears, d = model.linears(block), model.hidden_size
+    H, G = model.num_heads, model.num_kv_heads
+    v_bias = (linears["v"].bias if "v" in linears else linears["qkv"].bias) is not None
+    vo = G * (d + v_bias) + H * d
+    mlp = 0
+    for role in model.arch.mlp_roles:
+        lin = linears[role]
+        if role == "down":
+            mlp += lin.out_features
+        else:
+            per = 2 if role == "gate_up" else 1
+            mlp += per * (lin.in_features + (lin.bias is not None))
+    return vo, mlp
+
+
+class IntraSlice(Method):
+    kind = "structured"
+    patterns = ("unstructured",)
+    description = "block-intra PCA: fused VO-path PCA + MLP channel PCA, global allocation (2026)"
+
+    def __init__(self, name: str = "intraslice", allocation: str = "global",
+                 modules: tuple[str, ...] = ("vo", "mlp")):
+        self.name = name
+        self.allocation = allocation
+        self.modules = modules
+        if name != "intraslice":
+            self.description = f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
+
+    def compress(self, model, calibration, target):
+        ridge = float(target.options.get("ridge", 1e-4))
+        start = time.perf_counter()
+        dense = count_parameters(model).blocks
+        hd = model.head_dim
+        # Sweep 1 (dense): the estimator's statistics.
+        modules: list[Module] = []
+        for step in calibration.sequential(model, desc=f"{self.name}: estimate"):
+            acc = collect_block_stats(step, model, "vo" in self.modules, "mlp" in self.modules)
+            vo_cost, mlp_cost = _unit_costs(model, step.module)
+            if "vo" in self.modules:
+                eig = torch.linalg.eigvalsh(acc["vo_cov"]).flip(-1).clamp_min(0)  # (G, hd), descending
+                per_k = eig.sum(0)  # uniform k across groups: energy of keeping k per group
+                energy = torch.cat([per_k.new_zeros(1), per_k.cumsum(0)]) / per_k.sum().clamp_min(1e-300)
+                modules.append(Module(f"layers.{step.index}.vo", step.index, "vo", hd, vo_cost,
+                                      acc["vo_out"] / max(acc["res_attn"], 1e-300), energy.cpu()))
+            if "mlp" in self.modules:
+                w_down = step.linears["down"].weight
+                _, gains = greedy_channels(acc["mlp_cov"], w_down, w_down.shape[1])
+                total = float((w_down.detach().double() @ acc["mlp_cov"] @ w_down.detach().double().T).trace())
+                energy = torch.cat([gains.new_zeros(1), gains.cumsum(0)]) / max(total, 1e-300)
+                modules.append(Module(f"layers.{step.index}.mlp", step.index, "mlp", w_down.shape[1], mlp_cost,
+                                      acc["mlp_out"] / max(acc["res_mlp"], 1e-300), energy.clamp(max=1.0)))
+        estimate_s = time.perf_counter() - start
+        # r counts nonzeros; units save whole rows and columns (zeros included), so remove
+        # what takes the blocks' size down to (1 − r) of the dense nonzero count.
+        size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
+        need = size - int(round((1 - target.ratio) * dense))
+        keep = allocate(modules, need, uniform=self.allocation == "uniform")
+
+        # Sweep 2: compress block by block with statistics through the compressed blocks < l.
+        start = time.perf_counter()
+        report = CompressionReport(knobs={"allocation": self.allocation, "modules": list(self.modules),
+                                          "ridge": ridge, "kept": keep})
+        for step in calibration.sequential(model, desc=f"{self.name}: compress"):
+            vo_name, mlp_name = f"layers.{step.index}.vo", f"layers.{step.index}.mlp"
+            if vo_name in keep and keep[vo_name] < hd:
+                acc = collect_block_stats(step, model, want_vo=True, want_mlp=False)
+                _, vectors = torch.linalg.eigh(acc["vo_cov"])  # ascending
+                bases = vectors.flip(-1)[:, :, : keep[vo_name]]
+                fold_value_basis(model, step.module, bases)
+            if mlp_name in keep:
+                w_down = step.linears["down"].weight
+                if keep[mlp_name] < w_down.shape[1]:
+                    cov = collect_block_stats(step, model, want_vo=False, want_mlp=True)["mlp_cov"]
+                    order, _ = greedy_channels(cov, w_down, keep[mlp_name])
+                    channels = order.sort().values
+                    fold_mlp_channels(model, step.module, channels, refit_down(w_down, cov, channels, ridge))
+            for name in (vo_name, mlp_name):
+                if name in keep:
+                    size = hd if name.endswith("vo") else next(m.size for m in modules if m.name == name)
+                    report.layer_ratios[name] = 1 - keep[name] / size
+        report.timings = {"estimate_s": estimate_s, "compress_s": time.perf_counter() - start}
+        return report
