@@ -111,7 +111,7 @@ def test_no_added_parameters_and_allocation_differs_by_module(arch):
     counted = count_parameters(adapter)
     # every parameter of every block is in one of its (smaller) linears: nothing added
     assert counted.blocks == linear_parameters(adapter)
-    G, H, hd, d = adapter.num_kv_heads, adapter.num_heads, adapter.head_dim, adapter.hidden_size
+    H, hd = adapter.num_heads, adapter.head_dim
     for i, block in enumerate(adapter.blocks):
         k = report.knobs["kept"][f"layers.{i}.vo"]
         assert adapter.linears(block)["o"].in_features == H * k
@@ -157,7 +157,10 @@ def test_greedy_refit_beats_magnitude_selection():
     keep = order.sort().values
     ours = refit_down(W, cov, keep, 1e-6)
     by_norm = torch.topk(h.norm(dim=0) * W.norm(dim=0), k).indices.sort().values
-    err = lambda S, Wp: float((h.double() @ W.double().T - h.double()[:, S] @ Wp.T).norm())
+
+    def err(S, Wp):
+        return float((h.double() @ W.double().T - h.double()[:, S] @ Wp.T).norm())
+
     assert err(keep, ours) < 0.5 * err(by_norm, W.double()[:, by_norm])
     # gains are output energy retained: non-negative, and all of them add up to the total
     _, all_gains = greedy_channels(cov, W, m)

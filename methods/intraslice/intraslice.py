@@ -57,7 +57,7 @@ from harness.targets import block_parameters, count_parameters
 @torch.no_grad()
 def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = True, want_mlp: bool = True):
     """One forward pass: per-group value covariances, MLP channel covariance, energies."""
-    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    H, G = model.num_heads, model.num_kv_heads
     linears = step.linears
     acc = {"vo_cov": None, "mlp_cov": None, "vo_out": 0.0, "mlp_out": 0.0, "res_attn": 0.0, "res_mlp": 0.0}
 
@@ -91,7 +91,6 @@ def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = Tr
     finally:
         for h in handles:
             h.remove()
-    del hd
     return acc
 
 
