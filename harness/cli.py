@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--option", "-o", dest="option_list", action="append", type=_option, default=[],
                      metavar="METHOD.KNOB=VALUE", help="a method's own knob (repeatable)")
     run.add_argument("--overwrite", action="store_true", default=None, help="redo runs whose records exist")
+    run.add_argument("--save-models", action="store_true", default=None,
+                     help="save each compressed model under OUT/models/ (load it back with --model DIR)")
     run.add_argument("--leaderboard", metavar="DIR", help="also write leaderboards to DIR afterwards")
 
     board = sub.add_parser("leaderboard", help="build leaderboard tables from run records")

@@ -75,6 +75,11 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.export import is_compressed_dir, load_compressed
+
+    if is_compressed_dir(name):  # a model compressed and saved by this harness
+        model, tokenizer = load_compressed(name)
+        return model.to(dtype), tokenizer
     source = resolve(name)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:

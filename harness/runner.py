@@ -29,6 +29,7 @@ import harness
 from harness import models
 from harness.adapters import ModelAdapter, architecture_for
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, tokenize
+from harness.export import save_compressed
 from harness.method import Method, Target, parse_pattern
 from harness.perplexity import eval_windows, perplexity
 from harness.plugins import Registry, default_registry
@@ -64,6 +65,7 @@ class RunConfig:
     data_dir: str | None = None
     cache_dir: str | Path | None = DEFAULT_CACHE
     overwrite: bool = False
+    save_models: bool = False  # also save each compressed model under OUT/models/ (reloadable)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> knobs
 
 
@@ -259,6 +261,10 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                 result = perplexity(adapter, windows, device, config.batch_size, total)
                 record["metrics"][f"{kind}:{name}"] = result.perplexity
             record["timings"]["eval_s"] = time.perf_counter() - start
+            if config.save_models:
+                saved = save_compressed(model, tokenizer, out / "models" / path.stem,
+                                        {"method": method.name, "target": label})
+                record["saved_model"] = str(saved)
             log(f"{method.name} @ {label}: ratio {measured.ratio:.4f}, "
                 + ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items()))
         except Exception as error:  # one failed run must not lose the others

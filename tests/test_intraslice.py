@@ -166,3 +166,18 @@ def test_greedy_refit_beats_magnitude_selection():
     _, all_gains = greedy_channels(cov, W, m)
     total = float((W.double() @ cov @ W.double().T).trace())
     assert bool((all_gains >= 0).all()) and float(all_gains.sum()) == pytest.approx(total, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["intraslice", "slicegpt"])
+def test_compressed_model_saves_and_reloads_with_same_logits(method, tmp_path):
+    from harness.export import save_compressed
+    from harness.models import load_model
+    from harness.plugins import default_registry
+
+    model = tiny_model("llama3")
+    default_registry().method(method).compress(ModelAdapter(model), calibration(), Target(0.25))
+    before = logits(model)
+    save_compressed(model, None, tmp_path / "saved")
+    reloaded, _ = load_model(str(tmp_path / "saved"))
+    torch.testing.assert_close(logits(reloaded), before, rtol=0, atol=0)
+    assert count_parameters(ModelAdapter(reloaded)) == count_parameters(ModelAdapter(model))
