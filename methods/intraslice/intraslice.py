@@ -97,33 +97,44 @@ def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = Tr
 # --- the MLP: output-weighted greedy channel selection and refit ------------------------
 @torch.no_grad()
 def greedy_channels(cov: torch.Tensor, w_down: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """First ``k`` channels of the greedy order, and each step's gain in output energy."""
+    """First ``k`` channels of the greedy order, and each step's gain in output energy.
+
+    Works on the still-untaken channels only: every time a quarter of them has been taken,
+    the residual matrices are compacted, so the rank-one downdates cost Σ (m − t)² ≈ m³/3.
+    """
+    ids = torch.arange(cov.shape[0], device=cov.device)  # original index of each active row
     R = cov.clone()
-    G = w_down.detach().double() @ R
-    order, gains = [], []
-    taken = torch.zeros(R.shape[0], dtype=torch.bool, device=R.device)
+    G = w_down.detach().double() @ R  # W_d R: what each channel's residual carries to the output
+    g2 = (G * G).sum(0)  # ‖G[:, j]‖², downdated in place below
+    diag = torch.diagonal(R).clone()
     # A channel whose residual variance fell below 1e-10 of its own variance is explained by
     # the channels already taken (or dead): it adds nothing, and dividing by it is noise.
-    floor = 1e-10 * torch.diagonal(cov).clamp_min(0) + 1e-300
+    floor = 1e-10 * diag.clamp_min(0) + 1e-300
+    taken = torch.zeros_like(diag, dtype=torch.bool)
+    order, gains = [], []
     for _ in range(k):
-        diag = torch.diagonal(R)
+        if int(taken.sum()) * 4 >= len(ids) and len(ids) > 64:  # compact: drop taken channels
+            keep = ~taken
+            ids, R, G, g2, diag, floor = ids[keep], R[keep][:, keep], G[:, keep], g2[keep], diag[keep], floor[keep]
+            taken = torch.zeros_like(diag, dtype=torch.bool)
         spent = taken | (diag <= floor)
-        score = (G * G).sum(0) / torch.where(spent, torch.ones_like(diag), diag)
-        score[spent] = -1.0
+        score = torch.where(spent, torch.full_like(g2, -1.0), g2 / torch.where(spent, torch.ones_like(diag), diag))
         j = int(torch.argmax(score))
         if score[j] < 0:  # only explained or dead channels remain: they add nothing
             j = int(torch.nonzero(~taken)[0])
-            order.append(j)
             gains.append(0.0)
-            taken[j] = True
-            continue
-        gains.append(float(score[j]))
-        order.append(j)
+        else:
+            gains.append(float(score[j]))
+            column = R[:, j] / diag[j].sqrt()
+            a = G[:, j] / diag[j].sqrt()
+            # rank-one downdates, in place: R −= c cᵀ, G −= a cᵀ, and their norms/diagonal
+            g2.add_(column * (column * a.dot(a) - 2 * (G.T @ a)))
+            G.addr_(a, column, alpha=-1)
+            R.addr_(column, column, alpha=-1)
+            diag.sub_(column * column)
+        order.append(int(ids[j]))
         taken[j] = True
-        column = R[:, j] / diag[j].sqrt()
-        G.sub_(torch.outer(G[:, j] / diag[j].sqrt(), column))
-        R.sub_(torch.outer(column, column))
-    return torch.tensor(order, device=cov.device), torch.tensor(gains, dtype=torch.float64)
+    return torch.tensor(order, device=cov.device, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
 
 
 @torch.no_grad()
