@@ -90,6 +90,8 @@ class Method:
     #: through ``-o METHOD.KNOB=VALUE``, the run reproduces that knob value instead of
     #: matching a ratio: the achieved ratio is measured and reported, not enforced.
     native_knob: ClassVar[str | None] = None
+    #: For an ablation variant, the method it ablates; ``--methods all`` skips variants.
+    ablation_of: ClassVar[str | None] = None
     #: One line for ``harness plugins``.
     description: ClassVar[str] = ""
 

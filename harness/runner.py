@@ -101,11 +101,11 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     """Check the request against the registry; return the runs it asks for."""
     n_m = parse_pattern(config.pattern)
     if list(config.methods) == ["all"]:  # every installed method that can do the pattern
-        names = [n for n, m in registry.methods.items()
-                 if m.kind == "reference" or config.pattern in m.patterns]
+        names = [n for n, m in registry.methods.items() if not m.ablation_of
+                 and (m.kind == "reference" or config.pattern in m.patterns)]
     else:
         names = list(dict.fromkeys(config.methods))
-    methods = [registry.method(name) for name in names]
+    methods = sorted((registry.method(name) for name in names), key=lambda m: m.kind != "reference")
     if n_m:
         implied = 1 - n_m[0] / n_m[1]
         if any(abs(r - implied) > 1e-9 for r in config.ratios or ()):

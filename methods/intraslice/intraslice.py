@@ -287,6 +287,7 @@ class IntraSlice(Method):
         self.allocation = allocation
         self.modules = modules
         if name != "intraslice":
+            self.ablation_of = "intraslice"
             self.description = f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
 
     def compress(self, model, calibration, target):
