@@ -71,6 +71,34 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_config(name: str = DEFAULT_MODEL):
+    """The model's transformers config, without loading its weights."""
+    from transformers import AutoConfig
+
+    from harness.export import is_compressed_dir, load_compressed
+
+    if is_compressed_dir(name):
+        return load_compressed(name)[0].config
+    source = resolve(name)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        return AutoConfig.from_pretrained(source.path, **kwargs)
+    except OSError as error:
+        raise ModelNotFound(f"could not load model {name!r}: {error}") from error
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    from transformers import AutoTokenizer
+
+    from harness.export import is_compressed_dir
+
+    if is_compressed_dir(name):
+        return AutoTokenizer.from_pretrained(name)
+    source = resolve(name)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    return AutoTokenizer.from_pretrained(source.path, **kwargs)
+
+
 def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

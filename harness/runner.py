@@ -12,6 +12,7 @@ compresses it, measures the achieved ratio, evaluates, and writes one record.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import platform
 import resource
@@ -175,16 +176,24 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
     out = Path(config.out)
     cache = Path(config.cache_dir) if config.cache_dir else None
 
-    log(f"loading {config.model} ({dtype}) ...")
-    pristine, tokenizer = models.load_model(config.model, dtype)
-    family = architecture_for(pristine.config.model_type).family
+    model_config = models.load_config(config.model)
+    family = architecture_for(model_config.model_type).family
     for plan in plans:
         if plan.method.architectures is not None and family not in plan.method.architectures:
             raise ValueError(f"method {plan.method.name!r} does not support the {family!r} "
                              f"architecture (it supports: {', '.join(plan.method.architectures)})")
-    dense_count = count_parameters(ModelAdapter(pristine))
-    context = getattr(pristine.config, "max_position_embeddings", 2048) or 2048
+    context = getattr(model_config, "max_position_embeddings", 2048) or 2048
     eval_length = config.eval_length or min(context, 2048)
+
+    @functools.cache
+    def tokenizer():  # only when the token cache misses
+        return models.load_tokenizer(config.model)
+
+    @functools.cache
+    def dense_model():  # only when some run has no record yet
+        log(f"loading {config.model} ({dtype}) ...")
+        model = models.load_model(config.model, dtype)[0]
+        return model, count_parameters(ModelAdapter(model))
 
     # --- shared inputs: one calibration set and tokenised eval texts for every run ---
     calibration = None
@@ -193,7 +202,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
         def make_calibration():
             text, source = dataset.text("calibration", config.data_dir)
-            ids = draw_windows(tokenize(tokenizer, text), calib_spec.n, calib_spec.length, calib_spec.seed)
+            ids = draw_windows(tokenize(tokenizer(), text), calib_spec.n, calib_spec.length, calib_spec.seed)
             return {"input_ids": ids, "source": source}
 
         drawn = load_or_make(cache, "calibration", (config.model, str(calib_spec), config.data_dir), make_calibration)
@@ -206,7 +215,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
         def make_eval(dataset=dataset):
             text, source = dataset.text("test", config.data_dir)
-            return {"token_ids": tokenize(tokenizer, text), "source": source}
+            return {"token_ids": tokenize(tokenizer(), text), "source": source}
 
         tokens = load_or_make(cache, "eval", (config.model, name, config.data_dir), make_eval)
         windows, total = eval_windows(tokens["token_ids"], eval_length, config.eval_windows,
@@ -217,7 +226,6 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
     eval_spec = {f"{k}:{n}": {"windows": w.shape[0], "windows_total": t, "window_length": eval_length,
                               "source": s} for (k, n), (w, t, s) in eval_inputs.items()}
-    small = sum(p.numel() for p in pristine.parameters()) < 3e9
 
     records = []
     for plan in plans:
@@ -244,6 +252,8 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                            "seed": config.seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         }
         try:
+            pristine, dense_count = dense_model()
+            small = sum(p.numel() for p in pristine.parameters()) < 3e9  # else reload: no 2 copies
             model = copy.deepcopy(pristine) if small else models.load_model(config.model, dtype)[0]
             adapter = ModelAdapter(model)
             if device.type == "cuda":
@@ -262,7 +272,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                 record["metrics"][f"{kind}:{name}"] = result.perplexity
             record["timings"]["eval_s"] = time.perf_counter() - start
             if config.save_models:
-                saved = save_compressed(model, tokenizer, out / "models" / path.stem,
+                saved = save_compressed(model, tokenizer(), out / "models" / path.stem,
                                         {"method": method.name, "target": label})
                 record["saved_model"] = str(saved)
             log(f"{method.name} @ {label}: ratio {measured.ratio:.4f}, "

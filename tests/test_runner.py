@@ -63,7 +63,7 @@ def quiet(*args):
     pass
 
 
-def test_records_and_resume(config, registry):
+def test_records_and_resume(config, registry, monkeypatch):
     records = run(config, registry, log=quiet)
     assert [(r["method"], r["target"]["ratio"]) for r in records] == [("dense", 0.0), ("magnitude", 0.2), ("magnitude", 0.5)]
     assert all(r["status"] == "ok" for r in records)
@@ -77,6 +77,11 @@ def test_records_and_resume(config, registry):
     assert len(files) == 3
     stamps = {f: f.stat().st_mtime_ns for f in files}
     logs = []
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished sweep must not load the model again")
+
+    monkeypatch.setattr("harness.models.load_model", no_loading)
     again = run(config, registry, log=logs.append)
     assert sum("skipped" in line for line in logs) == 3
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
