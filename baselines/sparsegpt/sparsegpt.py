@@ -72,14 +72,14 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, tokens: int, spars
                 mask1 = score <= thresh
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        scale = mask1 / d[None, :]  # err = (w − q)/U_ii = w·[pruned]/U_ii
         for i in range(i2 - i1):
             if n_m and i % m == 0:
                 score = W1[:, i : i + m] ** 2 / d[None, i : i + m] ** 2
                 mask1.scatter_(1, i + torch.topk(score, drop, dim=1, largest=False).indices, True)
-            w = W1[:, i]
-            err = torch.where(mask1[:, i], w, torch.zeros_like(w)) / d[i]  # (w − q)/U_ii
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-            Err1[:, i] = err
+                scale[:, i : i + m] = mask1[:, i : i + m] / d[None, i : i + m]
+            err = torch.mul(W1[:, i], scale[:, i], out=Err1[:, i])
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # W[:, j] −= err · U[i, j], j ≥ i
         W1[mask1] = 0  # exactly zero, not merely updated to ~0
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
