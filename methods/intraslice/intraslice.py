@@ -276,6 +276,16 @@ def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
     return vo, mlp
 
 
+def _estimate_key(model: ModelAdapter, calibration, modules) -> tuple:
+    """Identifies a dense model and calibration set well enough to reuse an estimate."""
+    first = model.linears(model.blocks[0])["down"].weight
+    last = model.linears(model.blocks[-1])["down"].weight
+    ids = calibration.input_ids
+    return (model.config.model_type, model.hidden_size, len(model.blocks), tuple(first.shape),
+            float(first.detach().double().sum()), float(last.detach().double().abs().sum()),
+            tuple(ids.shape), int(ids.sum()), int(ids[:, :7].prod(1).sum()), tuple(modules))
+
+
 class IntraSlice(Method):
     kind = "structured"
     patterns = ("unstructured",)
@@ -284,18 +294,16 @@ class IntraSlice(Method):
     def __init__(self, name: str = "intraslice", allocation: str = "global",
                  modules: tuple[str, ...] = ("vo", "mlp")):
         self.name = name
+        self._estimates: dict = {}  # the last estimate, by (model fingerprint, calibration)
         self.allocation = allocation
         self.modules = modules
         if name != "intraslice":
             self.ablation_of = "intraslice"
             self.description = f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
 
-    def compress(self, model, calibration, target):
-        ridge = float(target.options.get("ridge", 1e-4))
-        start = time.perf_counter()
-        dense = count_parameters(model).blocks
+    def estimate(self, model, calibration) -> list[Module]:
+        """Importance and energy curve of every module, from one sweep over the dense model."""
         hd = model.head_dim
-        # Sweep 1 (dense): the estimator's statistics.
         modules: list[Module] = []
         for step in calibration.sequential(model, desc=f"{self.name}: estimate"):
             acc = collect_block_stats(step, model, "vo" in self.modules, "mlp" in self.modules)
@@ -313,6 +321,19 @@ class IntraSlice(Method):
                 energy = torch.cat([gains.new_zeros(1), gains.cumsum(0)]) / max(total, 1e-300)
                 modules.append(Module(f"layers.{step.index}.mlp", step.index, "mlp", w_down.shape[1], mlp_cost,
                                       acc["mlp_out"] / max(acc["res_mlp"], 1e-300), energy.clamp(max=1.0)))
+        return modules
+
+    def compress(self, model, calibration, target):
+        ridge = float(target.options.get("ridge", 1e-4))
+        start = time.perf_counter()
+        dense = count_parameters(model).blocks
+        hd = model.head_dim
+        # Sweep 1 (dense): the estimator's statistics. They depend on the dense model and the
+        # calibration set only, so a sweep over several ratios computes them once.
+        key = _estimate_key(model, calibration, self.modules)
+        if key not in self._estimates:
+            self._estimates = {key: self.estimate(model, calibration)}
+        modules = self._estimates[key]
         estimate_s = time.perf_counter() - start
         # r counts nonzeros; units save whole rows and columns (zeros included), so remove
         # what takes the blocks' size down to (1 − r) of the dense nonzero count.
