@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
 
+    check = sub.add_parser("check", help="fail if fresh results are worse than a stored leaderboard")
+    check.add_argument("results", type=Path, help="directory of run records, or a leaderboard JSON")
+    check.add_argument("--against", type=Path, required=True, help="the stored leaderboard JSON")
+    check.add_argument("--rtol", type=float, default=0.02, help="relative tolerance (default 0.02)")
+
     bench = sub.add_parser("bench", help="benchmarks on random-initialised models of named shapes")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     comp = bench_sub.add_parser("compress", help="time compression: total and per-block seconds, peak GPU memory")
@@ -174,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return cmd_plugins()
+        if args.command == "check":
+            from harness.check import compare, failed, report
+
+            comparisons = compare(args.results, args.against, args.rtol)
+            print(report(comparisons))
+            if failed(comparisons):
+                print(f"harness check: FAILED (worse than {args.against} beyond rtol {args.rtol}, or missing rows)",
+                      file=sys.stderr)
+                return 1
+            print(f"harness check: OK ({len(comparisons)} metrics within rtol {args.rtol} or better)")
+            return 0
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "leaderboard":

@@ -1,0 +1,74 @@
+"""Regression check: compare fresh results against a stored leaderboard.
+
+    harness check RESULTS --against leaderboards/ci/smollm2-quick.json --rtol 0.02
+
+RESULTS is a directory of run records or another leaderboard JSON. Rows are matched by
+(method, pattern, target). A metric worse than the stored one by more than ``rtol``
+(relative), or a stored row with no fresh counterpart, fails the check; improvements are
+reported, not failed. Perplexities are lower-is-better, everything else higher-is-better.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.leaderboard import LOWER_IS_BETTER_PREFIXES, build_table, records_frame
+from harness.results import load_records
+
+
+@dataclass
+class Comparison:
+    key: tuple[str, str, str]
+    metric: str
+    stored: float | None
+    fresh: float | None
+    status: str  # "ok", "better", "WORSE", "MISSING"
+
+
+def _rows(path: Path) -> dict[tuple[str, str, str], dict]:
+    """Leaderboard rows by (method, pattern, target), from a JSON board or a records dir."""
+    if path.is_dir():
+        records = [r for r in load_records(path) if r["status"] == "ok"]
+        if not records:
+            raise FileNotFoundError(f"no successful run records under {path}")
+        rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))
+    else:
+        rows = json.loads(path.read_text())["rows"]
+    return {(r["method"], r["pattern"], str(r["target"])): r for r in rows}
+
+
+def _metrics(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if ":" in k and not k.startswith("Δ") and v is not None}
+
+
+def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02) -> list[Comparison]:
+    fresh, stored = _rows(Path(fresh_path)), _rows(Path(stored_path))
+    out = []
+    for key, row in stored.items():
+        for metric, reference in _metrics(row).items():
+            value = _metrics(fresh.get(key, {})).get(metric)
+            if value is None:
+                out.append(Comparison(key, metric, reference, None, "MISSING"))
+                continue
+            lower_better = metric.startswith(LOWER_IS_BETTER_PREFIXES)
+            change = (value - reference) / abs(reference) if reference else value - reference
+            worse = change if lower_better else -change
+            status = "WORSE" if worse > rtol else "better" if worse < -rtol else "ok"
+            out.append(Comparison(key, metric, reference, value, status))
+    return out
+
+
+def report(comparisons: list[Comparison]) -> str:
+    rows = [[*c.key, c.metric, c.stored, c.fresh,
+             None if c.fresh is None or not c.stored else f"{(c.fresh - c.stored) / abs(c.stored):+.2%}",
+             c.status] for c in comparisons]
+    return tabulate(rows, headers=["method", "pattern", "target", "metric", "stored", "fresh", "change", "status"],
+                    tablefmt="github", floatfmt=".4g", missingval="—")
+
+
+def failed(comparisons: list[Comparison]) -> bool:
+    return any(c.status in ("WORSE", "MISSING") for c in comparisons)

