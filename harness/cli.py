@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="output directory")
     board.add_argument("--sort", help="metric to rank by (default: first perplexity)")
     board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
+    board.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
 
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from harness.leaderboard import write_leaderboards
 
-            for path in write_leaderboards(args.results, args.out, args.sort, args.formats):
+            for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots):
                 print(path)
             return 0
         from harness.runner import run

@@ -96,7 +96,7 @@ def protocol_header(records: list[dict]) -> str:
 
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
-                       ) -> list[Path]:
+                       plots: bool = True) -> list[Path]:
     registry = registry or default_registry()
     records = load_records(results_dir)
     if not records:
@@ -121,4 +121,9 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
             written.append(registry.reporters[name](table, header, stem))
+        if plots:
+            from harness.plots import write_plots
+
+            metrics = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
+            written += write_plots(ok, stem, metrics)
     return written

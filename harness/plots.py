@@ -1,0 +1,87 @@
+"""Leaderboard plots (matplotlib, PNG): quality against ratio, and per-layer allocations.
+
+Optional: without matplotlib (``pip install 'compression-harness[plots]'``) no plot is
+written and the tables are unaffected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_metric_vs_ratio(records: list[dict], metric: str, stem: Path) -> Path | None:
+    """One line per method: the metric at each measured ratio (matched-ratio runs only)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    ok = [r for r in records if r["status"] == "ok" and metric in r["metrics"]]
+    dense = [r["metrics"][metric] for r in ok if r["method_kind"] == "reference"]
+    runs = [r for r in ok if r["method_kind"] != "reference" and r.get("mode", "matched-ratio") == "matched-ratio"
+            and r["target"]["pattern"] == "unstructured"]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["method"] for r in runs}):
+        points = sorted((r["achieved"]["ratio"], r["metrics"][metric]) for r in runs if r["method"] == method)
+        ax.plot(*zip(*points), marker="o", label=method)
+    if dense:
+        ax.axhline(dense[0], color="gray", linestyle="--", label="dense")
+    ax.set_xlabel("measured ratio r (decoder-block parameters removed)")
+    ax.set_ylabel(metric)
+    if metric.startswith("ppl:"):
+        ax.set_yscale("log")
+    ax.set_title(f"{records[0]['model']}: {metric} vs ratio")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = stem.with_name(f"{stem.name}-{metric.replace(':', '-')}-vs-ratio.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_allocation(record: dict, stem: Path) -> Path | None:
+    """A method's per-layer (or per-module) ratios, from its report."""
+    plt = _pyplot()
+    ratios = (record.get("report") or {}).get("layer_ratios") or {}
+    if plt is None or len(set(ratios.values())) < 2:
+        return None  # uniform allocations say nothing a table does not
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    # names look like "layers.12.mlp" or "layers.12.down": one bar group per block
+    kinds = list(dict.fromkeys(n.rsplit(".", 1)[1] for n in ratios))
+    blocks = sorted({int(n.split(".")[1]) for n in ratios})
+    width = 0.9 / len(kinds)
+    for i, kind in enumerate(kinds):
+        xs = [b + (i - (len(kinds) - 1) / 2) * width for b in blocks]
+        ax.bar(xs, [ratios.get(f"layers.{b}.{kind}", 0.0) for b in blocks], width=width, label=kind)
+    ax.set_xlabel("block")
+    ax.legend(fontsize=7, ncol=len(kinds))
+    ax.set_ylabel("ratio removed")
+    ax.set_title(f"{record['method']} @ {record.get('label')}: allocation "
+                 f"(measured r = {record['achieved']['ratio']:.3f})")
+    ax.grid(alpha=0.3, axis="y")
+    path = stem.with_name(f"{stem.name}-{record['method']}-{record.get('label')}-allocation.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(records: list[dict], stem: Path, metrics: list[str],
+                allocation_methods: tuple[str, ...] = ("besa", "intraslice")) -> list[Path]:
+    written = [plot_metric_vs_ratio(records, m, stem) for m in metrics]
+    for record in records:
+        if record["status"] == "ok" and record["method"] in allocation_methods:
+            written.append(plot_allocation(record, stem))
+    return [p for p in written if p is not None]
