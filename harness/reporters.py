@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +66,7 @@ def write_html(table: pd.DataFrame, header: str, stem: Path) -> Path:
 
     protocol = "".join(f"<li>{html.escape(line)}</li>" for line in header.splitlines())
     body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
-    body = body.replace("<tr>\n      <td></td>\n      <td>dense</td>", '<tr class="reference">\n      <td></td>\n      <td>dense</td>', 1)
+    body = re.sub(r"<tr>(\s*<td>[^<]*</td>\s*<td>dense</td>)", r'<tr class="reference">\1', body, count=1)
     page = HTML_PAGE.format(title=html.escape(stem.name), protocol=protocol, table=body)
     return _atomic_text(stem.with_suffix(".html"), page)
 
