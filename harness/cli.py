@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calib", dest="calibration", help="calibration set DATASET:NxL (default wikitext2:128x2048)")
     run.add_argument("--seed", type=int, help="calibration seed (default 0)")
     run.add_argument("--eval", dest="evals", action="append",
-                     help="evaluations, e.g. ppl:wikitext2,c4 (repeatable; default ppl:wikitext2)")
+                     help="evaluations, e.g. ppl:wikitext2,c4 or zeroshot:piqa,arc_easy,arc_challenge,"
+                     "hellaswag,winogrande (repeatable; default ppl:wikitext2)")
+    run.add_argument("--zeroshot-limit", type=int, help="examples per zero-shot task (quick runs; recorded)")
     run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
                      "(quick runs; recorded with the result)")
     run.add_argument("--eval-length", type=int, help="perplexity window length (default: context, at most 2048)")

@@ -79,9 +79,15 @@ def protocol_header(records: list[dict]) -> str:
         return f"{c['dataset']} {c['n']}×{c['length']} seed {c['seed']} ({c['source']})" if c else None
 
     def evals(r):
-        return "; ".join(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
-                         + (" (subsampled)" if v["windows"] < v["windows_total"] else "")
-                         for k, v in r["eval"].items())
+        parts = []
+        for k, v in r["eval"].items():
+            if k == "zeroshot":
+                parts.append(f"zero-shot (lm-eval {v.get('lm_eval')}): {', '.join(v['tasks'])}"
+                             + (f", first {v['limit']} examples each (subsampled)" if v.get("limit") else ""))
+            else:
+                parts.append(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
+                             + (" (subsampled)" if v["windows"] < v["windows_total"] else ""))
+        return "; ".join(parts)
 
     p = records[0]["provenance"]
     return "\n".join([

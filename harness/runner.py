@@ -44,7 +44,7 @@ from harness.results import (
 )
 from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
 
-EVAL_KINDS = ("ppl",)
+EVAL_KINDS = ("ppl", "zeroshot")
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "compression-harness"))
 
 
@@ -58,6 +58,7 @@ class RunConfig:
     seed: int = 0
     evals: list[str] = field(default_factory=lambda: ["ppl:wikitext2"])
     eval_windows: int | None = None  # limit on perplexity windows (None: the full protocol)
+    zeroshot_limit: int | None = None  # examples per zero-shot task (None: all; recorded)
     eval_length: int | None = None  # window length (None: model context capped at 2048)
     out: str | Path = "results"
     device: str = "auto"
@@ -166,6 +167,8 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
     registry = registry or default_registry()
     plans = plan_runs(config, registry)
     evals = parse_evals(config.evals)
+    zeroshot_tasks = [name for kind, name in evals if kind == "zeroshot"]
+    evals = [(kind, name) for kind, name in evals if kind != "zeroshot"]
     for _, name in evals:
         registry.dataset(name)
     calib_spec = CalibrationSpec.parse(config.calibration, config.seed)
@@ -226,6 +229,8 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
     eval_spec = {f"{k}:{n}": {"windows": w.shape[0], "windows_total": t, "window_length": eval_length,
                               "source": s} for (k, n), (w, t, s) in eval_inputs.items()}
+    if zeroshot_tasks:
+        eval_spec["zeroshot"] = {"tasks": zeroshot_tasks, "limit": config.zeroshot_limit}
 
     records = []
     for plan in plans:
@@ -270,6 +275,13 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             for (kind, name), (windows, total, _) in eval_inputs.items():
                 result = perplexity(adapter, windows, device, config.batch_size, total)
                 record["metrics"][f"{kind}:{name}"] = result.perplexity
+            if zeroshot_tasks:
+                from harness.zeroshot import evaluate_zeroshot
+
+                scores, details = evaluate_zeroshot(model, tokenizer(), zeroshot_tasks, device,
+                                                    config.zeroshot_limit, config.batch_size, config.data_dir)
+                record["metrics"].update(scores)
+                record["eval"] = {**record["eval"], "zeroshot": {**eval_spec["zeroshot"], **details}}
             record["timings"]["eval_s"] = time.perf_counter() - start
             if config.save_models:
                 saved = save_compressed(model, tokenizer(), out / "models" / path.stem,

@@ -93,7 +93,8 @@ def tiny_tokenizer_dir(tmp_path_factory, data_dir) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=TINY["vocab_size"], special_tokens=["<unk>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([(data_dir / "wikitext2" / "train.txt").read_text()], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>",
+                                   eos_token="<unk>", bos_token="<unk>")
     path = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(path)
     return path

@@ -1,0 +1,104 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on the in-memory compressed model.
+
+The model is wrapped in lm-eval's own Hugging Face class (``HFLM``); scoring is lm-eval's,
+not ours. Default tasks are the pruning papers': PIQA, ARC-Easy, ARC-Challenge, HellaSwag,
+WinoGrande (acc and acc_norm as lm-eval defines them) and their average.
+
+Offline: when ``DATA_DIR/zeroshot/<task>.jsonl`` exists (``--data-dir`` or
+``HARNESS_DATA_DIR``), the task runs from it: lm-eval's own task config for that task, with
+its data source pointed at the local file (rows in the hub dataset's format, the split lm-eval
+evaluates). Otherwise lm-eval loads the task from the hub as usual.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from harness.datasets import DATA_DIR_ENV
+
+DEFAULT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+
+
+def local_task_file(task: str, data_dir: str | Path | None) -> Path | None:
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+        return None
+    for suffix in (".jsonl", ".json"):
+        path = Path(data_dir) / "zeroshot" / f"{task}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def task_config(task: str, data_dir: str | Path | None):
+    """lm-eval's config for ``task``, reading a local file when there is one; else the name."""
+    path = local_task_file(task, data_dir)
+    if path is None:
+        return task
+    from lm_eval.tasks import TaskManager
+
+    entry = TaskManager().task_index.get(task)
+    yaml_path = None if entry is None else getattr(entry, "yaml_path", None) or entry["yaml_path"]
+    if yaml_path is None:
+        raise ValueError(f"lm-eval has no task {task!r}")
+    try:  # lm-eval ≥ 0.4.10
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        config = load_yaml(yaml_path, resolve_func=True)
+    except ImportError:  # earlier 0.4 releases
+        from lm_eval.utils import load_yaml_config
+
+        config = load_yaml_config(yaml_path=str(yaml_path), mode="full")
+    # lm-eval scores the test split when the task has one, else validation: the file is that
+    # split, and the others are switched off.
+    split_key = "test_split" if config.get("test_split") else "validation_split"
+    split = config[split_key]
+    config.update(task=task, dataset_path="json", dataset_name=None,
+                  dataset_kwargs={"data_files": {split: str(path)}},
+                  training_split=None, fewshot_split=None, test_split=None, validation_split=None)
+    config[split_key] = split
+    config.pop("group", None)
+    return config
+
+
+@torch.no_grad()
+def evaluate_zeroshot(model, tokenizer, tasks: list[str], device: torch.device, limit: int | None = None,
+                      batch_size: int = 8, data_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """(metrics, details): "acc:piqa", "acc_norm:piqa", ..., "acc:avg"; and what ran, from where."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    configs = [task_config(t, data_dir) for t in tasks]
+    model.to(device)  # lm-eval runs the whole model on one device
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+        out = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=False,
+                                      bootstrap_iters=0, verbosity="ERROR")
+    finally:
+        model.to("cpu")
+    metrics, accs = {}, []
+    for task in tasks:
+        result = out["results"][task]
+        for name in ("acc", "acc_norm"):
+            value = result.get(f"{name},none")
+            if value is not None:
+                metrics[f"{name}:{task}"] = float(value)
+        accs.append(metrics.get(f"acc:{task}"))
+    if accs and None not in accs:
+        metrics["acc:avg"] = sum(accs) / len(accs)
+    details = {"lm_eval": getattr(lm_eval, "__version__", None) or _version("lm_eval"), "limit": limit,
+               "tasks": {t: (str(local_task_file(t, data_dir)) if local_task_file(t, data_dir) else "hub")
+                         for t in tasks}}
+    return metrics, details
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(package.replace("_", "-"))
+    except md.PackageNotFoundError:
+        return None

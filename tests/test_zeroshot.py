@@ -1,0 +1,67 @@
+"""Zero-shot through lm-eval, offline, on the in-memory model (tiny task files made here)."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from harness.zeroshot import evaluate_zeroshot, task_config
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    root = tmp_path / "data"
+    (root / "zeroshot").mkdir(parents=True)
+    with open(root / "zeroshot" / "piqa.jsonl", "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"goal": f"the model prunes the {i} block", "sol1": "the weight",
+                                "sol2": "the token speed", "label": i % 2}) + "\n")
+    with open(root / "zeroshot" / "arc_easy.jsonl", "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"id": str(i), "question": f"which layer has rank {i}?",
+                                "choices": {"text": ["the head", "the value", "the cache"], "label": ["A", "B", "C"]},
+                                "answerKey": "B"}) + "\n")
+    return root
+
+
+def test_local_task_config_points_lm_eval_at_the_file(task_dir):
+    config = task_config("piqa", task_dir)
+    assert config["dataset_path"] == "json"
+    assert str(task_dir / "zeroshot" / "piqa.jsonl") in json.dumps(config["dataset_kwargs"])
+    assert config["doc_to_text"].startswith("Question:")  # lm-eval's own prompt, untouched
+    assert task_config("winogrande", task_dir) == "winogrande"  # no local file: the hub
+
+
+def test_zeroshot_scores_the_in_memory_model(task_dir, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = tiny_model("llama3")
+    metrics, details = evaluate_zeroshot(model, tokenizer, ["piqa", "arc_easy"], torch.device("cpu"),
+                                         data_dir=task_dir)
+    for name in ("acc:piqa", "acc_norm:piqa", "acc:arc_easy", "acc_norm:arc_easy", "acc:avg"):
+        assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["acc:avg"] == pytest.approx((metrics["acc:piqa"] + metrics["acc:arc_easy"]) / 2)
+    assert details["lm_eval"] and details["tasks"]["piqa"].endswith("piqa.jsonl")
+    # the in-memory model is what gets scored: breaking it changes the answer pattern
+    limited, details = evaluate_zeroshot(model, tokenizer, ["piqa"], torch.device("cpu"), limit=2, data_dir=task_dir)
+    assert details["limit"] == 2 and limited["acc:piqa"] in (0.0, 0.5, 1.0)
+
+
+def test_zeroshot_columns_through_the_cli(tiny_model_dir, data_dir, task_dir, tmp_path):
+    import shutil
+
+    from harness.leaderboard import write_leaderboards
+    from harness.runner import RunConfig, run
+
+    shutil.copytree(task_dir / "zeroshot", data_dir / "zeroshot", dirs_exist_ok=True)
+    records = run(RunConfig(model=str(tiny_model_dir), methods=["dense", "magnitude"], ratios=[0.3],
+                            evals=["ppl:wikitext2", "zeroshot:piqa,arc_easy"], zeroshot_limit=4,
+                            eval_windows=1, eval_length=32, out=tmp_path / "res", data_dir=str(data_dir),
+                            cache_dir=tmp_path / "cache"), log=lambda *a: None)
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert {"acc:piqa", "acc_norm:arc_easy", "acc:avg", "ppl:wikitext2"} <= set(records[1]["metrics"])
+    assert records[1]["eval"]["zeroshot"]["limit"] == 4 and records[1]["eval"]["zeroshot"]["lm_eval"]
+    md = next(p for p in write_leaderboards(tmp_path / "res", tmp_path / "lb") if p.suffix == ".md").read_text()
+    assert "acc:avg" in md and "first 4 examples each (subsampled)" in md
