@@ -108,10 +108,3 @@ def test_slicegpt_rises_with_slicing_and_equals_dense_at_zero(results, smollm2):
     p30 = results("slicegpt", Target(0.0, options={"slicing": 0.3}))[0]
     assert dense < p15 < p30
 
-
-def test_intraslice_beats_slicegpt_at_equal_ratio(results):
-    # the IntraSlice paper's claim, at one matched ratio (the H100 leaderboard has the rest)
-    intraslice, r_i = results("intraslice", Target(0.2))
-    slicegpt, r_s = results("slicegpt", Target(0.2))
-    assert abs(r_i - 0.2) <= 0.005 and abs(r_s - 0.2) <= 0.005
-    assert intraslice < slicegpt
