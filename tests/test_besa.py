@@ -4,19 +4,18 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import synthetic_calibration, tiny_model
 
 from baselines.wanda.wanda import Wanda
 from harness.adapters import ModelAdapter
-from harness.calibration import Calibration, CalibrationSpec, sequential
+from harness.calibration import sequential
 from harness.method import Target
 from harness.targets import count_parameters, measure_ratio
 from methods.besa.besa import BESA, LearnedSparsityLinear
 
 
 def calibration(n=16, length=32, seed=0):
-    ids = torch.randint(0, 320, (n, length), generator=torch.Generator().manual_seed(seed))
-    return Calibration(ids, CalibrationSpec("synthetic", n, length, seed), batch_size=4)
+    return synthetic_calibration(n, length, seed, batch_size=4)
 
 
 def test_mask_is_hard_forward_expected_backward():

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from conftest import logits_of as logits
+from conftest import synthetic_calibration as calibration
 from conftest import tiny_model
 
 from harness.adapters import ModelAdapter
-from harness.calibration import Calibration, CalibrationSpec
 from harness.method import Target
 from harness.targets import count_parameters, measure_ratio
 from methods.intraslice.intraslice import (
@@ -17,17 +18,6 @@ from methods.intraslice.intraslice import (
     greedy_channels,
     refit_down,
 )
-
-
-def calibration(n=8, length=32, seed=0):
-    ids = torch.randint(0, 320, (n, length), generator=torch.Generator().manual_seed(seed))
-    return Calibration(ids, CalibrationSpec("synthetic", n, length, seed), batch_size=4)
-
-
-def logits(model, seed=5):
-    ids = torch.randint(0, 320, (3, 24), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return model(ids).logits
 
 
 def linear_parameters(adapter) -> int:

@@ -2,20 +2,18 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import synthetic_calibration, tiny_model
 
 from baselines.sparsegpt.sparsegpt import SparseGPT, sparsegpt_prune
 from baselines.wanda.wanda import Wanda
 from harness.adapters import ModelAdapter
-from harness.calibration import Calibration, CalibrationSpec
 from harness.method import Target
 from harness.sparsity import prune_mask
 from harness.targets import count_parameters, measure_ratio
 
 
 def calibration(n=4, length=32, seed=0):
-    ids = torch.randint(0, 320, (n, length), generator=torch.Generator().manual_seed(seed))
-    return Calibration(ids, CalibrationSpec("synthetic", n, length, seed), batch_size=2)
+    return synthetic_calibration(n, length, seed, batch_size=2)
 
 
 def block_inputs(model, ids):

