@@ -12,6 +12,7 @@ evaluates). Otherwise lm-eval loads the task from the hub as usual.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -38,9 +39,7 @@ def task_config(task: str, data_dir: str | Path | None):
     path = local_task_file(task, data_dir)
     if path is None:
         return task
-    from lm_eval.tasks import TaskManager
-
-    entry = TaskManager().task_index.get(task)
+    entry = _task_manager().task_index.get(task)
     yaml_path = None if entry is None else getattr(entry, "yaml_path", None) or entry["yaml_path"]
     if yaml_path is None:
         raise ValueError(f"lm-eval has no task {task!r}")
@@ -64,6 +63,14 @@ def task_config(task: str, data_dir: str | Path | None):
     return config
 
 
+@functools.cache
+def _task_manager():
+    """lm-eval's task index (building it scans every task YAML: do it once)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 @torch.no_grad()
 def evaluate_zeroshot(model, tokenizer, tasks: list[str], device: torch.device, limit: int | None = None,
                       batch_size: int = 8, data_dir: str | Path | None = None) -> tuple[dict, dict]:
@@ -76,7 +83,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], device: torch.device, 
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
         out = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=False,
-                                      bootstrap_iters=0, verbosity="ERROR")
+                                      bootstrap_iters=0, verbosity="ERROR", task_manager=_task_manager())
     finally:
         model.to("cpu")
     metrics, accs = {}, []

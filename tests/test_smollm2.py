@@ -1,6 +1,6 @@
 """Real-model tests on the embedded default, SmolLM2-135M-Instruct (slow: minutes on 2 cores).
 
-Small calibration (16 × 256 tokens of WikiText-2) and windowed perplexity (first 3 test
+Small calibration (8 × 256 tokens of WikiText-2) and windowed perplexity (first 2 test
 windows of 1024 tokens): enough to check orderings the papers establish, not to quote.
 """
 
@@ -28,8 +28,8 @@ def smollm2():
     wikitext = BUILTIN[0]
     calib_ids = tokenize(tokenizer, wikitext.text("calibration", SHARED_DATA)[0])
     test_ids = tokenize(tokenizer, wikitext.text("test", SHARED_DATA)[0])
-    calibration = Calibration(draw_windows(calib_ids, 16, 256, seed=0), CalibrationSpec("wikitext2", 16, 256))
-    windows, _ = eval_windows(test_ids, 1024, limit=3)
+    calibration = Calibration(draw_windows(calib_ids, 8, 256, seed=0), CalibrationSpec("wikitext2", 8, 256))
+    windows, _ = eval_windows(test_ids, 1024, limit=2)
     return model, calibration, windows
 
 
