@@ -22,7 +22,10 @@ Following the reference exactly:
 - statistics of block l come from inputs produced by the already-pruned blocks < l, all
   linears of a block from one pass over the dense block (the reference's default).
 We accumulate XᵀX in float64 (the reference: float32) and invert it in float64; the
-column sweep runs in float32 as the reference's does.
+column sweep runs in float32 as the reference's does. One small difference: the reference
+masks ``score <= sorted[k]``, i.e. k + 1 weights per 128-column block (more on ties); we
+mask exactly the k lowest (checked against the reference on one layer: N:M masks
+identical, unstructured masks agree on 99.93% of weights).
 """
 
 from __future__ import annotations
