@@ -9,7 +9,9 @@ the original module's projections, rotary and scaling and computes
 
 with one ``scaled_dot_product_attention`` call (it accepts a value width different from
 the query/key width, and shares KV heads across query groups natively), so no Python
-reshaping runs per head. The KV cache for V shrinks by v_dim / head_dim as well.
+reshaping runs per head. With a KV cache (``past_key_values``, e.g. transformers' caches or
+``harness.throughput.StaticKVCache``) the cached values are v_dim wide: the cache for V
+shrinks by v_dim / head_dim as well.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class SlimValueAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
                 **kwargs) -> tuple[torch.Tensor, None]:
-        if kwargs.get("past_key_values") is not None:
-            raise NotImplementedError("SlimValueAttention runs without a KV cache")
         B, L, _ = hidden_states.shape
         H, G, hd, vd = self.num_heads, self.num_kv_heads, self.head_dim, self.v_dim
         if self.fused_qkv:
@@ -73,6 +73,9 @@ class SlimValueAttention(nn.Module):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        cache = kwargs.get("past_key_values")
+        if cache is not None:  # values are cached v_dim wide
+            k, v = cache.update(k, v, self.layer_idx)
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask[:, :, :, : k.shape[-2]]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,

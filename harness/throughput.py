@@ -1,0 +1,285 @@
+"""Inference speed as a server sees it: fixed shapes, a static KV cache, CUDA graphs.
+
+Two phases, each a ``SpeedSpec`` written ``PHASE@BxL``:
+
+    prefill@8x2048   8 prompts of 2048 tokens in one forward (KV cache written):
+                     tokens/s = B·L / step time
+    decode@16x512    one new token for each of 16 sequences whose static KV cache holds
+                     512 positions: tokens/s = B / step time
+
+The step runs the model's own decoder blocks, one after another, on fixed-shape inputs:
+a preallocated KV cache (``StaticKVCache``, written in place at positions held in a
+device tensor) and a precomputed additive mask, so nothing in the step depends on
+Python-side values. On a GPU the whole step is captured once as a CUDA graph and
+replayed: no Python, no kernel-launch gaps, as in a serving engine. Each replay is timed
+with CUDA events after warm-up; we report the median. On a CPU the same step runs eagerly
+under ``time.perf_counter`` and every figure says "cpu".
+
+Why decode at a fixed cache length: with a static cache, attention reads all L positions
+(masked) at every step, so one step costs the same wherever in the cache it writes. Weights
+and cache are read once per step; ``roofline`` compares a decode step with the time the
+device's measured memory bandwidth needs to read them (the HBM roofline).
+
+2:4 sparsity is faster only with sparse kernels: ``to_semi_structured`` swaps every linear
+whose weight is exactly 2:4 along its inputs for torch's semi-structured sparse tensor
+(cuSPARSELt / CUTLASS), so N:M methods run their real kernels. Unstructured sparsity runs
+dense kernels and is honestly ≈ 1.0× (the zeros are still multiplied).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.adapters import ModelAdapter
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    phase: str  # "prefill" | "decode"
+    batch: int
+    length: int  # prompt tokens (prefill) or KV-cache positions (decode)
+
+    @classmethod
+    def parse(cls, text: str) -> SpeedSpec:
+        match = re.fullmatch(r"(prefill|decode)@(\d+)x(\d+)", text.strip())
+        if not match:
+            raise ValueError(f"speed spec must be prefill@BxL or decode@BxL (e.g. decode@1x512), got {text!r}")
+        spec = cls(match[1], int(match[2]), int(match[3]))
+        if spec.batch < 1 or spec.length < 2:
+            raise ValueError(f"speed spec {text!r}: batch ≥ 1 and length ≥ 2 needed")
+        return spec
+
+    @property
+    def label(self) -> str:
+        return f"{self.phase}@{self.batch}x{self.length}"
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * (self.length if self.phase == "prefill" else 1)
+
+
+class StaticKVCache:
+    """Keys and values of every layer, preallocated; written where ``positions`` says.
+
+    transformers' attention modules call ``update(key, value, layer_idx, ...)`` and attend
+    over what it returns: here, the whole preallocated buffer (masked beyond the written
+    positions). ``positions`` is a device tensor set by the step that runs, so a captured
+    graph writes wherever that tensor points. Buffers are allocated on the first call per
+    layer, from the shapes the layer produces: narrow value heads (IntraSlice) get a
+    narrow value cache.
+    """
+
+    is_compileable = True
+
+    def __init__(self, length: int):
+        self.length = length
+        self.positions: torch.Tensor | None = None
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx not in self.keys:
+            B, H = key.shape[:2]
+            self.keys[layer_idx] = key.new_zeros(B, H, self.length, key.shape[-1])
+            self.values[layer_idx] = value.new_zeros(B, value.shape[1], self.length, value.shape[-1])
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys.index_copy_(2, self.positions, key)
+        values.index_copy_(2, self.positions, value)
+        return keys, values
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor occupies; a semi-structured sparse one counts its packed values and metadata."""
+    parts = [getattr(t, name) for name in ("packed", "meta") if getattr(t, name, None) is not None]
+    if parts:
+        return sum(p.numel() * p.element_size() for p in parts)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for p in list(model.parameters()) + list(model.buffers()):
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += tensor_bytes(p)
+    return total
+
+
+class ServingStep:
+    """One fixed-shape forward of ``adapter``'s model: embeddings → blocks → last-token logits.
+
+    ``batch`` sequences feed tokens at cache positions ``first .. first+tokens−1`` into a
+    static cache of ``cache.length`` positions; the additive mask lets position i see
+    positions ≤ i.
+    """
+
+    def __init__(self, adapter: ModelAdapter, batch: int, first: int, tokens: int,
+                 cache: StaticKVCache, device: torch.device):
+        self.adapter, self.cache = adapter, cache
+        self.positions = torch.arange(first, first + tokens, device=device)
+        generator = torch.Generator(device=device).manual_seed(first)
+        self.input_ids = torch.randint(0, adapter.embeddings.num_embeddings, (batch, tokens),
+                                       device=device, generator=generator)
+        dtype = adapter.dtype
+        allowed = torch.arange(cache.length, device=device)[None, :] <= self.positions[:, None]
+        self.mask = torch.zeros(1, 1, tokens, cache.length, dtype=dtype, device=device)
+        self.mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    @classmethod
+    def for_spec(cls, adapter: ModelAdapter, spec: SpeedSpec, device: torch.device) -> ServingStep:
+        cache = StaticKVCache(spec.length)
+        if spec.phase == "prefill":
+            return cls(adapter, spec.batch, 0, spec.length, cache, device)
+        # decode: a prompt fills positions 0..L−2, the timed step writes position L−1
+        prompt = cls(adapter, spec.batch, 0, spec.length - 1, cache, device)
+        prompt()
+        step = cls(adapter, spec.batch, spec.length - 1, 1, cache, device)
+        step.prompt_ids = prompt.input_ids  # what the cache holds (tests compare with a full forward)
+        return step
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        a = self.adapter
+        self.cache.positions = self.positions
+        hidden = a.embeddings(self.input_ids)
+        position_ids = self.positions[None, :]
+        kwargs = {"attention_mask": self.mask, "position_ids": position_ids, "past_key_values": self.cache,
+                  "use_cache": True, "cache_position": self.positions}
+        if a.rotary is not None:
+            kwargs["position_embeddings"] = a.rotary(hidden, position_ids)
+        for block in a.blocks:
+            out = block(hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return a.lm_head(a.final_norm(hidden[:, -1:]))
+
+
+def capture_graph(step, warmup: int = 3):
+    """Warm ``step`` up on a side stream, then capture it as a CUDA graph; returns the replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def time_steps(run, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``run``: CUDA events on a GPU, perf_counter on a CPU."""
+    for _ in range(warmup):
+        run()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
+            warmup: int = 5, cuda_graph: bool = True) -> dict:
+    """Throughput of one phase; the model must already sit on ``device`` in eval mode."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    repeats = repeats or (20 if spec.phase == "prefill" else 100)
+    with torch.no_grad():
+        step = ServingStep.for_spec(adapter, spec, device)
+        step()  # allocates the cache (prefill) and checks the step runs
+        run, graphed, graph_error = step, False, None
+        if device.type == "cuda" and cuda_graph:
+            try:
+                run, graphed = capture_graph(step), True
+            except Exception as error:  # an op that cannot be captured: time it eagerly, say so
+                graph_error = f"{type(error).__name__}: {error}"[:300]
+                torch.cuda.synchronize(device)
+        times = time_steps(run, device, warmup, repeats)
+    seconds = statistics.median(times)
+    result = {
+        "phase": spec.phase, "batch": spec.batch, "length": spec.length,
+        "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
+        "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
+        "repeats": repeats, "cuda_graph": graphed, "weights_bytes": weight_bytes(adapter.model),
+        "kv_cache_bytes": step.cache.nbytes(),
+        "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+    if graph_error:
+        result["cuda_graph_error"] = graph_error
+    del step, run
+    return result
+
+
+def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 20) -> float | None:
+    """Measured device-memory bandwidth in bytes/s (a copy reads and writes every byte)."""
+    if device.type != "cuda":
+        return None
+    n = int(gib * 2**30) // 2
+    src = torch.empty(n, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    seconds = statistics.median(time_steps(lambda: dst.copy_(src), device, 3, repeats))
+    del src, dst
+    return 2 * n * 2 / seconds
+
+
+def roofline(result: dict, bandwidth: float | None) -> float | None:
+    """Fraction of the memory roofline a decode step reaches: (bytes read / bandwidth) / step time."""
+    if bandwidth is None or result["phase"] != "decode":
+        return None
+    return (result["weights_bytes"] + result["kv_cache_bytes"]) / bandwidth / (result["step_ms"] / 1e3)
+
+
+# --- 2:4 sparse kernels ----------------------------------------------------------------------
+def is_two_four(weight: torch.Tensor) -> bool:
+    """Every group of 4 consecutive inputs of every row holds at most 2 nonzeros."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
+
+
+def to_semi_structured(adapter: ModelAdapter) -> dict:
+    """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16).
+
+    Returns how many linears were converted, and why others were not (shape limits of the
+    kernels, dtype). The model must sit on a CUDA device.
+    """
+    from torch.sparse import to_sparse_semi_structured
+
+    converted, skipped = 0, {}
+    for block in adapter.blocks:
+        for role, linear in adapter.linears(block).items():
+            w = linear.weight
+            if not is_two_four(w):
+                skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
+                continue
+            try:
+                linear.weight = nn.Parameter(to_sparse_semi_structured(w.detach()), requires_grad=False)
+                converted += 1
+            except Exception as error:  # e.g. a dimension the kernels do not tile
+                reason = f"{type(error).__name__}: {str(error)[:80]}"
+                skipped[reason] = skipped.get(reason, 0) + 1
+    return {"converted": converted, "skipped": skipped}

@@ -1,0 +1,89 @@
+"""The serving step that speed is measured on computes the model's own function.
+
+A decode step over a static KV cache must give the logits a full forward gives at that
+position, on every architecture and on compressed models whose shapes differ from the
+dense ones (narrow value heads, sliced residual stream). Timings themselves are
+benchmarks, not tests: here only their bookkeeping is checked.
+"""
+
+import pytest
+import torch
+from conftest import synthetic_calibration, tiny_model
+
+from harness.adapters import ModelAdapter
+from harness.method import Target
+from harness.plugins import default_registry
+from harness.sparsity import prune_mask
+from harness.throughput import ServingStep, SpeedSpec, StaticKVCache, is_two_four, measure
+
+
+def full_forward_last(model, ids):
+    with torch.no_grad():
+        return model(ids).logits[:, -1:]
+
+
+def check_steps(model):
+    adapter = ModelAdapter(model)
+    cpu = torch.device("cpu")
+    prefill = ServingStep.for_spec(adapter, SpeedSpec("prefill", 2, 10), cpu)
+    torch.testing.assert_close(prefill(), full_forward_last(model, prefill.input_ids), rtol=1e-4, atol=1e-4)
+    decode = ServingStep.for_spec(adapter, SpeedSpec("decode", 2, 12), cpu)
+    ids = torch.cat([decode.prompt_ids, decode.input_ids], dim=1)
+    torch.testing.assert_close(decode(), full_forward_last(model, ids), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(decode(), full_forward_last(model, ids), rtol=1e-4, atol=1e-4)  # replays are idempotent
+    return decode
+
+
+def test_prefill_and_decode_steps_equal_the_full_forward(arch):
+    check_steps(tiny_model(arch))
+
+
+@pytest.mark.parametrize("method", ["intraslice", "intraslice-vo", "slicegpt"])
+def test_steps_equal_the_full_forward_on_structured_models(method):
+    model = tiny_model("llama3")
+    ratio = 0.1 if method == "intraslice-vo" else 0.3  # VO paths alone hold ~1/4 of the parameters
+    default_registry().method(method).compress(ModelAdapter(model), synthetic_calibration(), Target(ratio))
+    decode = check_steps(model)
+    if method == "intraslice-vo":  # the value cache is as narrow as the value heads
+        adapter = ModelAdapter(model)
+        widths = [decode.cache.values[i].shape[-1] for i in range(len(adapter.blocks))]
+        assert widths == [b.self_attn.v_dim for b in adapter.blocks] and min(widths) < adapter.head_dim
+
+
+def test_kv_cache_bytes_are_the_analytic_size():
+    model = tiny_model("llama3")  # 2 layers, 2 KV heads of 16
+    adapter = ModelAdapter(model)
+    result = measure(adapter, SpeedSpec.parse("decode@3x20"), torch.device("cpu"), repeats=3, warmup=1)
+    assert result["kv_cache_bytes"] == 2 * 2 * 3 * 2 * 20 * 16 * 4
+    assert result["weights_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()])
+    assert result["device"] == "cpu" and result["cuda_graph"] is False
+    assert result["tokens_per_s"] == pytest.approx(3 / (result["step_ms"] / 1e3))
+
+
+def test_prefill_tokens_per_step():
+    result = measure(ModelAdapter(tiny_model("llama2")), SpeedSpec.parse("prefill@2x16"), torch.device("cpu"),
+                     repeats=3, warmup=1)
+    assert result["tokens_per_s"] == pytest.approx(32 / (result["step_ms"] / 1e3))
+
+
+@pytest.mark.parametrize("text", ["decode", "decode@1", "decode@0x16", "generate@1x16", "prefill@1x1"])
+def test_bad_speed_specs_are_refused(text):
+    with pytest.raises(ValueError):
+        SpeedSpec.parse(text)
+
+
+def test_two_four_detection():
+    w = torch.randn(8, 16)
+    assert not is_two_four(w)
+    assert is_two_four(w * prune_mask(w.abs(), 0.5, (2, 4)).logical_not())
+    four_eight = torch.tensor([[1.0, 1, 1, 0, 1, 0, 0, 0]])  # 4:8 but 3 of the first 4
+    assert not is_two_four(four_eight)
+    assert not is_two_four(torch.randn(8, 6))
+
+
+def test_static_cache_writes_where_positions_point():
+    cache = StaticKVCache(6)
+    cache.positions = torch.tensor([4])
+    k, v = cache.update(torch.ones(1, 2, 1, 3), torch.full((1, 2, 1, 5), 2.0), layer_idx=0)
+    assert k.shape == (1, 2, 6, 3) and v.shape == (1, 2, 6, 5)
+    assert k[0, :, 4].eq(1).all() and k[0, :, :4].eq(0).all() and v[0, :, 4].eq(2).all()
