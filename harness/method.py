@@ -100,5 +100,24 @@ class Method:
     ) -> CompressionReport:
         raise NotImplementedError
 
+    def shape_probe(self, model: ModelAdapter, target: Target) -> None:
+        """Give ``model`` the shapes and sparsity pattern ``compress`` would give it, without data.
+
+        Speed depends on shapes and on the sparsity pattern, not on which weights survive,
+        so a throughput search can probe many ratios on arbitrary weights (a random model
+        of a 7B shape, say) in seconds. The default suits sparsity methods: magnitude masks
+        in the target's pattern. A structured method overrides it with its own shapes.
+        """
+        from harness.sparsity import prune_mask, weight_sparsity_for
+
+        if self.kind == "reference":
+            return
+        if self.kind == "structured":
+            raise NotImplementedError(f"structured method {self.name!r} defines no shape_probe")
+        sparsity = weight_sparsity_for(model, target.ratio)
+        for _, linear in model.named_linears():
+            weight = linear.weight.data
+            weight[prune_mask(weight.abs(), sparsity, target.n_m, per_row=False)] = 0
+
     def __repr__(self) -> str:
         return f"<method {self.name} ({self.kind})>"

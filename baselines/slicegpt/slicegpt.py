@@ -181,7 +181,7 @@ class SliceGPT(Method):
     native_knob = "slicing"
     description = "residual-stream PCA slicing with shortcut matrices (Ashkboos et al. 2024)"
 
-    def compress(self, model, calibration, target):
+    def width(self, model: ModelAdapter, target) -> int:
         d = model.hidden_size
         if "slicing" in target.options:
             width = width_for_slicing(d, float(target.options["slicing"]),
@@ -192,6 +192,11 @@ class SliceGPT(Method):
             width = width_for_ratio(model, target.ratio)
         if not 0 < width <= d:
             raise ValueError(f"sliced width {width} outside (0, {d}]")
+        return width
+
+    def compress(self, model, calibration, target):
+        d = model.hidden_size
+        width = self.width(model, target)
         report = CompressionReport(knobs={"width": width, "hidden_size": d, "slicing": 1 - width / d,
                                           "analytic_block_parameters": analytic_block_parameters(model, width)})
         make_rotation_invariant(model)
@@ -234,3 +239,30 @@ class SliceGPT(Method):
         _set_weight(head, head.weight.detach().to(Q.device).double() @ Q, head.bias.detach().to(Q.device) if head.bias is not None else None)
         head.to("cpu")
         return report
+
+    @torch.no_grad()
+    def shape_probe(self, model, target):
+        """SliceGPT's shapes without data: slices of the weights as they are (Q = I), and
+        shortcuts cut from one random orthogonal matrix, dense as real ones (r counts nonzeros)."""
+        width, d = self.width(model, target), model.hidden_size
+        make_rotation_invariant(model)
+        arch, last = model.arch, len(model.blocks) - 1
+        readers = {r for rs in arch.norm_readers.values() for r in rs}
+        E = model.embeddings.weight
+        model.embeddings.weight = nn.Parameter(E[:, :width].contiguous(), requires_grad=False)
+        model.embeddings.embedding_dim = width
+        Q_random = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+        for index, block in enumerate(model.blocks):
+            out_width = d if index == last else width
+            for role, linear in model.linears(block).items():
+                W, b = linear.weight, linear.bias
+                if role in readers:
+                    _set_weight(linear, W[:, :width])
+                else:  # writers: down (and Phi-2's o) write the block output, o the mid signal
+                    rows = out_width if (role == "down" or arch.parallel_block) else width
+                    _set_weight(linear, W[:rows], None if b is None else b[:rows])
+            Q = Q_random[:width].to(E.device, E.dtype)
+            block.attn_shortcut = nn.Parameter(Q[:, :out_width if arch.parallel_block else width].clone(),
+                                               requires_grad=False)
+            if not arch.parallel_block:
+                block.mlp_shortcut = nn.Parameter(Q[:, :out_width].clone(), requires_grad=False)

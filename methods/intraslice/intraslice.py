@@ -365,3 +365,35 @@ class IntraSlice(Method):
                     report.layer_ratios[name] = 1 - keep[name] / size
         report.timings = {"estimate_s": estimate_s, "compress_s": time.perf_counter() - start}
         return report
+
+    @torch.no_grad()
+    def shape_probe(self, model, target):
+        """IntraSlice's shapes without data: identity bases, the first k channels.
+
+        The global allocation needs the estimator's statistics, so the probe allocates
+        uniformly (or takes ``kept`` from a real run's report, via ``target.options``).
+        """
+        hd, dense = model.head_dim, count_parameters(model).blocks
+        keep = target.options.get("kept")
+        if keep is None:
+            modules = []
+            for index, block in enumerate(model.blocks):
+                vo_cost, mlp_cost = _unit_costs(model, block)
+                width = model.linears(block)["down"].in_features
+                for kind, size, cost in (("vo", hd, vo_cost), ("mlp", width, mlp_cost)):
+                    if kind in self.modules:
+                        modules.append(Module(f"layers.{index}.{kind}", index, kind, size, cost, 1.0,
+                                              torch.linspace(0, 1, size + 1)))
+            size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
+            keep = allocate(modules, size - int(round((1 - target.ratio) * dense)), uniform=True)
+        G = model.num_kv_heads
+        for index, block in enumerate(model.blocks):
+            k = keep.get(f"layers.{index}.vo", hd)
+            device = model.linears(block)["o"].weight.device
+            if k < hd:
+                bases = torch.eye(hd, dtype=torch.float64, device=device)[:, :k].expand(G, hd, k)
+                fold_value_basis(model, block, bases)
+            w_down = model.linears(block)["down"].weight
+            k = keep.get(f"layers.{index}.mlp", w_down.shape[1])
+            if k < w_down.shape[1]:
+                fold_mlp_channels(model, block, torch.arange(k, device=device), w_down[:, :k])

@@ -1,0 +1,52 @@
+"""Shape probes: the shapes (and sparsity patterns) of a compressed model, without data.
+
+A throughput search times probes instead of compressing for real, so a probe must have
+exactly the parameter count and the layer shapes the method's own ``compress`` produces.
+"""
+
+import pytest
+import torch
+from conftest import logits_of, synthetic_calibration, tiny_model
+
+from harness.adapters import ModelAdapter
+from harness.method import Target
+from harness.plugins import default_registry
+from harness.targets import count_parameters, measure_ratio
+from harness.throughput import is_two_four
+
+
+def shapes(model):
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("method", ["slicegpt", "intraslice-uniform"])
+def test_structured_probe_has_the_shapes_of_compress(arch, method):
+    if method == "intraslice-uniform" and arch == "phi2":
+        pytest.skip("IntraSlice does not support Phi-2's parallel block")
+    registry = default_registry()
+    real, probe = tiny_model(arch), tiny_model(arch, seed=1)
+    dense = count_parameters(ModelAdapter(real))
+    registry.method(method).compress(ModelAdapter(real), synthetic_calibration(), Target(0.3))
+    registry.method(method).shape_probe(ModelAdapter(probe), Target(0.3))
+    assert shapes(probe) == shapes(real)
+    assert measure_ratio(dense, ModelAdapter(probe)).ratio == pytest.approx(
+        measure_ratio(dense, ModelAdapter(real)).ratio, abs=1e-3)
+    assert torch.isfinite(logits_of(probe)).all()
+
+
+@pytest.mark.parametrize("pattern,ratio", [("unstructured", 0.4), ("2:4", 0.5)])
+def test_sparsity_probe_has_the_pattern_and_ratio(pattern, ratio):
+    model = tiny_model("llama3")
+    adapter = ModelAdapter(model)
+    dense = count_parameters(adapter)
+    default_registry().method("wanda").shape_probe(adapter, Target(ratio, pattern))
+    assert measure_ratio(dense, adapter).ratio == pytest.approx(ratio, abs=0.005)
+    if pattern == "2:4":
+        assert all(is_two_four(linear.weight) for _, linear in adapter.named_linears())
+
+
+def test_dense_probe_changes_nothing():
+    model = tiny_model("llama2")
+    before = logits_of(model)
+    default_registry().method("dense").shape_probe(ModelAdapter(model), Target(0.0))
+    torch.testing.assert_close(logits_of(model), before)
