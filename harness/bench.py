@@ -98,3 +98,104 @@ def format_rows(rows: list[dict]) -> str:
     cols = ["shape", "method", "pattern", "calibration", "blocks_run", "total_s", "median_block_s",
             "total_extrapolated_s", "peak_gpu_gib", "device"]
     return tabulate([[r[c] for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".2f")
+
+
+# --- inference speed ------------------------------------------------------------------------
+def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
+                pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
+                layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
+                log=print) -> list[dict]:
+    """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
+
+    Dense is measured in the same run; every speedup is a ratio of two measurements taken
+    here, minutes apart, on the same device. Methods that support ``pattern`` (2:4, 4:8)
+    run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
+    searched until its speedup in the first spec's phase is S (``harness.speedmatch``).
+    """
+    import copy
+
+    from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
+    from harness.targets import count_parameters, measure_ratio
+    from harness.throughput import SpeedSpec, measure, memory_bandwidth, roofline
+
+    registry = default_registry()
+    device = torch.device(device)
+    specs = [SpeedSpec.parse(s) for s in specs]
+    chosen = [registry.method(m) for m in methods]
+    dense_model = random_model(shape, dtype, layers, init_device=device.type).to(device)
+    dense_count = count_parameters(ModelAdapter(dense_model))
+    bandwidth = memory_bandwidth(device)
+    log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
+        f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
+        + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
+    dense = {s.label: measure(ModelAdapter(dense_model), s, device) for s in specs}
+
+    def make_model():
+        return copy.deepcopy(dense_model)
+
+    def target_for(method, r):
+        if pattern in method.patterns and pattern != "unstructured":
+            return Target(0.5, pattern)
+        return Target(r, "unstructured")
+
+    def row(method, target, spec, result, extra=None):
+        base = dense[spec.label]
+        out = {"shape": shape, "method": method.name, "pattern": target.pattern, "target": target.ratio,
+               "ratio": result.get("ratio"), "phase": spec.label, "tokens_per_s": result["tokens_per_s"],
+               "speedup": result["tokens_per_s"] / base["tokens_per_s"], "step_ms": result["step_ms"],
+               "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
+               "peak_gib": result["peak_bytes"] / 2**30 if result["peak_bytes"] else None,
+               "roofline": roofline(result, bandwidth), "cuda_graph": result["cuda_graph"],
+               "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
+               "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
+               "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None}
+        out.update(extra or {})
+        log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype")}, default=str))
+        return out
+
+    def probed(method, target, spec):
+        # the measured ratio of the probe model, and its speed
+        result = probe_speed(method, make_model, target, spec, device, sparse_kernels)
+        if method.kind != "reference":
+            probe = make_model()
+            method.shape_probe(ModelAdapter(probe), target)
+            result["ratio"] = measure_ratio(dense_count, ModelAdapter(probe)).ratio
+            del probe
+        else:
+            result["ratio"] = 0.0
+        return result
+
+    rows = []
+    if match:
+        goal = SpeedTarget.parse(match, specs[0].label)
+        base = dense[goal.spec.label]["tokens_per_s"]
+        for method in chosen:
+            if method.kind == "reference":
+                continue
+            log(f"{method.name}: searching the ratio for {goal.label}")
+            n_m = target_for(method, 0.0).n_m
+            found = search_ratio(
+                lambda r, m=method: probe_speed(m, make_model, target_for(m, r), goal.spec, device,
+                                                sparse_kernels)["tokens_per_s"] / base,
+                goal, pattern_ratio=1 - n_m[0] / n_m[1] if n_m else None, log=log)
+            target = target_for(method, found.ratio)
+            for spec in specs:
+                rows.append(row(method, target, spec, probed(method, target, spec),
+                                {"match": goal.label, "reached": found.reached, "probes": found.probes}))
+        return rows
+    for method in chosen:
+        target = target_for(method, ratio) if method.kind != "reference" else Target(0.0)
+        for spec in specs:
+            rows.append(row(method, target, spec, dense[spec.label] | {"ratio": 0.0}
+                            if method.kind == "reference" else probed(method, target, spec)))
+    return rows
+
+
+def format_speed_rows(rows: list[dict]) -> str:
+    from tabulate import tabulate
+
+    cols = ["method", "pattern", "ratio", "phase", "tokens_per_s", "speedup", "step_ms", "weights_gib",
+            "kv_gib", "peak_gib", "roofline", "sparse_kernels"]
+    if any("match" in r for r in rows):
+        cols[1:1] = ["match", "reached"]
+    return tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")

@@ -73,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="calibration seed (default 0)")
     run.add_argument("--eval", dest="evals", action="append",
                      help="evaluations, e.g. ppl:wikitext2,c4 or zeroshot:piqa,arc_easy,arc_challenge,"
-                     "hellaswag,winogrande (repeatable; default ppl:wikitext2)")
+                     "hellaswag,winogrande or speed:decode@1x512,prefill@8x2048 (tokens/s and speedup over "
+                     "dense, measured in this run; repeatable; default ppl:wikitext2)")
+    run.add_argument("--match", help="speedup:S: instead of --ratios, search each method's ratio until its "
+                     "measured speedup over dense in --phase is S, then evaluate there")
+    run.add_argument("--phase", dest="match_phase", help="the phase --match holds to, PHASE@BxL "
+                     "(default decode@1x512)")
+    run.add_argument("--no-sparse-kernels", dest="sparse_kernels", action="store_false", default=None,
+                     help="keep 2:4 weights on dense kernels when measuring speed")
     run.add_argument("--zeroshot-limit", type=int, help="examples per zero-shot task (quick runs; recorded)")
     run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
                      "(quick runs; recorded with the result)")
@@ -118,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--dtype", default="float16")
     comp.add_argument("--batch-size", type=int, default=8)
     comp.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+
+    speed = bench_sub.add_parser(
+        "speed", help="inference throughput of each method's shapes on a random model of a named shape",
+        description="Prefill and decode tokens/s as a server sees them (static KV cache, CUDA graph, "
+                    "CUDA events, median of repeats), dense measured in the same run. Each method's "
+                    "compressed shapes come from its data-free shape probe, so no weights are needed. "
+                    "Example: harness bench speed --shape llama-2-7b --methods dense,slicegpt,intraslice,"
+                    "sparsegpt --ratio 0.25 --pattern 2:4 --phases decode@1x512,decode@16x512,prefill@8x2048")
+    speed.add_argument("--shape", default="llama-2-7b", help="a named shape (see compress)")
+    speed.add_argument("--methods", type=_names, default=["dense", "slicegpt", "intraslice", "sparsegpt"])
+    speed.add_argument("--phases", type=_names, default=["decode@1x512", "decode@16x512", "prefill@8x2048"],
+                       help="PHASE@BxL, comma-separated: prefill@8x2048 (B prompts of L tokens), "
+                            "decode@16x512 (B sequences, KV cache of L positions)")
+    speed.add_argument("--ratio", type=float, default=0.25, help="ratio for methods without --pattern")
+    speed.add_argument("--pattern", default="2:4", help="N:M pattern for the methods that support it")
+    speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
+    speed.add_argument("--no-sparse-kernels", action="store_true",
+                       help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
+    speed.add_argument("--layers", type=int, help="build only this many blocks")
+    speed.add_argument("--device", default="auto")
+    speed.add_argument("--dtype", default="float16")
+    speed.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     return parser
 
 
@@ -162,10 +191,20 @@ def cmd_plugins() -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_compress, format_rows
+    from harness.bench import bench_compress, bench_speed, format_rows, format_speed_rows
     from harness.models import pick_dtype
     from harness.results import write_json_atomic
     from harness.runner import resolve_device
+
+    if args.bench == "speed":
+        device = resolve_device(args.device)
+        rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
+                           pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
+                           args.match)
+        print(format_speed_rows(rows))
+        if args.json:
+            write_json_atomic(args.json, rows)
+        return 0
 
     n, length = (int(x) for x in args.calib.lower().split("x"))
     device = resolve_device(args.device)

@@ -81,7 +81,10 @@ def protocol_header(records: list[dict]) -> str:
     def evals(r):
         parts = []
         for k, v in r["eval"].items():
-            if k == "zeroshot":
+            if k.startswith("speed:"):
+                parts.append(f"{k} (tokens/s; speedup = ÷ dense measured in the same run"
+                             + (", 2:4 on sparse kernels" if v.get("sparse_kernels") else "") + ")")
+            elif k == "zeroshot":
                 parts.append(f"zero-shot (lm-eval {v.get('lm_eval')}): {', '.join(v['tasks'])}"
                              + (f", first {v['limit']} examples each (subsampled)" if v.get("limit") else ""))
             else:
@@ -112,18 +115,27 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
     written = []
-    for model in dict.fromkeys(r["model"] for r in records):
-        mine = [r for r in records if r["model"] == model]
+    groups = dict.fromkeys((r["model"], r.get("mode") == "matched-speedup") for r in records)
+    for model, speed_mode in groups:
+        mine = [r for r in records if r["model"] == model and (r.get("mode") == "matched-speedup") == speed_mode
+                or (speed_mode and r["model"] == model and r["method_kind"] == "reference")]
         ok = [r for r in mine if r["status"] == "ok"]
         failed = [r for r in mine if r["status"] != "ok"]
         if not ok:
             continue
         table = build_table(records_frame(ok), sort)
         header = protocol_header(ok)
+        unreachable = [r for r in failed if r["status"] == "unreachable"]
+        failed = [r for r in failed if r["status"] != "unreachable"]
+        if speed_mode:
+            header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
+        if unreachable:
+            header += "\ncannot reach the target speedup (not ranked): " + "; ".join(
+                f"{r['method']}: {r['error']}" for r in unreachable)
         if failed:
             header += "\nfailed runs (not ranked): " + "; ".join(
                 f"{r['method']} @ {r.get('label', r['target']['ratio'])}: {r['error']}" for r in failed)
-        stem = Path(out_dir) / slug(model)
+        stem = Path(out_dir) / (slug(model) + ("-matched-speedup" if speed_mode else ""))
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
             written.append(registry.reporters[name](table, header, stem))

@@ -42,9 +42,11 @@ from harness.results import (
     run_key,
     write_json_atomic,
 )
+from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
 from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
+from harness.throughput import SpeedSpec, measure, to_semi_structured
 
-EVAL_KINDS = ("ppl", "zeroshot")
+EVAL_KINDS = ("ppl", "zeroshot", "speed")
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "compression-harness"))
 
 
@@ -69,6 +71,9 @@ class RunConfig:
     overwrite: bool = False
     save_models: bool = False  # also save each compressed model under OUT/models/ (reloadable)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> knobs
+    match: str | None = None  # "speedup:1.25": matched measured throughput instead of ratios
+    match_phase: str = "decode@1x512"
+    sparse_kernels: bool = True  # 2:4 weights on torch's semi-structured kernels for speed
 
 
 @dataclass
@@ -76,9 +81,12 @@ class Plan:
     method: Method
     target: Target
     matched: bool = True  # False: a native-knob run, its ratio measured but not enforced
+    speed_target: SpeedTarget | None = None  # matched-speedup mode: the ratio is searched
 
     @property
     def label(self) -> str:
+        if self.speed_target:
+            return f"s={self.speed_target.speedup:g}"
         if self.matched:
             return self.target.label()
         knob = self.method.native_knob
@@ -108,6 +116,9 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     else:
         names = list(dict.fromkeys(config.methods))
     methods = sorted((registry.method(name) for name in names), key=lambda m: m.kind != "reference")
+    speed_target = SpeedTarget.parse(config.match, config.match_phase) if config.match else None
+    if speed_target and config.ratios:
+        raise ValueError("--match searches the ratio; drop --ratios")
     if n_m:
         implied = 1 - n_m[0] / n_m[1]
         if any(abs(r - implied) > 1e-9 for r in config.ratios or ()):
@@ -128,6 +139,10 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
                              f"(it supports: {', '.join(method.patterns)})")
         if method.native_knob and method.native_knob in options:
             plans.append(Plan(method, Target(0.0, config.pattern, options), matched=False))
+            continue
+        if speed_target:
+            plans.append(Plan(method, Target(ratios[0] if n_m else 0.0, config.pattern, options),
+                              speed_target=speed_target))
             continue
         for ratio in ratios:
             plans.append(Plan(method, Target(ratio, config.pattern, options)))
@@ -162,13 +177,39 @@ def _versions(method: Method, registry: Registry) -> dict:
             "plugin": plugin.origin if plugin else None}
 
 
+class Unreachable(Exception):
+    """A method's shapes cannot reach the target speedup at any ratio it can produce."""
+
+
+def measure_speed(model, target: Target, specs: list[SpeedSpec], dense: dict, device: torch.device,
+                  sparse_kernels: bool) -> dict:
+    """The compressed model's throughput per spec, with its speedup over ``dense`` (same run)."""
+    model.to(device)
+    adapter = ModelAdapter(model)
+    kernels = None
+    if sparse_kernels and target.pattern == "2:4" and device.type == "cuda":
+        kernels = to_semi_structured(adapter)
+    results = {}
+    for spec in specs:
+        result = measure(adapter, spec, device)
+        result["speedup"] = result["tokens_per_s"] / dense[spec.label]["tokens_per_s"]
+        result["dense_tokens_per_s"] = dense[spec.label]["tokens_per_s"]
+        result["sparse_kernels"] = kernels
+        results[spec.label] = result
+    return results  # the model stays on the device (semi-structured weights cannot go back)
+
+
 def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[dict]:
     """Run every (method, target) of ``config``; return the records (existing ones included)."""
     registry = registry or default_registry()
     plans = plan_runs(config, registry)
     evals = parse_evals(config.evals)
     zeroshot_tasks = [name for kind, name in evals if kind == "zeroshot"]
-    evals = [(kind, name) for kind, name in evals if kind != "zeroshot"]
+    speed_specs = [SpeedSpec.parse(name) for kind, name in evals if kind == "speed"]
+    if config.match:  # the matched phase is always measured on the final model
+        phase = SpeedSpec.parse(config.match_phase)
+        speed_specs = [phase] + [s for s in speed_specs if s != phase]
+    evals = [(kind, name) for kind, name in evals if kind not in ("zeroshot", "speed")]
     for _, name in evals:
         registry.dataset(name)
     calib_spec = CalibrationSpec.parse(config.calibration, config.seed)
@@ -231,11 +272,36 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                               "source": s} for (k, n), (w, t, s) in eval_inputs.items()}
     if zeroshot_tasks:
         eval_spec["zeroshot"] = {"tasks": zeroshot_tasks, "limit": config.zeroshot_limit}
+    for spec in speed_specs:
+        eval_spec[f"speed:{spec.label}"] = {"batch": spec.batch, "length": spec.length,
+                                            "sparse_kernels": config.sparse_kernels}
+
+    @functools.cache
+    def dense_speed():  # dense throughput, measured once in this process: speedups are same-run ratios
+        model = copy.deepcopy(dense_model()[0]).to(device)
+        results = {s.label: measure(ModelAdapter(model), s, device) for s in speed_specs}
+        del model
+        return results
+
+    def search(plan: Plan) -> dict:
+        """Matched-speedup mode: the ratio whose shape probe reaches the target speedup."""
+        goal = plan.speed_target
+        base = dense_speed()[goal.spec.label]["tokens_per_s"]
+
+        def speedup_at(ratio: float) -> float:
+            target = Target(ratio, plan.target.pattern, plan.target.options)
+            return probe_speed(plan.method, lambda: copy.deepcopy(dense_model()[0]).to(device), target,
+                               goal.spec, device, config.sparse_kernels)["tokens_per_s"] / base
+
+        log(f"{plan.method.name}: searching the ratio for {goal.label} (dense {base:.1f} tokens/s)")
+        n_m = parse_pattern(plan.target.pattern)
+        return search_ratio(speedup_at, goal, 1 - n_m[0] / n_m[1] if n_m else None, log=log).to_dict()
 
     records = []
     for plan in plans:
         method, target = plan.method, plan.target
         key = run_key(model=config.model, method=method.name, target=asdict(target), matched=plan.matched, dtype=str(dtype),
+                      **({"speed_target": plan.speed_target.label} if plan.speed_target else {}),
                       calibration=str(calib_spec) if method.needs_calibration else None,
                       evals=eval_spec, schema=SCHEMA_VERSION)
         label = plan.label
@@ -249,7 +315,8 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             "schema": SCHEMA_VERSION, "key": key, "status": "ok", "error": None,
             "model": config.model, "architecture": family, "dtype": str(dtype).removeprefix("torch."),
             "method": method.name, "method_kind": method.kind, "target": asdict(target),
-            "mode": "matched-ratio" if plan.matched else f"native {method.native_knob}", "label": label,
+            "mode": ("matched-speedup" if plan.speed_target else "matched-ratio") if plan.matched
+            else f"native {method.native_knob}", "label": label,
             "calibration": calibration.describe() if calibration and method.needs_calibration else None,
             "eval": eval_spec, "metrics": {}, "timings": {},
             "provenance": {**_versions(method, registry), "git_commit": _git_commit(),
@@ -258,6 +325,14 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
         }
         try:
             pristine, dense_count = dense_model()
+            if plan.speed_target and method.kind != "reference":
+                found = search(plan)
+                record["match"] = found
+                if not found["reached"]:
+                    raise Unreachable(f"best {found['speedup']:.3f}x at r={found['ratio']:.4f} "
+                                      f"(target {plan.speed_target.label})")
+                target = Target(found["ratio"], target.pattern, target.options)
+                record["target"] = asdict(target)
             small = sum(p.numel() for p in pristine.parameters()) < 3e9  # else reload: no 2 copies
             model = copy.deepcopy(pristine) if small else models.load_model(config.model, dtype)[0]
             adapter = ModelAdapter(model)
@@ -287,8 +362,18 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                 saved = save_compressed(model, tokenizer(), out / "models" / path.stem,
                                         {"method": method.name, "target": label})
                 record["saved_model"] = str(saved)
+            if speed_specs:
+                record["speed"] = measure_speed(model, target, speed_specs, dense_speed(), device,
+                                                config.sparse_kernels)
+                for spec_label, result in record["speed"].items():
+                    record["metrics"][f"speed:{spec_label}"] = result["tokens_per_s"]
+                    record["metrics"][f"speedup:{spec_label}"] = result["speedup"]
             log(f"{method.name} @ {label}: ratio {measured.ratio:.4f}, "
                 + ", ".join(f"{k} {v:.3f}" for k, v in record["metrics"].items()))
+        except Unreachable as error:  # reported, with the best speedup it reached
+            record["status"] = "unreachable"
+            record["error"] = str(error)
+            log(f"{method.name} @ {label}: cannot reach the target speed: {error}")
         except Exception as error:  # one failed run must not lose the others
             record["status"] = "failed"
             record["error"] = f"{type(error).__name__}: {error}"

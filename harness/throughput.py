@@ -242,7 +242,6 @@ def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 20) 
     src = torch.empty(n, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
     seconds = statistics.median(time_steps(lambda: dst.copy_(src), device, 3, repeats))
-    del src, dst
     return 2 * n * 2 / seconds
 
 
@@ -271,7 +270,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
 
     converted, skipped = 0, {}
     for block in adapter.blocks:
-        for role, linear in adapter.linears(block).items():
+        for linear in adapter.linears(block).values():
             w = linear.weight
             if not is_two_four(w):
                 skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1

@@ -1,0 +1,121 @@
+"""Matched measured throughput: the ratio at which a method reaches a target speedup.
+
+Comparing methods at one *parameter* ratio hides that they buy different speed with it
+(2:4 needs sparse kernels, unstructured sparsity buys none, a sliced residual stream buys
+more than narrow MLPs). At matched speedup each method is searched to the ratio where its
+*measured* throughput over dense, in one run on one device, hits the target; quality is
+then compared there.
+
+The search times shape probes (``Method.shape_probe``: the compressed shapes on whatever
+weights the model has, seconds per probe), not real compressions. Speedup grows with the
+ratio, so the ratio is found by a safeguarded secant search (regula falsi, kept inside
+the bracket) starting from the known point (r = 0, speedup 1) and a probe at ``r_max``.
+A method whose probe at ``r_max`` stays below the target cannot reach it (unstructured
+sparsity on dense kernels is the usual case): it is reported as unreachable, with the
+best speedup it reached. An N:M pattern fixes the ratio, so it gets one probe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from harness.adapters import ModelAdapter
+from harness.method import Method, Target
+from harness.throughput import SpeedSpec, measure, to_semi_structured
+
+
+@dataclass(frozen=True)
+class SpeedTarget:
+    speedup: float
+    spec: SpeedSpec
+    tolerance: float = 0.02  # relative: |s − target| ≤ tolerance · target is a match
+
+    @classmethod
+    def parse(cls, match: str, phase: str, tolerance: float = 0.02) -> SpeedTarget:
+        found = re.fullmatch(r"speedup:([0-9.]+)", match.strip())
+        if not found or float(found[1]) <= 1.0:
+            raise ValueError(f"--match must be speedup:S with S > 1 (e.g. speedup:1.25), got {match!r}")
+        return cls(float(found[1]), SpeedSpec.parse(phase), tolerance)
+
+    @property
+    def label(self) -> str:
+        return f"{self.speedup:g}x {self.spec.label}"
+
+
+@dataclass
+class SearchResult:
+    target: float
+    phase: str
+    ratio: float | None  # the ratio found (None: no probe succeeded)
+    speedup: float | None  # the probed speedup there
+    reached: bool
+    probes: list[dict] = field(default_factory=list)  # every probe: ratio, speedup, tokens/s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target, spec: SpeedSpec,
+                device: torch.device, sparse_kernels: bool = True) -> dict:
+    """Tokens/s of ``method``'s shapes at ``target`` (a fresh model from ``make_model``)."""
+    model = make_model()
+    adapter = ModelAdapter(model)
+    method.shape_probe(adapter, target)
+    kernels = None
+    if sparse_kernels and target.pattern == "2:4" and device.type == "cuda":
+        kernels = to_semi_structured(adapter)
+    result = measure(adapter, spec, device)
+    result["sparse_kernels"] = kernels
+    del model, adapter
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, pattern_ratio: float | None = None,
+                 r_max: float = 0.6, max_probes: int = 8, log=print) -> SearchResult:
+    """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe)."""
+    result = SearchResult(target.speedup, target.spec.label, None, None, False)
+    goal, tol = target.speedup, target.tolerance * target.speedup
+
+    def probe(r: float) -> float:
+        s = speedup_at(r)
+        result.probes.append({"ratio": r, "speedup": s})
+        log(f"  probe r={r:.4f}: {s:.3f}x")
+        if result.speedup is None or abs(s - goal) < abs(result.speedup - goal):
+            result.ratio, result.speedup = r, s
+        return s
+
+    if pattern_ratio is not None:
+        probe(pattern_ratio)
+        result.reached = result.speedup >= goal - tol
+        return result
+    hi = r_max
+    while True:  # a method may not reach r_max at all (e.g. too little to remove): back off
+        try:
+            s_hi = probe(hi)
+            break
+        except ValueError as error:
+            log(f"  r={hi:.3f} impossible ({error}); trying {hi * 0.8:.3f}")
+            hi *= 0.8
+            if hi < 0.01:
+                raise
+    if s_hi < goal - tol:  # cannot get there: report the best it reached
+        result.ratio, result.speedup = hi, s_hi
+        return result
+    lo, s_lo = 0.0, 1.0  # dense is 1.0x by definition
+    while abs(result.speedup - goal) > tol and len(result.probes) < max_probes:
+        r = lo + (goal - s_lo) * (hi - lo) / max(s_hi - s_lo, 1e-9)  # secant through the bracket
+        margin = 0.05 * (hi - lo)
+        r = min(max(r, lo + margin), hi - margin)
+        s = probe(r)
+        if s < goal:
+            lo, s_lo = r, s
+        else:
+            hi, s_hi = r, s
+    result.reached = abs(result.speedup - goal) <= tol
+    return result
