@@ -140,7 +140,9 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
         if method.native_knob and method.native_knob in options:
             plans.append(Plan(method, Target(0.0, config.pattern, options), matched=False))
             continue
-        if speed_target:
+        if speed_target:  # structured shapes in multiples of 8 unless the user says otherwise
+            if method.kind == "structured":
+                options = {"align": 8, **options}
             plans.append(Plan(method, Target(ratios[0] if n_m else 0.0, config.pattern, options),
                               speed_target=speed_target))
             continue

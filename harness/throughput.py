@@ -260,23 +260,37 @@ def is_two_four(weight: torch.Tensor) -> bool:
     return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
 
 
+class SemiStructuredLinear(nn.Module):
+    """A linear layer on a semi-structured sparse weight; inputs are flattened to 2-D first
+    (the sparse tensor implements matrix products, not the batched ones a 3-D input needs)."""
+
+    def __init__(self, linear: nn.Linear):
+        from torch.sparse import to_sparse_semi_structured
+
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
 def to_semi_structured(adapter: ModelAdapter) -> dict:
     """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16).
 
     Returns how many linears were converted, and why others were not (shape limits of the
     kernels, dtype). The model must sit on a CUDA device.
     """
-    from torch.sparse import to_sparse_semi_structured
-
     converted, skipped = 0, {}
     for block in adapter.blocks:
-        for linear in adapter.linears(block).values():
-            w = linear.weight
-            if not is_two_four(w):
+        for role, linear in adapter.linears(block).items():
+            if not is_two_four(linear.weight):
                 skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
                 continue
             try:
-                linear.weight = nn.Parameter(to_sparse_semi_structured(w.detach()), requires_grad=False)
+                adapter.replace_linear(block, role, SemiStructuredLinear(linear))
                 converted += 1
             except Exception as error:  # e.g. a dimension the kernels do not tile
                 reason = f"{type(error).__name__}: {str(error)[:80]}"

@@ -30,6 +30,8 @@ keep RMSNorm models (Llama family) exactly invariant.
 
 Harness target: the measured ratio r. We solve for the integer d' whose analytic r
 (shortcuts included) is nearest the target, and report the equivalent slicing fraction.
+Option ``align=N`` restricts d' to multiples of N (the reference's ``round_interval``;
+matched-speedup runs use 8, since fp16 GEMMs on other widths leave the fast kernels).
 The native knob ``slicing`` (-o slicegpt.slicing=0.25) reproduces the paper's tables.
 """
 
@@ -163,10 +165,11 @@ def analytic_block_parameters(model: ModelAdapter, width: int) -> int:
     return total
 
 
-def width_for_ratio(model: ModelAdapter, ratio: float) -> int:
+def width_for_ratio(model: ModelAdapter, ratio: float, align: int = 1) -> int:
+    """The width (a multiple of ``align``) whose analytic ratio is nearest ``ratio``."""
     dense = count_parameters(model).blocks
     d = model.hidden_size
-    return min(range(1, d + 1), key=lambda w: abs(1 - analytic_block_parameters(model, w) / dense - ratio))
+    return min(range(align, d + 1, align), key=lambda w: abs(1 - analytic_block_parameters(model, w) / dense - ratio))
 
 
 def width_for_slicing(hidden: int, slicing: float, round_interval: int = 8) -> int:
@@ -189,7 +192,8 @@ class SliceGPT(Method):
         elif "width" in target.options:
             width = int(target.options["width"])
         else:
-            width = width_for_ratio(model, target.ratio)
+            # align=8 (or 64) gives GPU-friendly GEMM shapes; matched-speedup runs set it
+            width = width_for_ratio(model, target.ratio, int(target.options.get("align", 1)))
         if not 0 < width <= d:
             raise ValueError(f"sliced width {width} outside (0, {d}]")
         return width

@@ -31,7 +31,9 @@ and this docstring says which choice comes from where.
    Units (one value dimension in every KV group of a layer; one MLP channel) are removed
    greedily by smallest marginal loss per parameter saved until the measured ratio r of
    the whole model reaches the target. ``allocation="uniform"`` removes the same fraction
-   from every module instead (the ablation).
+   from every module instead (the ablation). Option ``align=N`` rounds every kept width to
+   a multiple of N (matched-speedup runs use 8: fp16 GEMMs and fused attention kernels
+   slow down badly on other widths); the default 1 matches the ratio exactly.
 4. Sequential (as SliceGPT/SparseGPT): the second sweep compresses block l with statistics
    from inputs produced by the already compressed blocks < l; VO first, then the MLP's
    statistics are collected through the compressed attention.
@@ -260,6 +262,13 @@ def allocate(modules: list[Module], need: int, uniform: bool = False) -> dict[st
     return keep
 
 
+def align_kept(keep: dict[str, int], sizes: dict[str, int], align: int) -> dict[str, int]:
+    """Round every kept width to the nearest multiple of ``align`` (GPU-friendly shapes)."""
+    if align <= 1:
+        return keep
+    return {name: min(sizes[name], max(align, align * round(k / align))) for name, k in keep.items()}
+
+
 def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
     linears, d = model.linears(block), model.hidden_size
     H, G = model.num_heads, model.num_kv_heads
@@ -340,6 +349,7 @@ class IntraSlice(Method):
         size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
         need = size - int(round((1 - target.ratio) * dense))
         keep = allocate(modules, need, uniform=self.allocation == "uniform")
+        keep = align_kept(keep, {m.name: m.size for m in modules}, int(target.options.get("align", 1)))
 
         # Sweep 2: compress block by block with statistics through the compressed blocks < l.
         start = time.perf_counter()
@@ -370,6 +380,10 @@ class IntraSlice(Method):
     def shape_probe(self, model, target):
         """IntraSlice's shapes without data: identity bases, the first k channels.
 
+        ``align`` in ``target.options`` rounds every kept width to a multiple of it, as in
+        ``compress`` (value heads and MLP widths that are multiples of 8 keep fp16 GEMMs and
+        fused attention kernels on their fast paths).
+
         The global allocation needs the estimator's statistics, so the probe allocates
         uniformly (or takes ``kept`` from a real run's report, via ``target.options``).
         """
@@ -386,6 +400,7 @@ class IntraSlice(Method):
                                               torch.linspace(0, 1, size + 1)))
             size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
             keep = allocate(modules, size - int(round((1 - target.ratio) * dense)), uniform=True)
+            keep = align_kept(keep, {m.name: m.size for m in modules}, int(target.options.get("align", 1)))
         G = model.num_kv_heads
         for index, block in enumerate(model.blocks):
             k = keep.get(f"layers.{index}.vo", hd)
