@@ -131,7 +131,7 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
             header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
         if unreachable:
             header += "\ncannot reach the target speedup (not ranked): " + "; ".join(
-                f"{r['method']}: {r['error']}" for r in unreachable)
+                f"{r['method']} ({r['target']['pattern']}): {r['error']}" for r in unreachable)
         if failed:
             header += "\nfailed runs (not ranked): " + "; ".join(
                 f"{r['method']} @ {r.get('label', r['target']['ratio'])}: {r['error']}" for r in failed)
