@@ -114,6 +114,9 @@ def test_a_failing_method_does_not_lose_the_others(config, registry):
     ({"evals": ["acc:wikitext2"]}, "unknown evaluation"),
     ({"calibration": "mystery:4x32"}, "unknown dataset 'mystery'"),
     ({"model": "/no/such/model.gguf"}, "no GGUF file"),
+    ({"evals": ["speed:decode@0x8"]}, "batch ≥ 1"),
+    ({"match": "speedup:0.9", "ratios": None}, "S > 1"),
+    ({"match": "speedup:1.5"}, "drop --ratios"),
 ])
 def test_bad_input_fails_before_writing(config, registry, change, message):
     for key, value in change.items():
@@ -128,6 +131,24 @@ def test_missing_data_says_where_it_looked(config, registry, tmp_path):
     config.methods = ["dense"]
     with pytest.raises(FileNotFoundError, match="empty/wikitext2/test.joined.txt"):
         run(config, registry, log=quiet)
+
+
+def test_speed_eval_and_an_unreachable_speedup_are_recorded(config, registry, tmp_path):
+    # Magnitude's unstructured zeros run on dense kernels: 50x is out of reach, and says so.
+    config.methods, config.ratios = ["dense", "magnitude"], None
+    config.match, config.match_phase = "speedup:50", "decode@1x16"
+    config.evals = ["ppl:wikitext2", "speed:prefill@1x16"]
+    records = {r["method"]: r for r in run(config, registry, log=quiet)}
+    dense, magnitude = records["dense"], records["magnitude"]
+    assert dense["status"] == "ok" and dense["metrics"]["speed:decode@1x16"] > 0
+    assert {"speed:prefill@1x16", "speedup:prefill@1x16"} <= set(dense["metrics"])
+    assert dense["speed"]["decode@1x16"]["device"] == "cpu"
+    assert magnitude["status"] == "unreachable" and magnitude["mode"] == "matched-speedup"
+    assert not magnitude["match"]["reached"] and magnitude["match"]["probes"][0]["ratio"] == 0.6
+    assert "best" in magnitude["error"]
+    write_leaderboards(config.out, tmp_path / "boards", registry=registry, plots=False)
+    (table,) = (tmp_path / "boards").glob("*matched-speedup.md")
+    assert "cannot reach the target speedup" in table.read_text() and "magnitude (unstructured)" in table.read_text()
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
