@@ -78,9 +78,44 @@ def plot_allocation(record: dict, stem: Path) -> Path | None:
     return path
 
 
+def plot_quality_vs_speedup(records: list[dict], quality: str, speedup: str, stem: Path) -> Path | None:
+    """Every run as a point (measured speedup, quality); the Pareto front (faster and better) joined."""
+    plt = _pyplot()
+    ok = [r for r in records if r["status"] == "ok" and quality in r["metrics"] and speedup in r["metrics"]]
+    if plt is None or len(ok) < 2:
+        return None
+    lower_better = quality.startswith("ppl:")
+    points = sorted(((r["metrics"][speedup], r["metrics"][quality], r["method"]) for r in ok), reverse=True)
+    front, best = [], None
+    for s, q, _ in points:  # from the fastest down: keep a point if it beats every faster one
+        if best is None or (q < best if lower_better else q > best):
+            front.append((s, q))
+            best = q
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({m for _, _, m in points}):
+        xs, ys = zip(*[(s, q) for s, q, m in points if m == method])
+        ax.scatter(xs, ys, label=method)
+    ax.plot(*zip(*sorted(front)), color="black", linewidth=1, label="Pareto front")
+    ax.set_xlabel(f"measured {speedup} (× dense, same run)")
+    ax.set_ylabel(quality)
+    if lower_better:
+        ax.set_yscale("log")
+    ax.set_title(f"{records[0]['model']}: {quality} vs speedup")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = stem.with_name(f"{stem.name}-{quality.replace(':', '-')}-vs-{speedup.replace(':', '-')}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(records: list[dict], stem: Path, metrics: list[str],
                 allocation_methods: tuple[str, ...] = ("besa", "intraslice")) -> list[Path]:
-    written = [plot_metric_vs_ratio(records, m, stem) for m in metrics]
+    written = [plot_metric_vs_ratio(records, m, stem) for m in metrics if not m.startswith(("speed:", "speedup:"))]
+    quality = [m for m in metrics if not m.startswith(("speed:", "speedup:"))]
+    written += [plot_quality_vs_speedup(records, quality[0], m, stem)
+                for m in metrics if m.startswith("speedup:") and quality]
     for record in records:
         if record["status"] == "ok" and record["method"] in allocation_methods:
             written.append(plot_allocation(record, stem))
