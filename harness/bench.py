@@ -115,8 +115,8 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     import copy
 
     from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
-    from harness.targets import count_parameters, measure_ratio
-    from harness.throughput import SpeedSpec, measure, memory_bandwidth, roofline
+    from harness.targets import count_parameters
+    from harness.throughput import SpeedSpec, measure_model, memory_bandwidth, roofline
 
     registry = default_registry()
     device = torch.device(device)
@@ -128,7 +128,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
-    dense = {s.label: measure(ModelAdapter(dense_model), s, device) for s in specs}
+    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device)
 
     def make_model():
         return copy.deepcopy(dense_model)
@@ -154,17 +154,12 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
         log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype")}, default=str))
         return out
 
-    def probed(method, target, spec):
-        # the measured ratio of the probe model, and its speed
-        result = probe_speed(method, make_model, target, spec, device, sparse_kernels)
-        if method.kind != "reference":
-            probe = make_model()
-            method.shape_probe(ModelAdapter(probe), target)
-            result["ratio"] = measure_ratio(dense_count, ModelAdapter(probe)).ratio
-            del probe
+    def add_rows(method, target, extra=None):  # one probe model, every spec measured on it
+        if method.kind == "reference":
+            ratio, results = 0.0, dense
         else:
-            result["ratio"] = 0.0
-        return result
+            ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count)
+        rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
 
     rows = []
     if match:
@@ -176,19 +171,14 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             log(f"{method.name}: searching the ratio for {goal.label}")
             n_m = target_for(method, 0.0).n_m
             found = search_ratio(
-                lambda r, m=method: probe_speed(m, make_model, target_for(m, r), goal.spec, device,
-                                                sparse_kernels)["tokens_per_s"] / base,
+                lambda r, m=method: probe_speed(m, make_model, target_for(m, r), [goal.spec], device,
+                                                sparse_kernels)[1][goal.spec.label]["tokens_per_s"] / base,
                 goal, pattern_ratio=1 - n_m[0] / n_m[1] if n_m else None, log=log)
-            target = target_for(method, found.ratio)
-            for spec in specs:
-                rows.append(row(method, target, spec, probed(method, target, spec),
-                                {"match": goal.label, "reached": found.reached, "probes": found.probes}))
+            add_rows(method, target_for(method, found.ratio),
+                     {"match": goal.label, "reached": found.reached, "probes": found.probes})
         return rows
     for method in chosen:
-        target = target_for(method, ratio) if method.kind != "reference" else Target(0.0)
-        for spec in specs:
-            rows.append(row(method, target, spec, dense[spec.label] | {"ratio": 0.0}
-                            if method.kind == "reference" else probed(method, target, spec)))
+        add_rows(method, target_for(method, ratio) if method.kind != "reference" else Target(0.0))
     return rows
 
 

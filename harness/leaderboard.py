@@ -115,10 +115,13 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
     written = []
-    groups = dict.fromkeys((r["model"], r.get("mode") == "matched-speedup") for r in records)
-    for model, speed_mode in groups:
-        mine = [r for r in records if r["model"] == model and (r.get("mode") == "matched-speedup") == speed_mode
-                or (speed_mode and r["model"] == model and r["method_kind"] == "reference")]
+    def speed_mode_of(r):
+        return r.get("mode") == "matched-speedup"
+
+    # one table per model and mode; the dense reference row heads both modes' tables
+    for model, speed_mode in dict.fromkeys((r["model"], speed_mode_of(r)) for r in records):
+        mine = [r for r in records if r["model"] == model
+                and (speed_mode_of(r) == speed_mode or r["method_kind"] == "reference")]
         ok = [r for r in mine if r["status"] == "ok"]
         failed = [r for r in mine if r["status"] != "ok"]
         if not ok:

@@ -112,10 +112,10 @@ def plot_quality_vs_speedup(records: list[dict], quality: str, speedup: str, ste
 
 def write_plots(records: list[dict], stem: Path, metrics: list[str],
                 allocation_methods: tuple[str, ...] = ("besa", "intraslice")) -> list[Path]:
-    written = [plot_metric_vs_ratio(records, m, stem) for m in metrics if not m.startswith(("speed:", "speedup:"))]
     quality = [m for m in metrics if not m.startswith(("speed:", "speedup:"))]
-    written += [plot_quality_vs_speedup(records, quality[0], m, stem)
-                for m in metrics if m.startswith("speedup:") and quality]
+    written = [plot_metric_vs_ratio(records, m, stem) for m in quality]
+    if quality:  # the first quality metric against every measured speedup
+        written += [plot_quality_vs_speedup(records, quality[0], m, stem) for m in metrics if m.startswith("speedup:")]
     for record in records:
         if record["status"] == "ok" and record["method"] in allocation_methods:
             written.append(plot_allocation(record, stem))

@@ -44,7 +44,7 @@ from harness.results import (
 )
 from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
 from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
-from harness.throughput import SpeedSpec, measure, to_semi_structured
+from harness.throughput import SpeedSpec, measure_model
 
 EVAL_KINDS = ("ppl", "zeroshot", "speed")
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "compression-harness"))
@@ -183,24 +183,6 @@ class Unreachable(Exception):
     """A method's shapes cannot reach the target speedup at any ratio it can produce."""
 
 
-def measure_speed(model, target: Target, specs: list[SpeedSpec], dense: dict, device: torch.device,
-                  sparse_kernels: bool) -> dict:
-    """The compressed model's throughput per spec, with its speedup over ``dense`` (same run)."""
-    model.to(device)
-    adapter = ModelAdapter(model)
-    kernels = None
-    if sparse_kernels and target.pattern == "2:4" and device.type == "cuda":
-        kernels = to_semi_structured(adapter)
-    results = {}
-    for spec in specs:
-        result = measure(adapter, spec, device)
-        result["speedup"] = result["tokens_per_s"] / dense[spec.label]["tokens_per_s"]
-        result["dense_tokens_per_s"] = dense[spec.label]["tokens_per_s"]
-        result["sparse_kernels"] = kernels
-        results[spec.label] = result
-    return results  # the model stays on the device (semi-structured weights cannot go back)
-
-
 def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[dict]:
     """Run every (method, target) of ``config``; return the records (existing ones included)."""
     registry = registry or default_registry()
@@ -280,10 +262,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
     @functools.cache
     def dense_speed():  # dense throughput, measured once in this process: speedups are same-run ratios
-        model = copy.deepcopy(dense_model()[0]).to(device)
-        results = {s.label: measure(ModelAdapter(model), s, device) for s in speed_specs}
-        del model
-        return results
+        return measure_model(ModelAdapter(copy.deepcopy(dense_model()[0])), "unstructured", speed_specs, device)
 
     def search(plan: Plan) -> dict:
         """Matched-speedup mode: the ratio whose shape probe reaches the target speedup."""
@@ -292,8 +271,9 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 
         def speedup_at(ratio: float) -> float:
             target = Target(ratio, plan.target.pattern, plan.target.options)
-            return probe_speed(plan.method, lambda: copy.deepcopy(dense_model()[0]).to(device), target,
-                               goal.spec, device, config.sparse_kernels)["tokens_per_s"] / base
+            _, results = probe_speed(plan.method, lambda: copy.deepcopy(dense_model()[0]), target,
+                                     [goal.spec], device, config.sparse_kernels)
+            return results[goal.spec.label]["tokens_per_s"] / base
 
         log(f"{plan.method.name}: searching the ratio for {goal.label} (dense {base:.1f} tokens/s)")
         n_m = parse_pattern(plan.target.pattern)
@@ -365,9 +345,11 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                                         {"method": method.name, "target": label})
                 record["saved_model"] = str(saved)
             if speed_specs:
-                record["speed"] = measure_speed(model, target, speed_specs, dense_speed(), device,
-                                                config.sparse_kernels)
+                # one-way: a 2:4 model moves to sparse kernels; it is not used afterwards
+                record["speed"] = measure_model(adapter, target.pattern, speed_specs, device, config.sparse_kernels)
                 for spec_label, result in record["speed"].items():
+                    result["dense_tokens_per_s"] = dense_speed()[spec_label]["tokens_per_s"]
+                    result["speedup"] = result["tokens_per_s"] / result["dense_tokens_per_s"]
                     record["metrics"][f"speed:{spec_label}"] = result["tokens_per_s"]
                     record["metrics"][f"speedup:{spec_label}"] = result["speedup"]
             log(f"{method.name} @ {label}: ratio {measured.ratio:.4f}, "

@@ -25,7 +25,8 @@ import torch
 
 from harness.adapters import ModelAdapter
 from harness.method import Method, Target
-from harness.throughput import SpeedSpec, measure, to_semi_structured
+from harness.targets import ParameterCount, measure_ratio
+from harness.throughput import SpeedSpec, measure_model
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,20 @@ class SearchResult:
         return asdict(self)
 
 
-def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target, spec: SpeedSpec,
-                device: torch.device, sparse_kernels: bool = True) -> dict:
-    """Tokens/s of ``method``'s shapes at ``target`` (a fresh model from ``make_model``)."""
+def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
+                specs: list[SpeedSpec], device: torch.device, sparse_kernels: bool = True,
+                dense_count: ParameterCount | None = None) -> tuple[float | None, dict[str, dict]]:
+    """``method``'s shapes at ``target`` on a fresh model from ``make_model``: their measured
+    ratio (when ``dense_count`` is given) and tokens/s for every spec."""
     model = make_model()
     adapter = ModelAdapter(model)
     method.shape_probe(adapter, target)
-    kernels = None
-    if sparse_kernels and target.pattern == "2:4" and device.type == "cuda":
-        kernels = to_semi_structured(adapter)
-    result = measure(adapter, spec, device)
-    result["sparse_kernels"] = kernels
+    ratio = measure_ratio(dense_count, adapter).ratio if dense_count is not None else None
+    results = measure_model(adapter, target.pattern, specs, device, sparse_kernels)
     del model, adapter
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
+    return ratio, results
 
 
 def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, pattern_ratio: float | None = None,

@@ -75,8 +75,6 @@ class StaticKVCache:
     narrow value cache.
     """
 
-    is_compileable = True
-
     def __init__(self, length: int):
         self.length = length
         self.positions: torch.Tensor | None = None
@@ -296,3 +294,17 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
                 reason = f"{type(error).__name__}: {str(error)[:80]}"
                 skipped[reason] = skipped.get(reason, 0) + 1
     return {"converted": converted, "skipped": skipped}
+
+
+def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
+                  sparse_kernels: bool = True) -> dict[str, dict]:
+    """Every spec's throughput of a model on ``device``; a 2:4 model first moves to sparse kernels.
+
+    The conversion is one-way (semi-structured weights cannot go back to the CPU), so the
+    model is for measuring only afterwards.
+    """
+    adapter.model.to(device)
+    kernels = None
+    if sparse_kernels and pattern == "2:4" and device.type == "cuda":
+        kernels = to_semi_structured(adapter)
+    return {spec.label: {**measure(adapter, spec, device), "sparse_kernels": kernels} for spec in specs}
