@@ -104,7 +104,7 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                log=print) -> list[dict]:
+                compile: bool = False, log=print) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
@@ -128,7 +128,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
-    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device)
+    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile)
 
     def make_model():
         return copy.deepcopy(dense_model)
@@ -147,6 +147,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
                "peak_gib": result["peak_bytes"] / 2**30 if result["peak_bytes"] else None,
                "roofline": roofline(result, bandwidth), "cuda_graph": result["cuda_graph"],
+               "compiled": result["compiled"],
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None}
@@ -158,7 +159,8 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
         if method.kind == "reference":
             ratio, results = 0.0, dense
         else:
-            ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count)
+            ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count,
+                                         compile=compile)
         rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
 
     rows = []

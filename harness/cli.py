@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile each step before capturing it (slower to start, faster decode)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--dtype", default="float16")
@@ -200,7 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match)
+                           args.match, args.compile)
         print(format_speed_rows(rows))
         if args.json:
             write_json_atomic(args.json, rows)

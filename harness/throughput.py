@@ -198,8 +198,13 @@ def time_steps(run, device: torch.device, warmup: int, repeats: int) -> list[flo
 
 
 def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
-            warmup: int = 5, cuda_graph: bool = True) -> dict:
-    """Throughput of one phase; the model must already sit on ``device`` in eval mode."""
+            warmup: int = 5, cuda_graph: bool = True, compile: bool = False) -> dict:
+    """Throughput of one phase; the model must already sit on ``device`` in eval mode.
+
+    ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
+    ops and picks its own GEMV/GEMM kernels) before the CUDA graph is captured; it costs a
+    compilation per model and shape, so it is an option.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -208,10 +213,17 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     with torch.no_grad():
         step = ServingStep.for_spec(adapter, spec, device)
         step()  # allocates the cache (prefill) and checks the step runs
-        run, graphed, graph_error = step, False, None
+        compiled, compile_error = step, None
+        if compile:
+            try:
+                compiled = torch.compile(step, mode="max-autotune-no-cudagraphs", dynamic=False)
+                compiled()
+            except Exception as error:  # report it and measure the eager step
+                compiled, compile_error = step, f"{type(error).__name__}: {error}"[:300]
+        run, graphed, graph_error = compiled, False, None
         if device.type == "cuda" and cuda_graph:
             try:
-                run, graphed = capture_graph(step), True
+                run, graphed = capture_graph(compiled), True
             except Exception as error:  # an op that cannot be captured: time it eagerly, say so
                 graph_error = f"{type(error).__name__}: {error}"[:300]
                 torch.cuda.synchronize(device)
@@ -221,13 +233,15 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "phase": spec.phase, "batch": spec.batch, "length": spec.length,
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
-        "repeats": repeats, "cuda_graph": graphed, "weights_bytes": weight_bytes(adapter.model),
+        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "weights_bytes": weight_bytes(adapter.model),
         "kv_cache_bytes": step.cache.nbytes(),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     if graph_error:
         result["cuda_graph_error"] = graph_error
+    if compile_error:
+        result["compile_error"] = compile_error
     del step, run
     return result
 
@@ -260,7 +274,11 @@ def is_two_four(weight: torch.Tensor) -> bool:
 
 class SemiStructuredLinear(nn.Module):
     """A linear layer on a semi-structured sparse weight; inputs are flattened to 2-D first
-    (the sparse tensor implements matrix products, not the batched ones a 3-D input needs)."""
+    (the sparse tensor implements matrix products, not the batched ones a 3-D input needs).
+
+    cuSPARSELt returns the product transposed (a column-major view); every elementwise op
+    after it would then read memory with a stride, so the output is made contiguous here.
+    """
 
     def __init__(self, linear: nn.Linear):
         from torch.sparse import to_sparse_semi_structured
@@ -272,7 +290,7 @@ class SemiStructuredLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = nn.functional.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
-        return out.view(*x.shape[:-1], self.out_features)
+        return out.contiguous().view(*x.shape[:-1], self.out_features)
 
 
 def to_semi_structured(adapter: ModelAdapter) -> dict:
@@ -297,7 +315,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True) -> dict[str, dict]:
+                  sparse_kernels: bool = True, compile: bool = False) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``; a 2:4 model first moves to sparse kernels.
 
     The conversion is one-way (semi-structured weights cannot go back to the CPU), so the
@@ -307,4 +325,5 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
     kernels = None
     if sparse_kernels and pattern == "2:4" and device.type == "cuda":
         kernels = to_semi_structured(adapter)
-    return {spec.label: {**measure(adapter, spec, device), "sparse_kernels": kernels} for spec in specs}
+    return {spec.label: {**measure(adapter, spec, device, compile=compile), "sparse_kernels": kernels}
+            for spec in specs}
