@@ -8,6 +8,7 @@ fuses them), norms, embeddings, rotary embedding, LM head.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -96,6 +97,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 
 FAMILIES = tuple(a.family for a in ARCHITECTURES)
 
+#: The keyword under which a decoder block takes its KV cache: ``cache`` from
+#: transformers 5.24, ``past_key_values`` before (``past_key_value`` in 4.x).
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")
+
 
 class UnsupportedArchitecture(ValueError):
     pass
@@ -173,6 +178,18 @@ class ModelAdapter:
         for i, block in enumerate(self.blocks):
             for role, linear in self.linears(block).items():
                 yield f"layers.{i}.{role}", linear
+
+    @property
+    def cache_keyword(self) -> str:
+        """The keyword under which this transformers version hands the KV cache down.
+
+        Read from the public signature of the model's ``forward`` (``inspect`` follows
+        transformers' deprecation wrappers to the real one); the model passes the cache to
+        its blocks and they to their attention under the same name. The model class is
+        read, not a block's, because methods may replace blocks with their own modules.
+        """
+        parameters = inspect.signature(type(self.model).forward).parameters
+        return next((k for k in CACHE_KEYWORDS if k in parameters), CACHE_KEYWORDS[0])
 
     def replace_linear(self, block: nn.Module, role: str, new: nn.Module) -> None:
         """Swap a block's linear for another module (e.g. a smaller nn.Linear)."""

@@ -9,9 +9,15 @@ the original module's projections, rotary and scaling and computes
 
 with one ``scaled_dot_product_attention`` call (it accepts a value width different from
 the query/key width, and shares KV heads across query groups natively), so no Python
-reshaping runs per head. With a KV cache (``past_key_values``, e.g. transformers' caches or
+reshaping runs per head. With a KV cache (transformers' caches or
 ``harness.throughput.StaticKVCache``) the cached values are v_dim wide: the cache for V
 shrinks by v_dim / head_dim as well.
+
+The module relies only on what a decoder block passes its attention: hidden states,
+``position_embeddings`` (cos, sin), ``attention_mask`` and the cache. transformers 5.24
+renamed the cache keyword from ``past_key_values`` to ``cache`` (the old name is a
+deprecated alias until 5.40); both are accepted here by name, so neither version's block
+can hand the cache over under a name this module ignores.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class SlimValueAttention(nn.Module):
             self.q_layernorm, self.k_layernorm = original.q_layernorm, original.k_layernorm
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                **kwargs) -> tuple[torch.Tensor, None]:
+                cache=None, past_key_values=None, **kwargs) -> tuple[torch.Tensor, None]:
         B, L, _ = hidden_states.shape
         H, G, hd, vd = self.num_heads, self.num_kv_heads, self.head_dim, self.v_dim
         if self.fused_qkv:
@@ -73,7 +79,7 @@ class SlimValueAttention(nn.Module):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        cache = kwargs.get("past_key_values")
+        cache = cache if cache is not None else past_key_values
         if cache is not None:  # values are cached v_dim wide
             k, v = cache.update(k, v, self.layer_idx)
         if attention_mask is not None and attention_mask.dim() == 4:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.adapters import ModelAdapter
+from harness.adapters import CACHE_KEYWORDS, ModelAdapter
 
 
 # --- the calibration set ------------------------------------------------------------------
@@ -151,7 +151,7 @@ def capture_block_inputs(model: ModelAdapter, input_ids: torch.Tensor, device: t
         for m in outer:
             m.to("cpu")
     hidden = [h for h, _ in store]
-    kwargs = [{k: _to(v, device) for k, v in kw.items() if k not in ("past_key_values", "past_key_value")}
+    kwargs = [{k: _to(v, device) for k, v in kw.items() if k not in CACHE_KEYWORDS}
               for _, kw in store]
     for kw in kwargs:
         kw["use_cache"] = False

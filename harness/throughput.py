@@ -150,7 +150,7 @@ class ServingStep:
         self.cache.positions = self.positions
         hidden = a.embeddings(self.input_ids)
         position_ids = self.positions[None, :]
-        kwargs = {"attention_mask": self.mask, "position_ids": position_ids, "past_key_values": self.cache,
+        kwargs = {"attention_mask": self.mask, "position_ids": position_ids, a.cache_keyword: self.cache,
                   "use_cache": True, "cache_position": self.positions}
         if a.rotary is not None:
             kwargs["position_embeddings"] = a.rotary(hidden, position_ids)
