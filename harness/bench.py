@@ -17,7 +17,7 @@ import torch
 
 from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec
-from harness.method import Target
+from harness.method import Target, implied_ratio
 from harness.plugins import default_registry
 from harness.shapes import SHAPES, random_model
 
@@ -171,11 +171,10 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             if method.kind == "reference":
                 continue
             log(f"{method.name}: searching the ratio for {goal.label}")
-            n_m = target_for(method, 0.0).n_m
             found = search_ratio(
                 lambda r, m=method: probe_speed(m, make_model, target_for(m, r), [goal.spec], device,
                                                 sparse_kernels)[1][goal.spec.label]["tokens_per_s"] / base,
-                goal, pattern_ratio=1 - n_m[0] / n_m[1] if n_m else None, log=log)
+                goal, pattern_ratio=implied_ratio(target_for(method, 0.0).pattern), log=log)
             add_rows(method, target_for(method, found.ratio),
                      {"match": goal.label, "reached": found.reached, "probes": found.probes})
         return rows

@@ -21,11 +21,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from harness.adapters import ModelAdapter
     from harness.calibration import Calibration
 
 Kind = Literal["unstructured", "semi-structured", "structured", "reference"]
 PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+def implied_ratio(pattern: str) -> float | None:
+    """The element ratio an N:M pattern fixes, 1 − N/M (2:4 → 0.5); None when unstructured."""
+    n_m = parse_pattern(pattern)
+    return 1 - n_m[0] / n_m[1] if n_m else None
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
@@ -55,6 +63,13 @@ class Target:
     @property
     def n_m(self) -> tuple[int, int] | None:
         return parse_pattern(self.pattern)
+
+    def mask_sparsity(self, *linears: nn.Linear) -> float:
+        """The mask sparsity that makes these linears lose ``ratio`` of their nonzero
+        parameters, zeros they already hold accounted for (``harness.sparsity.mask_sparsity``)."""
+        from harness.sparsity import mask_sparsity
+
+        return mask_sparsity(linears, self.ratio)
 
     def label(self) -> str:
         return self.pattern if self.n_m else f"{self.ratio:g}"
@@ -108,16 +123,15 @@ class Method:
         of a 7B shape, say) in seconds. The default suits sparsity methods: magnitude masks
         in the target's pattern. A structured method overrides it with its own shapes.
         """
-        from harness.sparsity import prune_mask, weight_sparsity_for
+        from harness.sparsity import prune_mask
 
         if self.kind == "reference":
             return
         if self.kind == "structured":
             raise NotImplementedError(f"structured method {self.name!r} defines no shape_probe")
-        sparsity = weight_sparsity_for(model, target.ratio)
         for _, linear in model.named_linears():
             weight = linear.weight.data
-            weight[prune_mask(weight.abs(), sparsity, target.n_m, per_row=False)] = 0
+            weight[prune_mask(weight.abs(), target.mask_sparsity(linear), target.n_m, per_row=False)] = 0
 
     def __repr__(self) -> str:
         return f"<method {self.name} ({self.kind})>"

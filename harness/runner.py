@@ -31,7 +31,7 @@ from harness import models
 from harness.adapters import ModelAdapter, architecture_for
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, tokenize
 from harness.export import save_compressed
-from harness.method import Method, Target, parse_pattern
+from harness.method import Method, Target, implied_ratio
 from harness.perplexity import eval_windows, perplexity
 from harness.plugins import Registry, default_registry
 from harness.results import (
@@ -43,7 +43,13 @@ from harness.results import (
     write_json_atomic,
 )
 from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
-from harness.targets import check_ratio, count_parameters, measure_ratio, validate_ratio
+from harness.targets import (
+    check_pattern,
+    check_ratio,
+    count_parameters,
+    measure_ratio,
+    validate_ratio,
+)
 from harness.throughput import SpeedSpec, measure_model
 
 EVAL_KINDS = ("ppl", "zeroshot", "speed")
@@ -109,7 +115,7 @@ def parse_evals(items: list[str]) -> list[tuple[str, str]]:
 
 def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     """Check the request against the registry; return the runs it asks for."""
-    n_m = parse_pattern(config.pattern)
+    implied = implied_ratio(config.pattern)
     if list(config.methods) == ["all"]:  # every installed method that can do the pattern
         names = [n for n, m in registry.methods.items() if not m.ablation_of
                  and (m.kind == "reference" or config.pattern in m.patterns)]
@@ -119,8 +125,7 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     speed_target = SpeedTarget.parse(config.match, config.match_phase) if config.match else None
     if speed_target and config.ratios:
         raise ValueError("--match searches the ratio; drop --ratios")
-    if n_m:
-        implied = 1 - n_m[0] / n_m[1]
+    if implied is not None:
         if any(abs(r - implied) > 1e-9 for r in config.ratios or ()):
             raise ValueError(f"pattern {config.pattern} fixes the ratio at {implied:g}; drop --ratios")
         ratios = [implied]
@@ -143,7 +148,7 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
         if speed_target:  # structured shapes in multiples of 8 unless the user says otherwise
             if method.kind == "structured":
                 options = {"align": 8, **options}
-            plans.append(Plan(method, Target(ratios[0] if n_m else 0.0, config.pattern, options),
+            plans.append(Plan(method, Target(implied or 0.0, config.pattern, options),
                               speed_target=speed_target))
             continue
         for ratio in ratios:
@@ -276,8 +281,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             return results[goal.spec.label]["tokens_per_s"] / base
 
         log(f"{plan.method.name}: searching the ratio for {goal.label} (dense {base:.1f} tokens/s)")
-        n_m = parse_pattern(plan.target.pattern)
-        return search_ratio(speedup_at, goal, 1 - n_m[0] / n_m[1] if n_m else None, log=log).to_dict()
+        return search_ratio(speedup_at, goal, implied_ratio(plan.target.pattern), log=log).to_dict()
 
     records = []
     for plan in plans:
@@ -326,8 +330,10 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             record["report"] = asdict(report)
             measured = measure_ratio(dense_count, adapter)
             record["achieved"] = measured.to_dict()
-            if plan.matched and method.kind != "reference":
-                check_ratio(measured.ratio, target.ratio)
+            if plan.matched and method.kind != "reference" and target.n_m:
+                check_pattern(adapter, target.n_m)  # N:M: the pattern is the target, r is reported
+            elif plan.matched and method.kind != "reference":
+                check_ratio(measured.ratio, target.ratio, dense=dense_count)
             start = time.perf_counter()
             for (kind, name), (windows, total, _) in eval_inputs.items():
                 result = perplexity(adapter, windows, device, config.batch_size, total)

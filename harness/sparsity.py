@@ -7,9 +7,10 @@ every 4: 50%).
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
 
-from harness.adapters import ModelAdapter
+import torch
+from torch import nn
 
 
 def prune_mask(scores: torch.Tensor, sparsity: float, n_m: tuple[int, int] | None = None,
@@ -41,14 +42,26 @@ def prune_mask(scores: torch.Tensor, sparsity: float, n_m: tuple[int, int] | Non
     return mask.reshape(rows, cols)
 
 
-def weight_sparsity_for(model: ModelAdapter, ratio: float) -> float:
-    """The uniform weight sparsity that removes ``ratio`` of the blocks' linear parameters.
+def mask_sparsity(linears: Iterable[nn.Linear], ratio: float) -> float:
+    """The fraction of these linears' weight elements to mask so that they lose ``ratio`` of
+    their nonzero parameters: the sparsity every pruning method asks its masks for.
 
-    Biases are never pruned but count in the ratio's denominator (harness/targets.py), so
-    models with biases (Qwen2, Phi-2) prune their weights slightly beyond ``ratio``.
+    r counts nonzeros (harness/targets.py), and a checkpoint may already hold exact zeros
+    (a dequantised GGUF holds ~5 %). Every method's score (|W|, |W|·‖X‖, W²/[H⁻¹]²_jj) is
+    lowest for a zero weight, so a mask of k elements removes k − zeros nonzeros; biases are
+    never pruned but count in r. Removing r · (nnz_W + nnz_b) then needs
+
+        k = zeros_W + r · (nnz_W + nnz_b)        sparsity = k / numel_W
+
+    which is r itself for a dense weight without bias. Called per layer, every layer loses
+    the same fraction r of its nonzeros (the papers' uniform layer-wise sparsity).
     """
-    weights = biases = 0
-    for _, linear in model.named_linears():
-        weights += linear.weight.numel()
-        biases += linear.bias.numel() if linear.bias is not None else 0
-    return min(1.0, ratio * (weights + biases) / weights)
+    numel = zeros = nonzeros = 0
+    for linear in linears:
+        weight_nonzeros = int(torch.count_nonzero(linear.weight.detach()))
+        numel += linear.weight.numel()
+        zeros += linear.weight.numel() - weight_nonzeros
+        nonzeros += weight_nonzeros
+        if linear.bias is not None:
+            nonzeros += int(torch.count_nonzero(linear.bias.detach()))
+    return min(1.0, (zeros + ratio * nonzeros) / numel)

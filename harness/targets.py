@@ -59,6 +59,12 @@ class ParameterCount:
     embeddings: int
     lm_head: int  # 0 when tied to the embeddings
     total: int
+    block_elements: int = 0  # elements of the same tensors, zeros included
+
+    @property
+    def block_zero_fraction(self) -> float:
+        """Exact zeros among the blocks' elements (≈5 % in a dequantised Q4 GGUF)."""
+        return 1 - self.blocks / self.block_elements if self.block_elements else 0.0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -66,6 +72,7 @@ class ParameterCount:
 
 def count_parameters(adapter: ModelAdapter) -> ParameterCount:
     blocks = sum(_nonzeros(block_parameters(b)) for b in adapter.blocks)
+    elements = sum(t.numel() for b in adapter.blocks for t in {id(t): t for t in block_parameters(b)}.values())
     norm_tensors = [p for m in adapter.model.modules() if _is_norm(m)
                     for p in m.parameters(recurse=False)]
     embeddings = _nonzeros([adapter.embeddings.weight])
@@ -73,7 +80,7 @@ def count_parameters(adapter: ModelAdapter) -> ParameterCount:
     total = _nonzeros(adapter.model.parameters()) + sum(
         _nonzeros([t for t in block_parameters(b) if not isinstance(t, nn.Parameter)])
         for b in adapter.blocks)
-    return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total)
+    return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total, elements)
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,29 @@ def measure_ratio(dense: ParameterCount, compressed: ModelAdapter) -> MeasuredRa
     return MeasuredRatio(1 - c.blocks / dense.blocks, 1 - c.total / dense.total, dense, c)
 
 
-def check_ratio(measured: float, target: float, tolerance: float = RATIO_TOLERANCE) -> None:
+def check_pattern(adapter: ModelAdapter, n_m: tuple[int, int]) -> None:
+    """An N:M target is met when every group of M consecutive inputs of every block linear
+    holds at most N nonzeros. Its ratio is then measured and reported, not enforced: on a
+    model that already holds zeros it depends on the method (a group with fewer than N
+    nonzeros loses none under a pure mask, while SparseGPT's updates refill it to N)."""
+    n, m = n_m
+    for name, linear in adapter.named_linears():
+        weight = linear.weight.detach()
+        if weight.shape[1] % m or bool(((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) > n).any()):
+            raise RatioMismatch(f"{name} is not {n}:{m} sparse: some group of {m} inputs keeps more than {n}")
+
+
+def check_ratio(measured: float, target: float, tolerance: float = RATIO_TOLERANCE,
+                dense: ParameterCount | None = None) -> None:
     if abs(measured - target) > tolerance:
+        why = ""
+        if dense is not None and dense.block_zero_fraction > 1e-3:
+            why = (f" The dense model already holds {dense.block_zero_fraction:.2%} exact zeros in its "
+                   "decoder blocks (a quantised or pruned checkpoint?); r counts the nonzeros removed, "
+                   "so a method that sizes its masks or widths by element count misses it.")
         raise RatioMismatch(
             f"measured ratio {measured:.4f} misses the target {target:.4f} by more than "
-            f"±{tolerance:.4f}; the row is not a matched-ratio result")
+            f"±{tolerance:.4f}; the row is not a matched-ratio result.{why}")
 
 
 class RatioMismatch(RuntimeError):

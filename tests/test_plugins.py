@@ -24,7 +24,6 @@ PLUGIN_SOURCE = textwrap.dedent('''
     import torch
     from harness import hookimpl
     from harness.method import CompressionReport, Method
-    from harness.sparsity import weight_sparsity_for
 
     class RandomPrune(Method):
         name = "random-prune"
@@ -34,13 +33,13 @@ PLUGIN_SOURCE = textwrap.dedent('''
         description = "drops random weights"
 
         def compress(self, model, calibration, target):
-            s = weight_sparsity_for(model, target.ratio)
             g = torch.Generator().manual_seed(0)
             seen_blocks = 0
             for block in calibration.sequential(model):   # exercises the shared driver
                 seen_blocks += 1
                 for lin in block.linears.values():
                     w = lin.weight.data
+                    s = target.mask_sparsity(lin)
                     k = int(w.numel() * s)
                     idx = torch.randperm(w.numel(), generator=g)[:k]
                     w.view(-1)[idx] = 0

@@ -3,7 +3,8 @@ import torch
 from conftest import tiny_model
 
 from harness.adapters import ModelAdapter
-from harness.sparsity import prune_mask, weight_sparsity_for
+from harness.method import Target
+from harness.sparsity import prune_mask
 from harness.targets import RatioMismatch, check_ratio, count_parameters, measure_ratio
 
 
@@ -73,11 +74,12 @@ def test_row_and_layer_masks_hit_the_sparsity():
     assert scores[layer].max() <= scores[~layer].min()
 
 
-def test_weight_sparsity_accounts_for_biases():
+def test_mask_sparsity_accounts_for_biases():
     adapter = ModelAdapter(tiny_model("qwen2"))  # q/k/v carry biases
-    s = weight_sparsity_for(adapter, 0.3)
-    assert s > 0.3
+    target = Target(0.3)
     for _, lin in adapter.named_linears():
+        s = target.mask_sparsity(lin)
+        assert s > 0.3 if lin.bias is not None else s == 0.3
         lin.weight.data[prune_mask(lin.weight.abs(), s, per_row=False)] = 0
     dense = count_parameters(ModelAdapter(tiny_model("qwen2")))
     assert measure_ratio(dense, adapter).ratio == pytest.approx(0.3, abs=1e-3)

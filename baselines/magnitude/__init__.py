@@ -7,7 +7,7 @@ compare within each group of M consecutive inputs of a row. No weight update.
 
 from harness import hookimpl
 from harness.method import CompressionReport, Method
-from harness.sparsity import prune_mask, weight_sparsity_for
+from harness.sparsity import prune_mask
 
 
 class Magnitude(Method):
@@ -18,11 +18,10 @@ class Magnitude(Method):
     description = "layer-wise |W| pruning, no calibration (Han et al. 2015; Wanda's baseline)"
 
     def compress(self, model, calibration, target):
-        sparsity = weight_sparsity_for(model, target.ratio)
-        report = CompressionReport(knobs={"weight_sparsity": sparsity})
+        report = CompressionReport()
         for name, linear in model.named_linears():
             weight = linear.weight.data
-            mask = prune_mask(weight.abs().float(), sparsity, target.n_m, per_row=False)
+            mask = prune_mask(weight.abs().float(), target.mask_sparsity(linear), target.n_m, per_row=False)
             weight[mask] = 0
             report.layer_ratios[name] = mask.float().mean().item()
         return report

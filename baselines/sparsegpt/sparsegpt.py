@@ -35,7 +35,6 @@ import time
 import torch
 
 from harness.method import CompressionReport, Method
-from harness.sparsity import weight_sparsity_for
 
 
 def hessian_inverse_factor(gram: torch.Tensor, tokens: int, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +97,7 @@ class SparseGPT(Method):
     def compress(self, model, calibration, target):
         blocksize = int(target.options.get("blocksize", 128))
         damp = float(target.options.get("damp", 0.01))
-        sparsity = weight_sparsity_for(model, target.ratio)
-        report = CompressionReport(knobs={"weight_sparsity": sparsity, "blocksize": blocksize, "damp": damp})
+        report = CompressionReport(knobs={"blocksize": blocksize, "damp": damp})
         stats_s = prune_s = 0.0
         for block in calibration.sequential(model, desc="sparsegpt"):
             start = time.perf_counter()
@@ -108,8 +106,8 @@ class SparseGPT(Method):
             start = time.perf_counter()
             for role, linear in block.linears.items():
                 s = stats[role]
-                linear.weight.data = sparsegpt_prune(linear.weight.data, s.gram, s.tokens, sparsity,
-                                                     target.n_m, blocksize, damp)
+                linear.weight.data = sparsegpt_prune(linear.weight.data, s.gram, s.tokens,
+                                                     target.mask_sparsity(linear), target.n_m, blocksize, damp)
                 report.layer_ratios[f"layers.{block.index}.{role}"] = (linear.weight == 0).float().mean().item()
             prune_s += time.perf_counter() - start
         report.timings = {"statistics_s": stats_s, "prune_s": prune_s}

@@ -27,7 +27,7 @@ import time
 import torch
 
 from harness.method import CompressionReport, Method
-from harness.sparsity import prune_mask, weight_sparsity_for
+from harness.sparsity import prune_mask
 
 
 def wanda_scores(weight: torch.Tensor, input_sqnorm: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,7 @@ class Wanda(Method):
     description = "|W|·‖X‖ per-row pruning, no weight update (Sun et al. 2023)"
 
     def compress(self, model, calibration, target):
-        sparsity = weight_sparsity_for(model, target.ratio)
-        report = CompressionReport(knobs={"weight_sparsity": sparsity, "comparison_group": "output row"})
+        report = CompressionReport(knobs={"comparison_group": "output row"})
         stats_s = prune_s = 0.0
         for block in calibration.sequential(model, desc="wanda"):
             start = time.perf_counter()
@@ -51,7 +50,8 @@ class Wanda(Method):
             stats_s += time.perf_counter() - start
             start = time.perf_counter()
             for role, linear in block.linears.items():
-                mask = prune_mask(wanda_scores(linear.weight, stats[role].sqnorm), sparsity, target.n_m)
+                mask = prune_mask(wanda_scores(linear.weight, stats[role].sqnorm),
+                                  target.mask_sparsity(linear), target.n_m)
                 linear.weight.data[mask] = 0
                 report.layer_ratios[f"layers.{block.index}.{role}"] = mask.float().mean().item()
             prune_s += time.perf_counter() - start

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.wanda.wanda import wanda_scores
 from harness.method import CompressionReport, Method
-from harness.sparsity import weight_sparsity_for
 
 
 class LearnedSparsityLinear(nn.Module):
@@ -128,13 +128,14 @@ class BESA(Method):
         beta_weight = float(opts.get("sparsity_beta", 5.0))
         step_size = float(opts.get("step", 0.01))
         rows_per_group = int(opts.get("rows_per_group", 1))
-        goal = weight_sparsity_for(model, target.ratio)
-        report = CompressionReport(knobs={"weight_sparsity_target": goal, "epochs": epochs, "lr": lr,
+        report = CompressionReport(knobs={"weight_sparsity_target": [], "epochs": epochs, "lr": lr,
                                           "d_coef": d_coef, "sparsity_beta": beta_weight,
                                           "candidate_step": step_size, "rows_per_group": rows_per_group,
                                           "optimizer": "Prodigy"})
         losses, expected, offsets, start = [], [], [], time.perf_counter()
         for block in calibration.sequential(model, desc="besa"):
+            goal = target.mask_sparsity(*block.linears.values())  # the block's, zeros it holds counted
+            report.knobs["weight_sparsity_target"].append(round(goal, 5))
             stats = block.input_stats(gram=False)
             dense_out = block.forward()  # the reference target: dense block, pruned-stream inputs
             originals = dict(block.linears)
@@ -142,7 +143,7 @@ class BESA(Method):
             block.module.float()
             learned = {}
             for role, linear in originals.items():
-                importance = linear.weight.abs().float() * stats[role].norm.float()[None, :]
+                importance = wanda_scores(linear.weight, stats[role].sqnorm)  # the reference's metric
                 learned[role] = LearnedSparsityLinear(linear, importance, step_size, rows_per_group)
                 model.replace_linear(block.module, role, learned[role])
             losses.append(self._train(block, learned, dense_out, goal, epochs, lr, d_coef, beta_weight))

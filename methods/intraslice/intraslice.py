@@ -228,6 +228,9 @@ class Module:
     importance: float
     energy: torch.Tensor  # energy[k] = retained fraction with k units kept; energy[size] = 1
     minimum: int = 1
+    #: MLP: nonzeros of the gate/up rows of the first k channels in the dense estimate's
+    #: greedy order (index k); they keep their zeros when kept. None for VO.
+    kept_nonzeros: torch.Tensor | None = None
 
     def loss(self, k: int) -> float:
         return self.importance * (1.0 - float(self.energy[k]))
@@ -285,6 +288,70 @@ def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
     return vo, mlp
 
 
+def _nonzero_profile(model: ModelAdapter, block: nn.Module) -> dict[str, int]:
+    """Nonzeros of one block's linears, grouped by what compression does to them."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+
+    def nnz(t: torch.Tensor | None) -> int:
+        return 0 if t is None else int(torch.count_nonzero(t.detach()))
+
+    profile = {"kept": 0, "vo": 0, "o_bias": 0, "mlp_in": 0, "mlp_out": 0, "down_bias": 0}
+    for role, linear in model.linears(block).items():
+        if role == "qkv":  # Phi-3: q/k rows stay, the value rows are folded
+            qk_rows = (H + G) * hd
+            profile["kept"] += nnz(linear.weight[:qk_rows]) + nnz(None if linear.bias is None else linear.bias[:qk_rows])
+            profile["vo"] += nnz(linear.weight[qk_rows:]) + nnz(None if linear.bias is None else linear.bias[qk_rows:])
+        elif role in ("v", "o"):
+            profile["vo"] += nnz(linear.weight) + nnz(linear.bias)
+            profile["o_bias"] += nnz(linear.bias) if role == "o" else 0
+        elif role == "down":
+            profile["mlp_out"] += nnz(linear.weight) + nnz(linear.bias)
+            profile["down_bias"] += nnz(linear.bias)
+        elif role in model.arch.mlp_roles:
+            profile["mlp_in"] += nnz(linear.weight) + nnz(linear.bias)
+        else:
+            profile["kept"] += nnz(linear.weight) + nnz(linear.bias)
+    return profile
+
+
+def _channel_nonzeros(model: ModelAdapter, block: nn.Module) -> torch.Tensor:
+    """Nonzeros of each MLP channel's gate/up rows (weights and biases): what keeping it keeps."""
+    linears, width = model.linears(block), model.linears(block)["down"].in_features
+    counts = torch.zeros(width, dtype=torch.long)
+    for role in model.arch.mlp_roles:
+        if role == "down":
+            continue
+        lin = linears[role]
+        rows = (lin.weight.detach() != 0).sum(1).cpu() + (0 if lin.bias is None else (lin.bias.detach() != 0).cpu())
+        counts += rows.view(-1, width).sum(0) if role == "gate_up" else rows
+    return counts
+
+
+def predicted_nonzeros(model: ModelAdapter, profiles: list[dict[str, int]], keep: dict[str, int],
+                       modules: list[Module]) -> float:
+    """The blocks' nonzero count after compressing to ``keep`` units per module.
+
+    Folded V/O and refit down_proj are dense; kept gate/up rows keep their zeros. Which
+    channels survive is decided during the sweep; the dense estimate's greedy order stands
+    in for it (exact for dead channels, and zeros of a quantised model are spread evenly).
+    """
+    mlp_kept = {m.name: m.kept_nonzeros for m in modules if m.kept_nonzeros is not None}
+    H, G, hd, d = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
+    total = 0.0
+    for index, (block, p) in enumerate(zip(model.blocks, profiles)):
+        width = model.linears(block)["down"].in_features
+        k_vo, k_mlp = keep.get(f"layers.{index}.vo", hd), keep.get(f"layers.{index}.mlp", width)
+        v_bias = (model.linears(block).get("v") or model.linears(block)["qkv"]).bias is not None
+        total += p["kept"]
+        total += p["vo"] if k_vo >= hd else G * k_vo * (d + v_bias) + H * k_vo * d + p["o_bias"]
+        if k_mlp >= width:
+            total += p["mlp_in"] + p["mlp_out"]
+        else:
+            kept = mlp_kept.get(f"layers.{index}.mlp")
+            total += (float(kept[k_mlp]) if kept is not None else p["mlp_in"] * k_mlp / width) + d * k_mlp + p["down_bias"]
+    return total
+
+
 def _estimate_key(model: ModelAdapter, calibration, modules) -> tuple:
     """Identifies a dense model and calibration set well enough to reuse an estimate."""
     first = model.linears(model.blocks[0])["down"].weight
@@ -325,11 +392,13 @@ class IntraSlice(Method):
                                       acc["vo_out"] / max(acc["res_attn"], 1e-300), energy.cpu()))
             if "mlp" in self.modules:
                 w_down = step.linears["down"].weight
-                _, gains = greedy_channels(acc["mlp_cov"], w_down, w_down.shape[1])
+                order, gains = greedy_channels(acc["mlp_cov"], w_down, w_down.shape[1])
+                per_channel = _channel_nonzeros(model, step.module)[order.cpu()]
                 total = float((w_down.detach().double() @ acc["mlp_cov"] @ w_down.detach().double().T).trace())
                 energy = torch.cat([gains.new_zeros(1), gains.cumsum(0)]) / max(total, 1e-300)
                 modules.append(Module(f"layers.{step.index}.mlp", step.index, "mlp", w_down.shape[1], mlp_cost,
-                                      acc["mlp_out"] / max(acc["res_mlp"], 1e-300), energy.clamp(max=1.0)))
+                                      acc["mlp_out"] / max(acc["res_mlp"], 1e-300), energy.clamp(max=1.0),
+                                      kept_nonzeros=torch.cat([per_channel.new_zeros(1), per_channel.cumsum(0)])))
         return modules
 
     def compress(self, model, calibration, target):
@@ -344,13 +413,22 @@ class IntraSlice(Method):
             self._estimates = {key: self.estimate(model, calibration)}
         modules = self._estimates[key]
         estimate_s = time.perf_counter() - start
-        # r counts nonzeros; units save whole rows and columns (zeros included), so remove
-        # what takes the blocks' size down to (1 − r) of the dense nonzero count.
-        size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
-        need = size - int(round((1 - target.ratio) * dense))
-        keep = allocate(modules, need, uniform=self.allocation == "uniform")
-        keep = align_kept(keep, {m.name: m.size for m in modules}, int(target.options.get("align", 1)))
-
+        # r counts nonzeros. Units save whole rows and columns, zeros included, and what stays
+        # keeps its zeros only where it is not rewritten (q/k, kept gate/up rows); folded V/O
+        # and refit down are dense. Allocate in elements, predict the nonzeros that result,
+        # and correct the element budget until the prediction meets (1 − r) of the dense count.
+        profiles = [_nonzero_profile(model, block) for block in model.blocks]
+        goal = (1 - target.ratio) * dense
+        need = sum(p.numel() for b in model.blocks for p in block_parameters(b)) - int(round(goal))
+        sizes, align = {m.name: m.size for m in modules}, int(target.options.get("align", 1))
+        keep = None
+        for _ in range(8):
+            previous, keep = keep, align_kept(allocate(modules, need, uniform=self.allocation == "uniform"),
+                                              sizes, align)
+            excess = predicted_nonzeros(model, profiles, keep, modules) - goal
+            if abs(excess) < 1e-4 * dense or keep == previous:
+                break
+            need += int(round(excess))
         # Sweep 2: compress block by block with statistics through the compressed blocks < l.
         start = time.perf_counter()
         report = CompressionReport(knobs={"allocation": self.allocation, "modules": list(self.modules),
