@@ -94,12 +94,13 @@ class Calibration:
     source: str = ""  # where the text came from (file path or hub)
     device: torch.device = torch.device("cpu")
     batch_size: int = 8
+    sha256: str | None = None  # the source file's content hash (None: the hub)
 
     def sequential(self, model: ModelAdapter, desc: str = "blocks") -> Iterator[BlockStep]:
         return sequential(model, self.input_ids, self.device, self.batch_size, desc)
 
     def describe(self) -> dict:
-        return {**asdict(self.spec), "source": self.source, "batch_size": self.batch_size}
+        return {**asdict(self.spec), "source": self.source, "sha256": self.sha256, "batch_size": self.batch_size}
 
 
 # --- the block-by-block driver -------------------------------------------------------------

@@ -29,10 +29,10 @@ class Comparison:
     status: str  # "ok", "better", "WORSE", "MISSING"
 
 
-def _rows(path: Path) -> dict[tuple[str, str, str], dict]:
+def _rows(path: Path, skip_corrupt: bool = False) -> dict[tuple[str, str, str], dict]:
     """Leaderboard rows by (method, pattern, target), from a JSON board or a records dir."""
     if path.is_dir():
-        records = [r for r in load_records(path) if r["status"] == "ok"]
+        records = [r for r in load_records(path, skip_corrupt) if r["status"] == "ok"]
         if not records:
             raise FileNotFoundError(f"no successful run records under {path}")
         rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))
@@ -45,8 +45,9 @@ def _metrics(row: dict) -> dict[str, float]:
     return {k: v for k, v in row.items() if ":" in k and not k.startswith("Δ") and v is not None}
 
 
-def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02) -> list[Comparison]:
-    fresh, stored = _rows(Path(fresh_path)), _rows(Path(stored_path))
+def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02,
+            skip_corrupt: bool = False) -> list[Comparison]:
+    fresh, stored = _rows(Path(fresh_path), skip_corrupt), _rows(Path(stored_path), skip_corrupt)
     out = []
     for key, row in stored.items():
         for metric, reference in _metrics(row).items():

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--sort", help="metric to rank by (default: first perplexity)")
     board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
     board.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
+    board.add_argument("--skip-corrupt", action="store_true",
+                       help="leave out record files that cannot be read (default: refuse, naming them)")
 
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
 
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("results", type=Path, help="directory of run records, or a leaderboard JSON")
     check.add_argument("--against", type=Path, required=True, help="the stored leaderboard JSON")
     check.add_argument("--rtol", type=float, default=0.02, help="relative tolerance (default 0.02)")
+    check.add_argument("--skip-corrupt", action="store_true",
+                       help="leave out record files that cannot be read (default: refuse, naming them)")
 
     bench = sub.add_parser("bench", help="benchmarks on random-initialised models of named shapes")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -185,6 +189,8 @@ def cmd_plugins() -> int:
             archs = ",".join(m.architectures) if m.architectures else "all"
             print(f"    method  {name:<12} {m.kind:<16} patterns={','.join(m.patterns)} "
                   f"architectures={archs}  {m.description}")
+            for knob, spec in m.knobs.items():
+                print(f"        -o {name}.{knob}={spec.type.__name__} (default {spec.default!r})  {spec.help}")
         for name in info.datasets:
             print(f"    dataset {name:<12} {registry.datasets[name].description}")
         for name in info.reporters:
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             from harness.check import compare, failed, report
 
-            comparisons = compare(args.results, args.against, args.rtol)
+            comparisons = compare(args.results, args.against, args.rtol, args.skip_corrupt)
             print(report(comparisons))
             if failed(comparisons):
                 print(f"harness check: FAILED (worse than {args.against} beyond rtol {args.rtol}, or missing rows)",
@@ -239,13 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from harness.leaderboard import write_leaderboards
 
-            for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots):
+            for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots,
+                                           skip_corrupt=args.skip_corrupt):
                 print(path)
             return 0
+        from harness.results import completed
         from harness.runner import run
 
         config = config_from_args(args)
-        records = run(config)
+        try:
+            records = run(config)
+        except KeyboardInterrupt:
+            kept = sum(1 for p in Path(config.out).glob("*.json") if completed(p))
+            print(f"\nharness: interrupted; {kept} finished record(s) kept in {config.out}, "
+                  "rerun the same command to resume", file=sys.stderr)
+            return 130
         failed = [r for r in records if r["status"] != "ok"]
         if args.leaderboard:
             from harness.leaderboard import write_leaderboards
@@ -261,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nharness: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

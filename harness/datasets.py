@@ -13,6 +13,7 @@ environment variable ``HARNESS_DATA_DIR``. ``.txt`` files are read as they are; 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import hookimpl
+from harness.hub import hub_unreachable
 
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
 
@@ -40,27 +42,79 @@ class TextDataset:
     #: The papers evaluate C4 on its first 256 windows only.
     max_eval_windows: int | None = None
 
-    def text(self, split: str, data_dir: str | Path | None = None) -> tuple[str, str]:
-        """The split's joined text and a description of where it came from."""
+    def locate(self, split: str, data_dir: str | Path | None = None) -> DataSource:
+        """Where the split comes from, resolved now: a local file (with its content hash) or
+        the hub. Fails here, before any cache is consulted, when neither is available."""
         tried = []
         data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
         if data_dir:
             for rel in self.local_files.get(split, ()):
                 path = Path(data_dir) / self.name / rel
                 if path.is_file():
-                    return _read_local(path, self.joiner), str(path)
+                    return DataSource(self.name, split, str(path.resolve()), file_fingerprint(path))
                 tried.append(str(path))
         if split in self.hub:
-            try:
-                return self.hub[split](), f"hub:{self.name}/{split}"
-            except Exception as error:  # offline, missing auth, renamed dataset...
-                tried.append(f"the hub via `datasets` ({type(error).__name__}: {error})"[:300])
+            offline = hub_unreachable()
+            if offline is None:
+                return DataSource(self.name, split, f"hub:{self.name}/{split}", None)
+            tried.append(f"the hub (offline: {offline})")
         raise DatasetNotFound(
             f"no {split!r} data for dataset {self.name!r}; looked in: "
             + "; ".join(tried or ["nowhere"])
             + f". Pass --data-dir or set {DATA_DIR_ENV} to a directory holding "
             f"{self.name}/{' or '.join(self.local_files.get(split, ('<file>',)))}."
         )
+
+    def read(self, source: DataSource) -> str:
+        """The split's joined text, from where ``locate`` found it."""
+        if source.sha256 is None:
+            return self.hub[source.split]()
+        return _read_local(Path(source.path), self.joiner)
+
+    def text(self, split: str, data_dir: str | Path | None = None) -> tuple[str, str]:
+        """The split's joined text and where it came from (``locate`` then ``read``)."""
+        source = self.locate(split, data_dir)
+        return self.read(source), source.path
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One split of a dataset as found: a local file and its content hash, or the hub."""
+
+    dataset: str
+    split: str
+    path: str  # resolved file path, or "hub:NAME/SPLIT"
+    sha256: str | None  # the file's content (see file_fingerprint); None for the hub
+
+    @property
+    def identity(self) -> tuple:
+        """What a cache of this split's tokens is keyed on: content, not the path it sits at."""
+        return (self.dataset, self.split, self.sha256 or self.path)
+
+    def describe(self) -> dict:
+        return {"source": self.path, "sha256": self.sha256}
+
+
+#: Files up to this size are hashed whole (WikiText-2's train split: 11 MB, ~20 ms).
+WHOLE_HASH_BYTES = 256 * 2**20
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of the file's content; for a file over 256 MiB, of its size and its first and
+    last MiB (a C4 shard is read in full when it is tokenised anyway, but not on every run)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= WHOLE_HASH_BYTES:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+        digest.update(str(size).encode())
+        digest.update(f.read(2**20))
+        f.seek(size - 2**20)
+        digest.update(f.read(2**20))
+    return "sampled:" + digest.hexdigest()
 
 
 def _read_local(path: Path, joiner: str) -> str:

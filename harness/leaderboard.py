@@ -105,9 +105,9 @@ def protocol_header(records: list[dict]) -> str:
 
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
-                       plots: bool = True) -> list[Path]:
+                       plots: bool = True, skip_corrupt: bool = False) -> list[Path]:
     registry = registry or default_registry()
-    records = load_records(results_dir)
+    records = load_records(results_dir, skip_corrupt)
     if not records:
         raise FileNotFoundError(f"no run records under {results_dir}")
     formats = formats or list(registry.reporters)

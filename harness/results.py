@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_record(path: Path) -> dict | None:
+    """The record at ``path``; None if it cannot be read or parsed (truncated, corrupt)."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+class CorruptRecords(ValueError):
+    """Record files that cannot be read: a table built without them would lose rows silently."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        super().__init__(f"{len(paths)} record file(s) cannot be read (truncated or corrupt): "
+                         + ", ".join(map(str, paths))
+                         + ". Rerun `harness run` to recompute them, delete them, or pass --skip-corrupt.")
 
 
 def completed(path: Path) -> bool:
@@ -69,12 +81,23 @@ def completed(path: Path) -> bool:
     return bool(record) and record.get("status") == "ok"
 
 
-def load_records(results_dir: Path) -> list[dict]:
-    """Every readable record under ``results_dir`` (recursively), failed ones included."""
-    records = []
+def load_records(results_dir: Path, skip_corrupt: bool = False, warn=None) -> list[dict]:
+    """Every record under ``results_dir`` (recursively), failed ones included.
+
+    A ``.json`` file that cannot be parsed raises ``CorruptRecords`` naming it, unless
+    ``skip_corrupt``: then ``warn`` (default: stderr) is told and the file is left out.
+    JSON files that are not records (tokenizer files of saved models, say) are ignored.
+    """
+    records, corrupt = [], []
     for path in sorted(Path(results_dir).rglob("*.json")):
         record = read_record(path)
-        if record and record.get("schema") == SCHEMA_VERSION and "method" in record:
+        if record is None:
+            corrupt.append(path)
+        elif isinstance(record, dict) and record.get("schema") == SCHEMA_VERSION and "method" in record:
             record["_path"] = str(path)
             records.append(record)
+    if corrupt and not skip_corrupt:
+        raise CorruptRecords(corrupt)
+    for path in corrupt:
+        (warn or (lambda text: print(text, file=sys.stderr)))(f"warning: skipped unreadable record {path}")
     return records

@@ -136,6 +136,7 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     plans = []
     for method in methods:
         options = config.options.get(method.name, {})
+        method.check_options(options)  # a misspelt knob is refused, not silently ignored
         if method.kind == "reference":  # dense: one row, nothing removed
             plans.append(Plan(method, Target(0.0, "unstructured", options)))
             continue
@@ -232,33 +233,37 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
     calibration = None
     if any(p.method.needs_calibration for p in plans):
         dataset = registry.dataset(calib_spec.dataset)
+        # Resolved now, before the cache: a cache is keyed on the file's content and the
+        # tokenizer's, so other data behind the same path (or none) is never served stale.
+        source = dataset.locate("calibration", config.data_dir)
 
         def make_calibration():
-            text, source = dataset.text("calibration", config.data_dir)
-            ids = draw_windows(tokenize(tokenizer(), text), calib_spec.n, calib_spec.length, calib_spec.seed)
-            return {"input_ids": ids, "source": source}
+            ids = tokenize(tokenizer(), dataset.read(source))
+            return {"input_ids": draw_windows(ids, calib_spec.n, calib_spec.length, calib_spec.seed)}
 
-        drawn = load_or_make(cache, "calibration", (config.model, str(calib_spec), config.data_dir), make_calibration)
-        calibration = Calibration(drawn["input_ids"], calib_spec, drawn["source"], device, config.batch_size)
-        log(f"calibration: {calib_spec} from {drawn['source']}")
+        drawn = load_or_make(cache, "calibration", (models.fingerprint(config.model), source.identity,
+                                                    str(calib_spec)), make_calibration)
+        calibration = Calibration(drawn["input_ids"], calib_spec, source.path, device, config.batch_size,
+                                  source.sha256)
+        log(f"calibration: {calib_spec} from {source.path}")
 
     eval_inputs = {}
     for kind, name in evals:
         dataset = registry.dataset(name)
+        source = dataset.locate("test", config.data_dir)
 
-        def make_eval(dataset=dataset):
-            text, source = dataset.text("test", config.data_dir)
-            return {"token_ids": tokenize(tokenizer(), text), "source": source}
+        def make_eval(dataset=dataset, source=source):
+            return {"token_ids": tokenize(tokenizer(), dataset.read(source))}
 
-        tokens = load_or_make(cache, "eval", (config.model, name, config.data_dir), make_eval)
+        tokens = load_or_make(cache, "eval", (models.fingerprint(config.model), source.identity), make_eval)
         windows, total = eval_windows(tokens["token_ids"], eval_length, config.eval_windows,
                                       dataset.max_eval_windows)
-        eval_inputs[(kind, name)] = (windows, total, tokens["source"])
+        eval_inputs[(kind, name)] = (windows, total, source)
         note = f" (subsampled: {windows.shape[0]} of {total} windows)" if windows.shape[0] < total else ""
         log(f"eval {kind}:{name}: {windows.shape[0]} windows × {eval_length} tokens{note}")
 
     eval_spec = {f"{k}:{n}": {"windows": w.shape[0], "windows_total": t, "window_length": eval_length,
-                              "source": s} for (k, n), (w, t, s) in eval_inputs.items()}
+                              **s.describe()} for (k, n), (w, t, s) in eval_inputs.items()}
     if zeroshot_tasks:
         eval_spec["zeroshot"] = {"tasks": zeroshot_tasks, "limit": config.zeroshot_limit}
     for spec in speed_specs:
@@ -292,10 +297,18 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
                       evals=eval_spec, schema=SCHEMA_VERSION)
         label = plan.label
         path = record_path(out, config.model, method.name, label, key)
-        if completed(path) and not config.overwrite:
-            log(f"{method.name} @ {label}: already done ({path.name}), skipped")
-            records.append(read_record(path))
-            continue
+        existing = read_record(path) if path.exists() else None
+        if path.exists() and existing is None:
+            log(f"{method.name} @ {label}: {path} is unreadable (truncated or corrupt); recomputing it")
+        elif completed(path) and not config.overwrite:
+            saved = existing.get("saved_model")
+            if config.save_models and not (saved and Path(saved).is_dir()):
+                log(f"{method.name} @ {label}: record exists but its model was not saved; "
+                    "recomputing it to save the model")
+            else:
+                log(f"{method.name} @ {label}: already done ({path.name}), skipped")
+                records.append(existing)
+                continue
         log(f"{method.name} @ {label}: compressing ...")
         record = {
             "schema": SCHEMA_VERSION, "key": key, "status": "ok", "error": None,

@@ -42,7 +42,7 @@ from torch import nn
 
 from harness.adapters import ModelAdapter
 from harness.calibration import BlockStep
-from harness.method import CompressionReport, Method
+from harness.method import CompressionReport, Knob, Method
 from harness.targets import count_parameters
 
 from .modules import ShortcutBlock, ShortcutRMSNorm
@@ -183,17 +183,22 @@ class SliceGPT(Method):
     patterns = ("unstructured",)
     native_knob = "slicing"
     description = "residual-stream PCA slicing with shortcut matrices (Ashkboos et al. 2024)"
+    knobs = {
+        "slicing": Knob(float, None, "the paper's slicing fraction (native: the ratio is then measured, not matched)"),
+        "round_interval": Knob(int, 8, "with slicing: round the width down to a multiple of this (the reference's)"),
+        "width": Knob(int, None, "an explicit sliced width (native, like slicing)"),
+        "align": Knob(int, 1, "matched ratio: widths in multiples of this (8 keeps fp16 GEMMs fast)"),
+    }
 
     def width(self, model: ModelAdapter, target) -> int:
         d = model.hidden_size
         if "slicing" in target.options:
-            width = width_for_slicing(d, float(target.options["slicing"]),
-                                      int(target.options.get("round_interval", 8)))
+            width = width_for_slicing(d, float(target.options["slicing"]), self.option(target, "round_interval"))
         elif "width" in target.options:
             width = int(target.options["width"])
         else:
             # align=8 (or 64) gives GPU-friendly GEMM shapes; matched-speedup runs set it
-            width = width_for_ratio(model, target.ratio, int(target.options.get("align", 1)))
+            width = width_for_ratio(model, target.ratio, self.option(target, "align"))
         if not 0 < width <= d:
             raise ValueError(f"sliced width {width} outside (0, {d}]")
         return width

@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from harness.method import CompressionReport, Method
+from harness.method import CompressionReport, Knob, Method
 
 
 def hessian_inverse_factor(gram: torch.Tensor, tokens: int, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +93,11 @@ class SparseGPT(Method):
     kind = "unstructured"
     patterns = ("unstructured", "2:4", "4:8")
     description = "OBS pruning with weight reconstruction (Frantar & Alistarh 2023)"
+    knobs = {"blocksize": Knob(int, 128, "columns pruned and updated together (the reference's 128)"),
+             "damp": Knob(float, 0.01, "dampening added to H's diagonal, as a fraction of its mean")}
 
     def compress(self, model, calibration, target):
-        blocksize = int(target.options.get("blocksize", 128))
-        damp = float(target.options.get("damp", 0.01))
+        blocksize, damp = self.option(target, "blocksize"), float(self.option(target, "damp"))
         report = CompressionReport(knobs={"blocksize": blocksize, "damp": damp})
         stats_s = prune_s = 0.0
         for block in calibration.sequential(model, desc="sparsegpt"):

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.wanda.wanda import wanda_scores
-from harness.method import CompressionReport, Method
+from harness.method import CompressionReport, Knob, Method
 
 
 class LearnedSparsityLinear(nn.Module):
@@ -120,14 +120,19 @@ class BESA(Method):
     kind = "unstructured"
     patterns = ("unstructured",)
     description = "learned row-wise sparsity allocation by block reconstruction (Xu et al. 2024)"
+    knobs = {
+        "epochs": Knob(int, 1, "passes over the calibration samples per block"),
+        "lr": Knob(float, 1.0, "Prodigy learning rate"),
+        "d_coef": Knob(float, 5.0, "Prodigy d_coef"),
+        "sparsity_beta": Knob(float, 5.0, "λ of the sparsity penalty"),
+        "step": Knob(float, 0.01, "candidate sparsity step (D = 1/step candidates)"),
+        "rows_per_group": Knob(int, 1, "rows sharing one distribution (0: one per layer)"),
+    }
 
     def compress(self, model, calibration, target):
-        opts = target.options
-        epochs = int(opts.get("epochs", 1))
-        lr, d_coef = float(opts.get("lr", 1.0)), float(opts.get("d_coef", 5.0))
-        beta_weight = float(opts.get("sparsity_beta", 5.0))
-        step_size = float(opts.get("step", 0.01))
-        rows_per_group = int(opts.get("rows_per_group", 1))
+        epochs, rows_per_group = self.option(target, "epochs"), self.option(target, "rows_per_group")
+        lr, d_coef = float(self.option(target, "lr")), float(self.option(target, "d_coef"))
+        beta_weight, step_size = float(self.option(target, "sparsity_beta")), float(self.option(target, "step"))
         report = CompressionReport(knobs={"weight_sparsity_target": [], "epochs": epochs, "lr": lr,
                                           "d_coef": d_coef, "sparsity_beta": beta_weight,
                                           "candidate_step": step_size, "rows_per_group": rows_per_group,

@@ -51,7 +51,7 @@ from torch import nn
 from harness.adapters import ModelAdapter
 from harness.attention import SlimValueAttention
 from harness.calibration import BlockStep
-from harness.method import CompressionReport, Method
+from harness.method import CompressionReport, Knob, Method
 from harness.targets import block_parameters, count_parameters
 
 
@@ -366,6 +366,11 @@ class IntraSlice(Method):
     kind = "structured"
     patterns = ("unstructured",)
     description = "block-intra PCA: fused VO-path PCA + MLP channel PCA, global allocation (2026)"
+    knobs = {
+        "ridge": Knob(float, 1e-4, "ridge of the down_proj refit, relative to the mean kept variance"),
+        "align": Knob(int, 1, "kept widths in multiples of this (8 keeps fp16 GEMMs and attention fast)"),
+        "kept": Knob(dict, None, "shape probes only: kept widths per module, from a run's report"),
+    }
 
     def __init__(self, name: str = "intraslice", allocation: str = "global",
                  modules: tuple[str, ...] = ("vo", "mlp")):
@@ -402,7 +407,7 @@ class IntraSlice(Method):
         return modules
 
     def compress(self, model, calibration, target):
-        ridge = float(target.options.get("ridge", 1e-4))
+        ridge = float(self.option(target, "ridge"))
         start = time.perf_counter()
         dense = count_parameters(model).blocks
         hd = model.head_dim
@@ -420,7 +425,7 @@ class IntraSlice(Method):
         profiles = [_nonzero_profile(model, block) for block in model.blocks]
         goal = (1 - target.ratio) * dense
         need = sum(p.numel() for b in model.blocks for p in block_parameters(b)) - int(round(goal))
-        sizes, align = {m.name: m.size for m in modules}, int(target.options.get("align", 1))
+        sizes, align = {m.name: m.size for m in modules}, self.option(target, "align")
         keep = None
         for _ in range(8):
             previous, keep = keep, align_kept(allocate(modules, need, uniform=self.allocation == "uniform"),
@@ -466,7 +471,7 @@ class IntraSlice(Method):
         uniformly (or takes ``kept`` from a real run's report, via ``target.options``).
         """
         hd, dense = model.head_dim, count_parameters(model).blocks
-        keep = target.options.get("kept")
+        keep = self.option(target, "kept")
         if keep is None:
             modules = []
             for index, block in enumerate(model.blocks):
@@ -478,7 +483,7 @@ class IntraSlice(Method):
                                               torch.linspace(0, 1, size + 1)))
             size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
             keep = allocate(modules, size - int(round((1 - target.ratio) * dense)), uniform=True)
-            keep = align_kept(keep, {m.name: m.size for m in modules}, int(target.options.get("align", 1)))
+            keep = align_kept(keep, {m.name: m.size for m in modules}, self.option(target, "align"))
         G = model.num_kv_heads
         for index, block in enumerate(model.blocks):
             k = keep.get(f"layers.{index}.vo", hd)
