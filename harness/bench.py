@@ -17,7 +17,7 @@ import torch
 
 from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec
-from harness.method import Target, implied_ratio
+from harness.method import Target
 from harness.plugins import default_registry
 from harness.shapes import SHAPES, random_model
 
@@ -114,7 +114,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     """
     import copy
 
-    from harness.speedmatch import SpeedTarget, probe_speed, search_ratio
+    from harness.speedmatch import SpeedTarget, match_speedup, probe_speed
     from harness.targets import count_parameters
     from harness.throughput import SpeedSpec, measure_model, memory_bandwidth, roofline
 
@@ -170,11 +170,8 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
         for method in chosen:
             if method.kind == "reference":
                 continue
-            log(f"{method.name}: searching the ratio for {goal.label}")
-            found = search_ratio(
-                lambda r, m=method: probe_speed(m, make_model, target_for(m, r), [goal.spec], device,
-                                                sparse_kernels)[1][goal.spec.label]["tokens_per_s"] / base,
-                goal, pattern_ratio=implied_ratio(target_for(method, 0.0).pattern), log=log)
+            found = match_speedup(method, target_for(method, 0.0), goal, make_model, base, device,
+                                  sparse_kernels, compile, log)
             add_rows(method, target_for(method, found.ratio),
                      {"match": goal.label, "reached": found.reached, "probes": found.probes})
         return rows

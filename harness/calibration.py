@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.adapters import CACHE_KEYWORDS, ModelAdapter
+from harness.atomic import atomic_write
 
 
 # --- the calibration set ------------------------------------------------------------------
@@ -78,10 +79,7 @@ def load_or_make(cache_dir: Path | None, kind: str, key: tuple, make):
     if path.is_file():
         return torch.load(path, weights_only=True)
     value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda f: torch.save(value, f), binary=True)  # unique temp file: many writers are safe
     return value
 
 

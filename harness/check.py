@@ -3,9 +3,10 @@
     harness check RESULTS --against leaderboards/ci/smollm2-quick.json --rtol 0.02
 
 RESULTS is a directory of run records or another leaderboard JSON. Rows are matched by
-(method, pattern, target). A metric worse than the stored one by more than ``rtol``
-(relative), or a stored row with no fresh counterpart, fails the check; improvements are
-reported, not failed. Perplexities are lower-is-better, everything else higher-is-better.
+(method, target). A metric worse than the stored one by more than ``rtol`` (relative), or
+a stored row with no fresh counterpart, fails the check; improvements are reported, not
+failed. Which way is better comes from the evaluator that measured the metric (recorded
+in the records and in the leaderboard JSON; the installed evaluators for older boards).
 """
 
 from __future__ import annotations
@@ -16,29 +17,31 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.leaderboard import LOWER_IS_BETTER_PREFIXES, build_table, records_frame
+from harness.leaderboard import build_table, directions, records_frame
 from harness.results import load_records
 
 
 @dataclass
 class Comparison:
-    key: tuple[str, str, str]
+    key: tuple[str, str]  # (method, target)
     metric: str
     stored: float | None
     fresh: float | None
     status: str  # "ok", "better", "WORSE", "MISSING"
 
 
-def _rows(path: Path, skip_corrupt: bool = False) -> dict[tuple[str, str, str], dict]:
-    """Leaderboard rows by (method, pattern, target), from a JSON board or a records dir."""
+def _rows(path: Path, skip_corrupt: bool = False) -> tuple[dict[tuple[str, str], dict], dict[str, bool]]:
+    """Leaderboard rows by (method, target), and metric directions, from a JSON board or a records dir."""
     if path.is_dir():
-        records = [r for r in load_records(path, skip_corrupt) if r["status"] == "ok"]
+        records = [r for r in load_records(path, skip_corrupt) if r.ok]
         if not records:
             raise FileNotFoundError(f"no successful run records under {path}")
         rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))
+        better = directions(records)
     else:
-        rows = json.loads(path.read_text())["rows"]
-    return {(r["method"], r["pattern"], str(r["target"])): r for r in rows}
+        board = json.loads(path.read_text())
+        rows, better = board["rows"], board.get("higher_is_better", {})
+    return {(r["method"], str(r["target"])): r for r in rows}, better
 
 
 def _metrics(row: dict) -> dict[str, float]:
@@ -47,7 +50,9 @@ def _metrics(row: dict) -> dict[str, float]:
 
 def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02,
             skip_corrupt: bool = False) -> list[Comparison]:
-    fresh, stored = _rows(Path(fresh_path), skip_corrupt), _rows(Path(stored_path), skip_corrupt)
+    (fresh, fresh_better), (stored, stored_better) = (_rows(Path(fresh_path), skip_corrupt),
+                                                      _rows(Path(stored_path), skip_corrupt))
+    registry = None
     out = []
     for key, row in stored.items():
         for metric, reference in _metrics(row).items():
@@ -55,7 +60,13 @@ def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02,
             if value is None:
                 out.append(Comparison(key, metric, reference, None, "MISSING"))
                 continue
-            lower_better = metric.startswith(LOWER_IS_BETTER_PREFIXES)
+            higher = fresh_better.get(metric, stored_better.get(metric))
+            if higher is None:  # a board written before directions were recorded: ask the evaluator
+                from harness.plugins import default_registry
+
+                registry = registry or default_registry()
+                higher = registry.higher_is_better(metric)
+            lower_better = not higher
             change = (value - reference) / abs(reference) if reference else value - reference
             worse = change if lower_better else -change
             status = "WORSE" if worse > rtol else "better" if worse < -rtol else "ok"
@@ -67,7 +78,7 @@ def report(comparisons: list[Comparison]) -> str:
     rows = [[*c.key, c.metric, c.stored, c.fresh,
              None if c.fresh is None or not c.stored else f"{(c.fresh - c.stored) / abs(c.stored):+.2%}",
              c.status] for c in comparisons]
-    return tabulate(rows, headers=["method", "pattern", "target", "metric", "stored", "fresh", "change", "status"],
+    return tabulate(rows, headers=["method", "target", "metric", "stored", "fresh", "change", "status"],
                     tablefmt="github", floatfmt=".4g", missingval="—")
 
 

@@ -193,6 +193,8 @@ def cmd_plugins() -> int:
                 print(f"        -o {name}.{knob}={spec.type.__name__} (default {spec.default!r})  {spec.help}")
         for name in info.datasets:
             print(f"    dataset {name:<12} {registry.datasets[name].description}")
+        for name in info.evaluations:
+            print(f"    eval    {name + ':ARGS':<12} {registry.evaluations[name].description}")
         for name in info.reporters:
             print(f"    format  {name}")
     return 0
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nharness: interrupted; {kept} finished record(s) kept in {config.out}, "
                   "rerun the same command to resume", file=sys.stderr)
             return 130
-        failed = [r for r in records if r["status"] != "ok"]
+        failed = [r for r in records if not r.ok]
         if args.leaderboard:
             from harness.leaderboard import write_leaderboards
             paths = write_leaderboards(Path(config.out), Path(args.leaderboard))
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path.suffix == ".md":
                     print(f"\n{path}:\n{path.read_text()}")
         if failed:
-            print(f"{len(failed)} run(s) failed: " + "; ".join(f"{r['method']}: {r['error']}" for r in failed),
+            print(f"{len(failed)} run(s) failed: " + "; ".join(f"{r.method}: {r.error}" for r in failed),
                   file=sys.stderr)
             return 1
         return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import harness
+from harness.atomic import atomic_write
 
 MODEL_FILE = "harness-model.pt"
 
@@ -21,9 +22,8 @@ MODEL_FILE = "harness-model.pt"
 def save_compressed(model: torch.nn.Module, tokenizer, path: str | Path, info: dict | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{MODEL_FILE}.tmp"
-    torch.save({"format": 1, "harness": harness.__version__, "info": info or {}, "model": model}, tmp)
-    tmp.replace(path / MODEL_FILE)
+    payload = {"format": 1, "harness": harness.__version__, "info": info or {}, "model": model}
+    atomic_write(path / MODEL_FILE, lambda f: torch.save(payload, f), binary=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

@@ -7,7 +7,7 @@ a third-party package declares in its own ``pyproject.toml``::
     [project.entry-points.harness]
     my_method = "my_package.plugin"
 
-The built-in methods, datasets and reporters register in exactly the same way.
+The built-in methods, datasets, evaluations and reporters register in exactly the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def register_datasets(register: Callable) -> None:
     Call ``register(dataset)`` once per dataset, an instance of
     :class:`harness.datasets.TextDataset` (a name, how to read it from the hub and from a
     local directory).
+    """
+
+
+@hookspec
+def register_evaluations(register: Callable) -> None:
+    """Register evaluations: what is measured on every compressed model.
+
+    Call ``register(evaluator)`` once per evaluation, an instance of a subclass of
+    :class:`harness.evaluation.Evaluator`: a ``name`` (``--eval NAME:ARGS`` selects it),
+    which way each metric improves, ``prepare`` (once per model) and ``evaluate`` (once per
+    compressed model). Names must be unique across all plugins.
     """
 
 

@@ -12,45 +12,48 @@ from pathlib import Path
 import pandas as pd
 
 from harness.plugins import Registry, default_registry
-from harness.results import load_records, slug
-
-LOWER_IS_BETTER_PREFIXES = ("ppl:",)
+from harness.results import Record, load_records, slug
 
 
-def records_frame(records: list[dict]) -> pd.DataFrame:
+def directions(records: list[Record]) -> dict[str, bool]:
+    """Which way each metric improves, as the evaluators that measured it recorded."""
+    return {metric: better for r in records for metric, better in r.higher_is_better.items()}
+
+
+def records_frame(records: list[Record]) -> pd.DataFrame:
     rows = []
     for r in records:
-        if r.get("status") != "ok":
+        if not r.ok:
             continue
-        target = r["target"]
         row = {
-            "model": r["model"],
-            "method": r["method"],
-            "kind": r["method_kind"],
-            "pattern": target["pattern"],
-            "target": r.get("label", target["ratio"]),
-            "ratio": r["achieved"]["ratio"],
-            "model ratio": r["achieved"]["whole_model_ratio"],
+            "model": r.model,
+            "method": r.method,
+            "kind": r.method_kind,
+            "pattern": r.pattern,
+            "target": r.label,
+            "ratio": r.achieved["ratio"],
+            "model ratio": r.achieved["whole_model_ratio"],
         }
-        row.update(r["metrics"])
-        row["compress s"] = r["timings"].get("compress_s")
+        row.update(r.metrics)
+        row["compress s"] = r.timings.get("compress_s")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def build_table(frame: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
-    """One model's table: dense first, Δ columns, ranks by ``sort``."""
+def build_table(frame: pd.DataFrame, sort: str | None = None,
+                higher_is_better: dict[str, bool] | None = None) -> pd.DataFrame:
+    """One model's table: dense first, Δ columns, ranks by ``sort`` in its metric's direction."""
     metrics = [c for c in frame.columns if ":" in c]
     sort = sort or (metrics[0] if metrics else "ratio")
     if sort not in frame.columns:
         raise ValueError(f"cannot sort by {sort!r}; columns: {', '.join(frame.columns)}")
     dense = frame[frame["kind"] == "reference"]
     rest = frame[frame["kind"] != "reference"]
-    ascending = sort.startswith(LOWER_IS_BETTER_PREFIXES) or sort == "compress s"
-    # Rank within each matched point: same pattern and same target ratio.
+    ascending = not (higher_is_better or {}).get(sort, True) or sort == "compress s"
+    # Rank within each matched point: the same target (a ratio, an N:M pattern, a speedup).
     rest = rest.assign(target=rest["target"].astype(str))
     rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
-    rest.insert(0, "rank", rest.groupby(["pattern", "target"])[sort].rank(ascending=ascending, method="min"))
+    rest.insert(0, "rank", rest.groupby(["target"])[sort].rank(ascending=ascending, method="min"))
     table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
     for metric in metrics:
         if len(dense):
@@ -61,7 +64,7 @@ def build_table(frame: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     return table[ordered]
 
 
-def protocol_header(records: list[dict]) -> str:
+def protocol_header(records: list[Record]) -> str:
     """What every row of a table shares (or the distinct values, if they differ)."""
     def distinct(get) -> str:
         values = []
@@ -75,30 +78,31 @@ def protocol_header(records: list[dict]) -> str:
         return " | ".join(map(str, values)) or "—"
 
     def calib(r):
-        c = r["calibration"]
+        c = r.calibration
         return f"{c['dataset']} {c['n']}×{c['length']} seed {c['seed']} ({c['source']})" if c else None
 
     def evals(r):
         parts = []
-        for k, v in r["eval"].items():
+        for k, v in r.eval.items():
             if k.startswith("speed:"):
                 parts.append(f"{k} (tokens/s; speedup = ÷ dense measured in the same run"
                              + (", 2:4 on sparse kernels" if v.get("sparse_kernels") else "") + ")")
             elif k == "zeroshot":
-                parts.append(f"zero-shot (lm-eval {v.get('lm_eval')}): {', '.join(v['tasks'])}"
+                lm_eval = r.details.get("zeroshot", {}).get("lm_eval") or v.get("lm_eval")
+                parts.append(f"zero-shot (lm-eval {lm_eval}): {', '.join(v['tasks'])}"
                              + (f", first {v['limit']} examples each (subsampled)" if v.get("limit") else ""))
             else:
                 parts.append(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
                              + (" (subsampled)" if v["windows"] < v["windows_total"] else ""))
         return "; ".join(parts)
 
-    p = records[0]["provenance"]
+    p = records[0].provenance
     return "\n".join([
-        f"model: {records[0]['model']} ({records[0]['architecture']}, {distinct(lambda r: r['dtype'])})",
+        f"model: {records[0].model} ({records[0].architecture}, {distinct(lambda r: r.dtype)})",
         "ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
         f"calibration: {distinct(calib)}",
         f"evaluation: {distinct(evals)}",
-        f"device: {distinct(lambda r: r['provenance']['device'])}",
+        f"device: {distinct(lambda r: r.provenance['device'])}",
         f"versions: harness {p['harness']}, torch {p['torch']}, transformers {p['transformers']}",
     ])
 
@@ -115,29 +119,29 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
     written = []
-    def speed_mode_of(r):
-        return r.get("mode") == "matched-speedup"
+    def speed_mode_of(r: Record) -> bool:
+        return r.mode == "matched-speedup"
 
     # one table per model and mode; the dense reference row heads both modes' tables
-    for model, speed_mode in dict.fromkeys((r["model"], speed_mode_of(r)) for r in records):
-        mine = [r for r in records if r["model"] == model
-                and (speed_mode_of(r) == speed_mode or r["method_kind"] == "reference")]
-        ok = [r for r in mine if r["status"] == "ok"]
-        failed = [r for r in mine if r["status"] != "ok"]
+    for model, speed_mode in dict.fromkeys((r.model, speed_mode_of(r)) for r in records):
+        mine = [r for r in records if r.model == model
+                and (speed_mode_of(r) == speed_mode or r.method_kind == "reference")]
+        ok = [r for r in mine if r.ok]
+        failed = [r for r in mine if not r.ok]
         if not ok:
             continue
-        table = build_table(records_frame(ok), sort)
+        table = build_table(records_frame(ok), sort, directions(ok))
+        table.attrs["higher_is_better"] = directions(ok)  # for reporters that keep it (JSON)
         header = protocol_header(ok)
-        unreachable = [r for r in failed if r["status"] == "unreachable"]
-        failed = [r for r in failed if r["status"] != "unreachable"]
+        unreachable = [r for r in failed if r.status == "unreachable"]
+        failed = [r for r in failed if r.status != "unreachable"]
         if speed_mode:
             header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
         if unreachable:
             header += "\ncannot reach the target speedup (not ranked): " + "; ".join(
-                f"{r['method']} ({r['target']['pattern']}): {r['error']}" for r in unreachable)
+                f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable)
         if failed:
-            header += "\nfailed runs (not ranked): " + "; ".join(
-                f"{r['method']} @ {r.get('label', r['target']['ratio'])}: {r['error']}" for r in failed)
+            header += "\nfailed runs (not ranked): " + "; ".join(f"{r.method} @ {r.label}: {r.error}" for r in failed)
         stem = Path(out_dir) / (slug(model) + ("-matched-speedup" if speed_mode else ""))
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
@@ -146,5 +150,5 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
             from harness.plots import write_plots
 
             metrics = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
-            written += write_plots(ok, stem, metrics)
+            written += write_plots(ok, stem, metrics, directions(ok))
     return written

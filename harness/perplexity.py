@@ -16,8 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness import hookimpl, models
 from harness.adapters import ModelAdapter
-from harness.calibration import sequential
+from harness.calibration import load_or_make, sequential, tokenize
+from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared, cache_path
+from harness.method import Target
 
 
 @dataclass
@@ -68,3 +71,47 @@ def perplexity(model: ModelAdapter, windows: torch.Tensor, device: torch.device 
     length = windows.shape[1]
     return PerplexityResult(math.exp(nll / count), windows.shape[0],
                             windows_total or windows.shape[0], length, count)
+
+
+class Perplexity(Evaluator):
+    """``ppl:DATASET[,DATASET...]``: perplexity on each dataset's test split, block by block."""
+
+    name = "ppl"
+    description = "perplexity, the papers' protocol (non-overlapping windows of the model's context)"
+
+    def higher_is_better(self, metric: str) -> bool:
+        return False
+
+    def check(self, args: list[str], registry) -> None:
+        for dataset in args:
+            registry.dataset(dataset)
+
+    def prepare(self, args: list[str], context: EvalContext) -> Prepared:
+        config = context.config
+        length = config.eval_length or context.context_length
+        spec, windows_by_dataset = {}, {}
+        for name in args:
+            dataset = context.registry.dataset(name)
+            # resolved before the cache: the cache is keyed on the file's content
+            source = dataset.locate("test", config.data_dir)
+
+            def make(dataset=dataset, source=source):
+                return {"token_ids": tokenize(context.tokenizer(), dataset.read(source))}
+
+            tokens = load_or_make(cache_path(context), "eval", (models.fingerprint(config.model), source.identity), make)
+            windows, total = eval_windows(tokens["token_ids"], length, config.eval_windows, dataset.max_eval_windows)
+            windows_by_dataset[name] = (windows, total)
+            spec[f"ppl:{name}"] = {"windows": windows.shape[0], "windows_total": total,
+                                   "window_length": length, **source.describe()}
+        return Prepared(spec, windows_by_dataset)
+
+    def evaluate(self, prepared: Prepared, model: ModelAdapter, target: Target,
+                 context: EvalContext) -> EvalResult:
+        return EvalResult({f"ppl:{name}": perplexity(model, windows, context.device, context.config.batch_size,
+                                                     total).perplexity
+                           for name, (windows, total) in prepared.state.items()})
+
+
+@hookimpl
+def register_evaluations(register):
+    register(Perplexity())

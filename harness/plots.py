@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.results import Record
+
 
 def _pyplot():
     try:
@@ -20,28 +22,28 @@ def _pyplot():
     return plt
 
 
-def plot_metric_vs_ratio(records: list[dict], metric: str, stem: Path) -> Path | None:
+def plot_metric_vs_ratio(records: list[Record], metric: str, stem: Path, lower_better: bool = False) -> Path | None:
     """One line per method: the metric at each measured ratio (matched-ratio runs only)."""
     plt = _pyplot()
     if plt is None:
         return None
-    ok = [r for r in records if r["status"] == "ok" and metric in r["metrics"]]
-    dense = [r["metrics"][metric] for r in ok if r["method_kind"] == "reference"]
-    runs = [r for r in ok if r["method_kind"] != "reference" and r.get("mode", "matched-ratio") == "matched-ratio"
-            and r["target"]["pattern"] == "unstructured"]
+    ok = [r for r in records if r.ok and metric in r.metrics]
+    dense = [r.metrics[metric] for r in ok if r.method_kind == "reference"]
+    runs = [r for r in ok if r.method_kind != "reference" and r.mode == "matched-ratio"
+            and r.target["pattern"] == "unstructured"]
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in runs}):
-        points = sorted((r["achieved"]["ratio"], r["metrics"][metric]) for r in runs if r["method"] == method)
+    for method in sorted({r.method for r in runs}):
+        points = sorted((r.achieved["ratio"], r.metrics[metric]) for r in runs if r.method == method)
         ax.plot(*zip(*points), marker="o", label=method)
     if dense:
         ax.axhline(dense[0], color="gray", linestyle="--", label="dense")
     ax.set_xlabel("measured ratio r (decoder-block parameters removed)")
     ax.set_ylabel(metric)
-    if metric.startswith("ppl:"):
+    if lower_better:  # perplexity-like: spans orders of magnitude
         ax.set_yscale("log")
-    ax.set_title(f"{records[0]['model']}: {metric} vs ratio")
+    ax.set_title(f"{records[0].model}: {metric} vs ratio")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = stem.with_name(f"{stem.name}-{metric.replace(':', '-')}-vs-ratio.png")
@@ -51,10 +53,10 @@ def plot_metric_vs_ratio(records: list[dict], metric: str, stem: Path) -> Path |
     return path
 
 
-def plot_allocation(record: dict, stem: Path) -> Path | None:
+def plot_allocation(record: Record, stem: Path) -> Path | None:
     """A method's per-layer (or per-module) ratios, from its report."""
     plt = _pyplot()
-    ratios = (record.get("report") or {}).get("layer_ratios") or {}
+    ratios = (record.report or {}).get("layer_ratios") or {}
     if plt is None or len(set(ratios.values())) < 2:
         return None  # uniform allocations say nothing a table does not
     fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -68,24 +70,24 @@ def plot_allocation(record: dict, stem: Path) -> Path | None:
     ax.set_xlabel("block")
     ax.legend(fontsize=7, ncol=len(kinds))
     ax.set_ylabel("ratio removed")
-    ax.set_title(f"{record['method']} @ {record.get('label')}: allocation "
-                 f"(measured r = {record['achieved']['ratio']:.3f})")
+    ax.set_title(f"{record.method} @ {record.label}: allocation "
+                 f"(measured r = {record.achieved['ratio']:.3f})")
     ax.grid(alpha=0.3, axis="y")
-    path = stem.with_name(f"{stem.name}-{record['method']}-{record.get('label')}-allocation.png")
+    path = stem.with_name(f"{stem.name}-{record.method}-{record.label}-allocation.png")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_quality_vs_speedup(records: list[dict], quality: str, speedup: str, stem: Path) -> Path | None:
+def plot_quality_vs_speedup(records: list[Record], quality: str, speedup: str, stem: Path,
+                            lower_better: bool = False) -> Path | None:
     """Every run as a point (measured speedup, quality); the Pareto front (faster and better) joined."""
     plt = _pyplot()
-    ok = [r for r in records if r["status"] == "ok" and quality in r["metrics"] and speedup in r["metrics"]]
+    ok = [r for r in records if r.ok and quality in r.metrics and speedup in r.metrics]
     if plt is None or len(ok) < 2:
         return None
-    lower_better = quality.startswith("ppl:")
-    points = sorted(((r["metrics"][speedup], r["metrics"][quality], r["method"]) for r in ok), reverse=True)
+    points = sorted(((r.metrics[speedup], r.metrics[quality], r.method) for r in ok), reverse=True)
     front, best = [], None
     for s, q, _ in points:  # from the fastest down: keep a point if it beats every faster one
         if best is None or (q < best if lower_better else q > best):
@@ -100,7 +102,7 @@ def plot_quality_vs_speedup(records: list[dict], quality: str, speedup: str, ste
     ax.set_ylabel(quality)
     if lower_better:
         ax.set_yscale("log")
-    ax.set_title(f"{records[0]['model']}: {quality} vs speedup")
+    ax.set_title(f"{records[0].model}: {quality} vs speedup")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = stem.with_name(f"{stem.name}-{quality.replace(':', '-')}-vs-{speedup.replace(':', '-')}.png")
@@ -110,13 +112,15 @@ def plot_quality_vs_speedup(records: list[dict], quality: str, speedup: str, ste
     return path
 
 
-def write_plots(records: list[dict], stem: Path, metrics: list[str],
+def write_plots(records: list[Record], stem: Path, metrics: list[str], higher_is_better: dict[str, bool],
                 allocation_methods: tuple[str, ...] = ("besa", "intraslice")) -> list[Path]:
     quality = [m for m in metrics if not m.startswith(("speed:", "speedup:"))]
-    written = [plot_metric_vs_ratio(records, m, stem) for m in quality]
+    lower = {m: not higher_is_better.get(m, True) for m in metrics}
+    written = [plot_metric_vs_ratio(records, m, stem, lower[m]) for m in quality]
     if quality:  # the first quality metric against every measured speedup
-        written += [plot_quality_vs_speedup(records, quality[0], m, stem) for m in metrics if m.startswith("speedup:")]
+        written += [plot_quality_vs_speedup(records, quality[0], m, stem, lower[quality[0]])
+                    for m in metrics if m.startswith("speedup:")]
     for record in records:
-        if record["status"] == "ok" and record["method"] in allocation_methods:
+        if record.ok and record.method in allocation_methods:
             written.append(plot_allocation(record, stem))
     return [p for p in written if p is not None]

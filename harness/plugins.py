@@ -16,6 +16,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.datasets import TextDataset
+from harness.evaluation import Evaluator
 from harness.method import PATTERNS, Method
 
 ENTRY_POINT_GROUP = "harness"
@@ -27,6 +28,7 @@ class PluginInfo:
     origin: str  # "package==version (module)" or "<object>" for plugins passed in code
     methods: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    evaluations: list[str] = field(default_factory=list)
     reporters: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -35,6 +37,7 @@ class PluginInfo:
 class Registry:
     methods: dict[str, Method] = field(default_factory=dict)
     datasets: dict[str, TextDataset] = field(default_factory=dict)
+    evaluations: dict[str, Evaluator] = field(default_factory=dict)
     reporters: dict[str, Callable] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
 
@@ -47,6 +50,19 @@ class Registry:
         if name not in self.datasets:
             raise UnknownName(f"unknown dataset {name!r}; known: {', '.join(sorted(self.datasets))}")
         return self.datasets[name]
+
+    def evaluation(self, name: str) -> Evaluator:
+        if name not in self.evaluations:
+            raise UnknownName(f"unknown evaluation {name!r}; installed: "
+                              + ", ".join(f"{n}:ARGS" for n in sorted(self.evaluations)))
+        return self.evaluations[name]
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Direction of a metric named ``EVALUATION:...`` or produced by one (speedup:...)."""
+        for evaluator in self.evaluations.values():
+            if metric.split(":", 1)[0] in (evaluator.name, *evaluator.metric_prefixes):
+                return evaluator.higher_is_better(metric)
+        return True
 
 
 class UnknownName(ValueError):
@@ -108,6 +124,13 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Reg
         registry.datasets[dataset.name] = dataset
         info.datasets.append(dataset.name)
 
+    def add_evaluation(info: PluginInfo, args: tuple) -> None:
+        (evaluator,) = args
+        if evaluator.name in registry.evaluations:
+            raise ValueError(f"evaluation name {evaluator.name!r} is already registered")
+        registry.evaluations[evaluator.name] = evaluator
+        info.evaluations.append(evaluator.name)
+
     def add_reporter(info: PluginInfo, args: tuple) -> None:
         name, write = args
         registry.reporters[name] = write
@@ -115,6 +138,7 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Reg
 
     collect("register_methods", add_method)
     collect("register_datasets", add_dataset)
+    collect("register_evaluations", add_evaluation)
     collect("register_reporters", add_reporter)
     registry.plugins = sorted(infos.values(), key=lambda i: i.name)
     return registry

@@ -10,14 +10,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import hookimpl
+from harness.atomic import atomic_write_text
 from harness.results import write_json_atomic
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def markdown_text(table: pd.DataFrame, header: str) -> str:
@@ -28,17 +22,18 @@ def markdown_text(table: pd.DataFrame, header: str) -> str:
 
 
 def write_markdown(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return _atomic_text(stem.with_suffix(".md"), markdown_text(table, header))
+    return atomic_write_text(stem.with_suffix(".md"), markdown_text(table, header))
 
 
 def write_csv(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return _atomic_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    return atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
 
 
 def write_json(table: pd.DataFrame, header: str, stem: Path) -> Path:
     path = stem.with_suffix(".json")
     rows = json.loads(table.to_json(orient="records"))
-    write_json_atomic(path, {"protocol": header.splitlines(), "rows": rows})
+    write_json_atomic(path, {"protocol": header.splitlines(), "rows": rows,
+                             "higher_is_better": table.attrs.get("higher_is_better", {})})
     return path
 
 
@@ -68,7 +63,7 @@ def write_html(table: pd.DataFrame, header: str, stem: Path) -> Path:
     body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
     body = re.sub(r"<tr>(\s*<td>[^<]*</td>\s*<td>dense</td>)", r'<tr class="reference">\1', body, count=1)
     page = HTML_PAGE.format(title=html.escape(stem.name), protocol=protocol, table=body)
-    return _atomic_text(stem.with_suffix(".html"), page)
+    return atomic_write_text(stem.with_suffix(".html"), page)
 
 
 @hookimpl

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from harness.adapters import ModelAdapter
-from harness.method import Method, Target
+from harness.method import Method, Target, implied_ratio
 from harness.targets import ParameterCount, measure_ratio
 from harness.throughput import SpeedSpec, measure_model
 
@@ -119,3 +119,19 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
             hi, s_hi = r, s
     result.reached = abs(result.speedup - goal) <= tol
     return result
+
+
+def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
+                  dense_tokens_per_s: float, device: torch.device, sparse_kernels: bool = True,
+                  compile: bool = False, log=print) -> SearchResult:
+    """The one speed-match service (``harness run --match`` and ``harness bench speed --match``):
+    ``method``'s ratio whose shape probe runs ``goal.speedup`` × dense in ``goal.spec``.
+    ``target`` gives the pattern and the method's options; its ratio is what is searched."""
+
+    def speedup_at(ratio: float) -> float:
+        probe = Target(ratio, target.pattern, target.options)
+        _, results = probe_speed(method, make_model, probe, [goal.spec], device, sparse_kernels, compile=compile)
+        return results[goal.spec.label]["tokens_per_s"] / dense_tokens_per_s
+
+    log(f"{method.name}: searching the ratio for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")
+    return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log)

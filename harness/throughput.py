@@ -28,6 +28,8 @@ dense kernels and is honestly ≈ 1.0× (the zeros are still multiplied).
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import statistics
 import time
@@ -36,7 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness import hookimpl
 from harness.adapters import ModelAdapter
+from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 
 
 @dataclass(frozen=True)
@@ -327,3 +331,54 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
         kernels = to_semi_structured(adapter)
     return {spec.label: {**measure(adapter, spec, device, compile=compile), "sparse_kernels": kernels}
             for spec in specs}
+
+
+# --- the speed evaluation ----------------------------------------------------------------------
+class DenseSpeed:
+    """The dense model's throughput per spec, measured once, on first use, in this process:
+    every speedup is a ratio measured side by side in one run."""
+
+    def __init__(self, dense_model, specs: list[SpeedSpec], device: torch.device):
+        self.dense_model, self.specs, self.device = dense_model, specs, device
+
+    @functools.cached_property
+    def results(self) -> dict[str, dict]:
+        return measure_model(ModelAdapter(copy.deepcopy(self.dense_model())), "unstructured", self.specs, self.device)
+
+    def tokens_per_s(self, label: str) -> float:
+        return self.results[label]["tokens_per_s"]
+
+
+class Speed(Evaluator):
+    """``speed:PHASE@BxL[,...]``: tokens/s of each serving step, and the speedup over dense."""
+
+    name = "speed"
+    description = "throughput as a server sees it (static KV cache, CUDA graph) and speedup over dense"
+    order = 100  # last: a 2:4 model moves to sparse kernels, one way
+    metric_prefixes = ("speedup",)
+
+    def check(self, args: list[str], registry) -> None:
+        for arg in args:
+            SpeedSpec.parse(arg)
+
+    def prepare(self, args: list[str], context: EvalContext) -> Prepared:
+        specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
+        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length,
+                                     "sparse_kernels": context.config.sparse_kernels} for s in specs}
+        return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device))
+
+    def evaluate(self, prepared: Prepared, model: ModelAdapter, target, context: EvalContext) -> EvalResult:
+        dense: DenseSpeed = prepared.state
+        details = measure_model(model, target.pattern, dense.specs, context.device, context.config.sparse_kernels)
+        metrics = {}
+        for label, result in details.items():
+            result["dense_tokens_per_s"] = dense.tokens_per_s(label)
+            result["speedup"] = result["tokens_per_s"] / result["dense_tokens_per_s"]
+            metrics[f"speed:{label}"] = result["tokens_per_s"]
+            metrics[f"speedup:{label}"] = result["speedup"]
+        return EvalResult(metrics, details)
+
+
+@hookimpl
+def register_evaluations(register):
+    register(Speed())

@@ -1,8 +1,8 @@
 """Zero-shot accuracy through lm-evaluation-harness, on the in-memory compressed model.
 
 The model is wrapped in lm-eval's own Hugging Face class (``HFLM``); scoring is lm-eval's,
-not ours. Default tasks are the pruning papers': PIQA, ARC-Easy, ARC-Challenge, HellaSwag,
-WinoGrande (acc and acc_norm as lm-eval defines them) and their average.
+not ours. The pruning papers report PIQA, ARC-Easy, ARC-Challenge, HellaSwag, WinoGrande, BoolQ
+and OpenBookQA (acc and acc_norm as lm-eval defines them) and their average.
 
 Offline: when ``DATA_DIR/zeroshot/<task>.jsonl`` exists (``--data-dir`` or
 ``HARNESS_DATA_DIR``), the task runs from it: lm-eval's own task config for that task, with
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from harness import hookimpl
 from harness.datasets import DATA_DIR_ENV
-
-DEFAULT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 
 
 def local_task_file(task: str, data_dir: str | Path | None) -> Path | None:
@@ -109,3 +109,25 @@ def _version(package: str) -> str | None:
         return md.version(package.replace("_", "-"))
     except md.PackageNotFoundError:
         return None
+
+
+class ZeroShot(Evaluator):
+    """``zeroshot:TASK[,TASK...]``: lm-eval's accuracy on each task, and their average."""
+
+    name = "zeroshot"
+    description = "zero-shot accuracy through lm-evaluation-harness (acc, acc_norm, average acc)"
+    metric_prefixes = ("acc", "acc_norm")
+
+    def prepare(self, args: list[str], context: EvalContext) -> Prepared:
+        return Prepared({"zeroshot": {"tasks": list(args), "limit": context.config.zeroshot_limit}}, list(args))
+
+    def evaluate(self, prepared: Prepared, model, target, context: EvalContext) -> EvalResult:
+        config = context.config
+        metrics, details = evaluate_zeroshot(model.model, context.tokenizer(), prepared.state, context.device,
+                                             config.zeroshot_limit, config.batch_size, config.data_dir)
+        return EvalResult(metrics, details)
+
+
+@hookimpl
+def register_evaluations(register):
+    register(ZeroShot())

@@ -39,17 +39,17 @@ def shuffle_words(path):
 
 
 def test_new_content_behind_the_same_path_gives_new_tokens_and_numbers(config):
-    first = {r["method"]: r for r in run(config, log=quiet)}
+    first = {r.method: r for r in run(config, log=quiet)}
     data = config.data_dir
     shuffle_words(Path(data) / "wikitext2" / "test.joined.txt")
     shuffle_words(Path(data) / "wikitext2" / "train.txt")
     logs = []
-    second = {r["method"]: r for r in run(config, log=logs.append)}
+    second = {r.method: r for r in run(config, log=logs.append)}
     assert not any("skipped" in line for line in logs)  # new data: new runs, not old records
     for method in ("dense", "wanda"):
-        assert second[method]["metrics"]["ppl:wikitext2"] != first[method]["metrics"]["ppl:wikitext2"]
-        assert second[method]["eval"]["ppl:wikitext2"]["sha256"] != first[method]["eval"]["ppl:wikitext2"]["sha256"]
-    assert second["wanda"]["calibration"]["sha256"] != first["wanda"]["calibration"]["sha256"]
+        assert second[method].metrics["ppl:wikitext2"] != first[method].metrics["ppl:wikitext2"]
+        assert second[method].eval["ppl:wikitext2"]["sha256"] != first[method].eval["ppl:wikitext2"]["sha256"]
+    assert second["wanda"].calibration["sha256"] != first["wanda"].calibration["sha256"]
 
 
 def test_data_dir_from_the_environment_is_part_of_the_identity(config, monkeypatch, tmp_path):
@@ -60,7 +60,7 @@ def test_data_dir_from_the_environment_is_part_of_the_identity(config, monkeypat
     config.data_dir = None
     monkeypatch.setenv("HARNESS_DATA_DIR", str(other))
     records = run(config, log=quiet)
-    assert all(r["eval"]["ppl:wikitext2"]["source"].startswith(str(other)) for r in records)
+    assert all(r.eval["ppl:wikitext2"]["source"].startswith(str(other)) for r in records)
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "nonexistent"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from harness.hub import hub_unreachable
@@ -90,7 +90,7 @@ def test_save_models_on_an_existing_record_saves_the_model(config):
     logs = []
     records = run(config, log=logs.append)
     assert any("recomputing it to save the model" in line for line in logs)
-    assert records[0]["saved_model"] and Path(records[0]["saved_model"]).is_dir()
+    assert records[0].saved_model and Path(records[0].saved_model).is_dir()
     logs.clear()
     run(config, log=logs.append)  # now it is saved: skipped
     assert any("skipped" in line for line in logs)
@@ -111,7 +111,7 @@ def test_a_corrupt_record_is_named_everywhere(config, capsys):
     logs = []
     again = run(config, log=logs.append)
     assert any(str(path) in line and "recomputing" in line for line in logs)
-    assert json.loads(path.read_text())["status"] == "ok" and again[1]["status"] == "ok"
+    assert json.loads(path.read_text())["status"] == "ok" and again[1].status == "ok"
 
 
 class Interrupted(Method):

@@ -14,9 +14,9 @@ from harness.runner import RunConfig, run
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_plugin_example() -> str:
-    """The README's "write your own method plugin" code block, verbatim."""
-    text = README.read_text().split("<!-- plugin-example -->", 1)[1]
+def readme_plugin_example(marker: str = "plugin-example") -> str:
+    """A README code block ("write your own method/evaluation plugin"), verbatim."""
+    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
     return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 PLUGIN_SOURCE = textwrap.dedent('''
@@ -67,6 +67,7 @@ def third_party(tmp_path, monkeypatch):
     install_fake_distribution(root, "harness_random_prune", "harness_random_prune", PLUGIN_SOURCE)
     install_fake_distribution(root, "harness_broken", "harness_broken", "raise ImportError('no such kernel')\n")
     install_fake_distribution(root, "my_harness_plugin", "my_harness_plugin", readme_plugin_example())
+    install_fake_distribution(root, "my_harness_eval", "my_harness_eval", readme_plugin_example("evaluation-example"))
     monkeypatch.syspath_prepend(str(root))
     return root
 
@@ -97,12 +98,12 @@ def test_third_party_method_runs_end_to_end(third_party, tiny_model_dir, data_di
                             calibration="wikitext2:4x32", eval_windows=2, eval_length=32,
                             out=tmp_path / "results", data_dir=str(data_dir), cache_dir=tmp_path / "cache"),
                   registry=registry, log=lambda *a: None)
-    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert [r.status for r in records] == ["ok", "ok"]
     rp = records[1]
-    assert rp["method"] == "random-prune" and rp["report"]["knobs"]["blocks"] == 2
-    assert abs(rp["achieved"]["ratio"] - 0.4) <= 0.005
-    assert rp["provenance"]["plugin"].startswith("harness_random_prune==0.3")
-    assert rp["metrics"]["ppl:wikitext2"] > 1
+    assert rp.method == "random-prune" and rp.report["knobs"]["blocks"] == 2
+    assert abs(rp.achieved["ratio"] - 0.4) <= 0.005
+    assert rp.provenance["plugin"].startswith("harness_random_prune==0.3")
+    assert rp.metrics["ppl:wikitext2"] > 1
 
 
 def test_readme_plugin_example_works(third_party, tiny_model_dir, data_dir, tmp_path):
@@ -113,6 +114,23 @@ def test_readme_plugin_example_works(third_party, tiny_model_dir, data_dir, tmp_
                             out=tmp_path / "results", data_dir=str(data_dir), cache_dir=tmp_path / "cache"),
                   registry=registry, log=lambda *a: None)
     (record,) = records
-    assert record["status"] == "ok", record.get("error")
-    assert abs(record["achieved"]["ratio"] - 0.3) <= 0.005
-    assert all(".up" in k or ".gate" in k or ".down" in k for k in record["report"]["layer_ratios"])
+    assert record.status == "ok", record.error
+    assert abs(record.achieved["ratio"] - 0.3) <= 0.005
+    assert all(".up" in k or ".gate" in k or ".down" in k for k in record.report["layer_ratios"])
+
+
+def test_readme_evaluation_example_works(third_party, tiny_model_dir, data_dir, tmp_path):
+    from harness.leaderboard import write_leaderboards
+
+    registry = load_plugins()
+    assert "agree" in registry.evaluations
+    records = run(RunConfig(model=str(tiny_model_dir), methods=["dense", "magnitude"], ratios=[0.3, 0.6],
+                            calibration="wikitext2:4x32", evals=["ppl:wikitext2", "agree:64"], eval_windows=1,
+                            eval_length=32, out=tmp_path / "results", data_dir=str(data_dir),
+                            cache_dir=tmp_path / "cache"),
+                  registry=registry, log=lambda *a: None)
+    dense, light, heavy = records
+    assert dense.metrics["agree:top1"] == 1.0 and dense.eval["agree"] == {"tokens": 64}
+    assert heavy.metrics["agree:top1"] < 1.0 and heavy.higher_is_better == {"ppl:wikitext2": False, "agree:top1": True}
+    write_leaderboards(tmp_path / "results", tmp_path / "boards", sort="agree:top1", registry=registry, plots=False)
+    assert "agree:top1" in next((tmp_path / "boards").glob("*.md")).read_text()

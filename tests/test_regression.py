@@ -27,5 +27,5 @@ def test_quick_smollm2_run_is_not_worse_than_the_stored_reference(tmp_path, caps
     # and the IntraSlice paper's claim at this matched ratio: it beats SliceGPT
     from harness.results import load_records
 
-    ppl = {r["method"]: r["metrics"]["ppl:wikitext2"] for r in load_records(out)}
+    ppl = {r.method: r.metrics["ppl:wikitext2"] for r in load_records(out)}
     assert ppl["intraslice"] < ppl["slicegpt"]

@@ -65,14 +65,14 @@ def quiet(*args):
 
 def test_records_and_resume(config, registry, monkeypatch):
     records = run(config, registry, log=quiet)
-    assert [(r["method"], r["target"]["ratio"]) for r in records] == [("dense", 0.0), ("magnitude", 0.2), ("magnitude", 0.5)]
-    assert all(r["status"] == "ok" for r in records)
+    assert [(r.method, r.target["ratio"]) for r in records] == [("dense", 0.0), ("magnitude", 0.2), ("magnitude", 0.5)]
+    assert all(r.status == "ok" for r in records)
     for r in records[1:]:
-        assert abs(r["achieved"]["ratio"] - r["target"]["ratio"]) <= 0.005
-    assert records[0]["achieved"]["ratio"] == 0
-    assert records[2]["metrics"]["ppl:wikitext2"] != records[0]["metrics"]["ppl:wikitext2"]
-    assert records[1]["eval"]["ppl:wikitext2"]["windows"] == 2  # the subsampling is recorded
-    assert records[1]["provenance"]["torch"] and records[1]["calibration"] is None  # magnitude uses no data
+        assert abs(r.achieved["ratio"] - r.target["ratio"]) <= 0.005
+    assert records[0].achieved["ratio"] == 0
+    assert records[2].metrics["ppl:wikitext2"] != records[0].metrics["ppl:wikitext2"]
+    assert records[1].eval["ppl:wikitext2"]["windows"] == 2  # the subsampling is recorded
+    assert records[1].provenance["torch"] and records[1].calibration is None  # magnitude uses no data
     files = sorted(config.out.glob("*.json"))
     assert len(files) == 3
     stamps = {f: f.stat().st_mtime_ns for f in files}
@@ -85,18 +85,18 @@ def test_records_and_resume(config, registry, monkeypatch):
     again = run(config, registry, log=logs.append)
     assert sum("skipped" in line for line in logs) == 3
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
-    assert [r["metrics"] for r in again] == [r["metrics"] for r in records]
+    assert [r.metrics for r in again] == [r.metrics for r in records]
 
 
 def test_a_failing_method_does_not_lose_the_others(config, registry):
     config.methods = ["exploding", "overshoot", "magnitude"]
     config.ratios = [0.3]
     records = run(config, registry, log=quiet)
-    status = {r["method"]: r for r in records}
-    assert status["exploding"]["status"] == "failed"
-    assert "out of memory, pretend" in status["exploding"]["error"]
-    assert status["overshoot"]["status"] == "failed" and "misses the target" in status["overshoot"]["error"]
-    assert status["magnitude"]["status"] == "ok"
+    status = {r.method: r for r in records}
+    assert status["exploding"].status == "failed"
+    assert "out of memory, pretend" in status["exploding"].error
+    assert status["overshoot"].status == "failed" and "misses the target" in status["overshoot"].error
+    assert status["magnitude"].status == "ok"
     # failed runs are retried on the next invocation, finished ones are not
     logs = []
     run(config, registry, log=logs.append)
@@ -138,14 +138,14 @@ def test_speed_eval_and_an_unreachable_speedup_are_recorded(config, registry, tm
     config.methods, config.ratios = ["dense", "magnitude"], None
     config.match, config.match_phase = "speedup:50", "decode@1x16"
     config.evals = ["ppl:wikitext2", "speed:prefill@1x16"]
-    records = {r["method"]: r for r in run(config, registry, log=quiet)}
+    records = {r.method: r for r in run(config, registry, log=quiet)}
     dense, magnitude = records["dense"], records["magnitude"]
-    assert dense["status"] == "ok" and dense["metrics"]["speed:decode@1x16"] > 0
-    assert {"speed:prefill@1x16", "speedup:prefill@1x16"} <= set(dense["metrics"])
-    assert dense["speed"]["decode@1x16"]["device"] == "cpu"
-    assert magnitude["status"] == "unreachable" and magnitude["mode"] == "matched-speedup"
-    assert not magnitude["match"]["reached"] and magnitude["match"]["probes"][0]["ratio"] == 0.6
-    assert "best" in magnitude["error"]
+    assert dense.status == "ok" and dense.metrics["speed:decode@1x16"] > 0
+    assert {"speed:prefill@1x16", "speedup:prefill@1x16"} <= set(dense.metrics)
+    assert dense.details["speed"]["decode@1x16"]["device"] == "cpu"
+    assert magnitude.status == "unreachable" and magnitude.mode == "matched-speedup"
+    assert not magnitude.match["reached"] and magnitude.match["probes"][0]["ratio"] == 0.6
+    assert "best" in magnitude.error
     write_leaderboards(config.out, tmp_path / "boards", registry=registry, plots=False)
     (table,) = (tmp_path / "boards").glob("*matched-speedup.md")
     assert "cannot reach the target speedup" in table.read_text() and "magnitude (unstructured)" in table.read_text()

@@ -60,8 +60,8 @@ def test_zeroshot_columns_through_the_cli(tiny_model_dir, data_dir, task_dir, tm
                             evals=["ppl:wikitext2", "zeroshot:piqa,arc_easy"], zeroshot_limit=4,
                             eval_windows=1, eval_length=32, out=tmp_path / "res", data_dir=str(data_dir),
                             cache_dir=tmp_path / "cache"), log=lambda *a: None)
-    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
-    assert {"acc:piqa", "acc_norm:arc_easy", "acc:avg", "ppl:wikitext2"} <= set(records[1]["metrics"])
-    assert records[1]["eval"]["zeroshot"]["limit"] == 4 and records[1]["eval"]["zeroshot"]["lm_eval"]
+    assert all(r.status == "ok" for r in records), [r.error for r in records]
+    assert {"acc:piqa", "acc_norm:arc_easy", "acc:avg", "ppl:wikitext2"} <= set(records[1].metrics)
+    assert records[1].eval["zeroshot"]["limit"] == 4 and records[1].details["zeroshot"]["lm_eval"]
     md = next(p for p in write_leaderboards(tmp_path / "res", tmp_path / "lb") if p.suffix == ".md").read_text()
     assert "acc:avg" in md and "first 4 examples each (subsampled)" in md
