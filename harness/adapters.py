@@ -3,7 +3,10 @@
 Supporting a new architecture is a declarative change: add an ``Architecture`` row to
 ``ARCHITECTURES``. Methods see every model through the same ``ModelAdapter`` interface:
 linear layers by *role* (q, k, v, o, gate, up, down; fused qkv / gate_up where the model
-fuses them), norms, embeddings, rotary embedding, LM head.
+fuses them, with the rows of each part), the attention and MLP modules, which norm feeds
+which, embeddings, rotary embedding, LM head and the logits. No code outside this module
+names a model's modules (``self_attn``, ``o_proj``, ``*_layernorm``...): that is this
+module's knowledge, one row per architecture.
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ class Architecture:
     #: Which norm feeds which linears (SliceGPT folds norm scales into their readers).
     norm_readers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     parallel_block: bool = False  # attention and MLP read the same normed input (Phi-2)
+    #: Fused projections: role -> the roles it stacks along its output rows, in order.
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    attention: str = "self_attn"  # the attention module inside a block
+    mlp: str = "mlp"
+    #: Norms inside the attention module on q and k (paths relative to it), if any.
+    qk_norms: tuple[str, ...] = ()
+    #: Norms applied to a sublayer's *output* before the residual add (Gemma-2/3): they
+    #: make a block neither rotation-invariant nor linear in the value path.
+    post_norms: tuple[str, ...] = ()
+    #: Features the generic attention kernels of this harness do not implement; a method
+    #: that replaces the attention module must refuse the architecture, naming them.
+    attention_features: tuple[str, ...] = ()
     layers: str = "model.layers"
     embed: str = "model.embed_tokens"
     final_norm: str = "model.norm"
@@ -32,12 +47,26 @@ class Architecture:
     lm_head: str = "lm_head"
 
     @property
-    def attention_roles(self) -> tuple[str, ...]:
-        return tuple(r for r, p in self.linears.items() if p.startswith("self_attn."))
+    def mlp_roles(self) -> tuple[str, ...]:
+        return tuple(r for r, p in self.linears.items() if p.startswith(self.mlp + "."))
 
     @property
-    def mlp_roles(self) -> tuple[str, ...]:
-        return tuple(r for r, p in self.linears.items() if p.startswith("mlp."))
+    def attention_norm(self) -> str:
+        """The norm whose output the attention projections read."""
+        return next(n for n, readers in self.norm_readers.items() if set(readers) & set(self.attention_inputs))
+
+    @property
+    def mlp_norm(self) -> str:
+        """The norm whose output the MLP's input projections read (Phi-2: the same one)."""
+        return next(n for n, readers in self.norm_readers.items() if set(readers) & set(self.mlp_inputs))
+
+    @property
+    def attention_inputs(self) -> tuple[str, ...]:
+        return tuple(r for r in self.linears if r in ("q", "k", "v", "qkv"))
+
+    @property
+    def mlp_inputs(self) -> tuple[str, ...]:
+        return tuple(r for r in self.mlp_roles if r != "down")
 
 
 _LLAMA_LINEARS = {
@@ -74,6 +103,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         norms=("input_layernorm", "post_attention_layernorm"),
         norm_readers={"input_layernorm": ("qkv",), "post_attention_layernorm": ("gate_up",)},
+        fused={"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")},
     ),
     # Phi-2: LayerNorm with bias, attention and MLP in parallel on one normed input,
     # biases everywhere, partial rotary.
@@ -91,7 +121,22 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         norms=("input_layernorm",),
         norm_readers={"input_layernorm": ("q", "k", "v", "up")},
         parallel_block=True,
+        qk_norms=("q_layernorm", "k_layernorm"),  # present when config.qk_layernorm
         final_norm="model.final_layernorm",
+    ),
+    # Gemma-2 and Gemma-3 (text): four norms per block (pre and post each sublayer), GQA,
+    # tied embeddings scaled by √d, alternating sliding-window and global layers.
+    Architecture(
+        family="gemma",
+        model_types=("gemma2", "gemma3_text"),
+        linears=_LLAMA_LINEARS,
+        norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+               "post_feedforward_layernorm"),
+        norm_readers={"input_layernorm": ("q", "k", "v"), "pre_feedforward_layernorm": ("gate", "up")},
+        qk_norms=("q_norm", "k_norm"),  # Gemma-3
+        post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+        attention_features=("sliding-window layers", "attention logit soft-capping (Gemma-2)",
+                            "per-layer-type rotary tables (Gemma-3)"),
     ),
 )
 
@@ -118,6 +163,13 @@ def architecture_for(model_type: str) -> Architecture:
 
 def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
+
+
+def _find(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -194,6 +246,75 @@ class ModelAdapter:
     def replace_linear(self, block: nn.Module, role: str, new: nn.Module) -> None:
         """Swap a block's linear for another module (e.g. a smaller nn.Linear)."""
         _set(block, self.arch.linears[role], new)
+
+    def norm_modules(self, block: nn.Module) -> list[nn.Module]:
+        """The block's norms, q/k norms included: what the parameter count leaves out of r."""
+        found = [m for m in (_find(block, path) for path in self.arch.norms) if m is not None]
+        attention = _find(block, self.arch.attention)
+        found += [m for m in (_find(attention, p) for p in self.arch.qk_norms) if m is not None] if attention else []
+        return found
+
+    def attention(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.arch.attention)
+
+    def replace_attention(self, block: nn.Module, new: nn.Module) -> None:
+        _set(block, self.arch.attention, new)
+
+    def mlp(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.arch.mlp)
+
+    def attention_norm(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.arch.attention_norm)
+
+    def mlp_norm(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.arch.mlp_norm)
+
+    def attention_projections(self, block: nn.Module) -> dict[str, str]:
+        """role -> attribute name inside the attention module (q_proj, Phi-2's dense, qkv_proj)."""
+        prefix = self.arch.attention + "."
+        return {role: path.removeprefix(prefix) for role, path in self.arch.linears.items() if path.startswith(prefix)}
+
+    def qk_norms(self, block: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """The attention's q and k norms, where the model has them (Gemma-3; Phi-2 with qk_layernorm)."""
+        attention = self.attention(block)
+        found = [getattr(attention, name, None) for name in self.arch.qk_norms]
+        return tuple(found) if found and all(m is not None for m in found) else None
+
+    def fused_rows(self, role: str, linear: nn.Linear) -> dict[str, slice]:
+        """The output rows of each part of a fused projection as it is now (a method may have
+        narrowed the value or MLP part): {"q": slice, "k": slice, "v": slice}."""
+        parts, rows_total = self.arch.fused[role], linear.out_features
+        if parts == ("q", "k", "v"):  # q and k keep their width; v is what remains
+            q, k = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            sizes = [q, k, rows_total - q - k]
+        else:  # stacked halves (gate, up)
+            sizes = [rows_total // len(parts)] * len(parts)
+        starts = [sum(sizes[:i]) for i in range(len(parts))]
+        return {part: slice(start, start + size) for part, start, size in zip(parts, starts, sizes)}
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Each block's attention type: "full_attention" or "sliding_attention" (Gemma, Mistral)."""
+        types = getattr(self.config, "layer_types", None)
+        return list(types) if types else ["full_attention"] * len(self.blocks)
+
+    @property
+    def sliding_window(self) -> int | None:
+        return getattr(self.config, "sliding_window", None)
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor, layer_type: str):
+        """The rotary (cos, sin) a block of ``layer_type`` gets; Gemma-3's differ by type."""
+        if self.rotary is None:
+            return None
+        if "layer_type" in inspect.signature(type(self.rotary).forward).parameters:
+            return self.rotary(hidden, position_ids, layer_type)
+        return self.rotary(hidden, position_ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head and, where the model has it, final logit soft-capping (Gemma-2/3)."""
+        logits = self.lm_head(self.final_norm(hidden))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def set_final_norm(self, module: nn.Module) -> None:
         _set(self.model, self.arch.final_norm, module)

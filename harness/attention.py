@@ -1,7 +1,7 @@
 """Attention whose value heads are narrower than its query/key heads.
 
 Structured methods that compress the value→output path (IntraSlice folds a per-KV-group
-PCA basis into v_proj and o_proj) leave each value head with v_dim < head_dim dimensions,
+PCA basis into the value and output projections) leave each value head with v_dim < head_dim dimensions,
 which transformers' attention modules cannot express. ``SlimValueAttention`` takes over
 the original module's projections, rotary and scaling and computes
 
@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.adapters import ModelAdapter
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -44,38 +46,42 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class SlimValueAttention(nn.Module):
     """Multi-head / grouped-query attention with value heads of width ``v_dim``.
 
-    Keeps the original module's attribute names (q_proj/k_proj/v_proj/o_proj, or Phi-2's
-    ``dense``, or Phi-3's fused ``qkv_proj``) so model adapters find the linears by role.
+    Built from a block's attention module through its adapter, which says where the
+    projections are: they keep their attribute names here (so the adapter still finds the
+    linears by role), and so do the q/k norms where the model has them.
     """
 
-    def __init__(self, original: nn.Module, num_heads: int, num_kv_heads: int, head_dim: int, v_dim: int):
+    def __init__(self, adapter: ModelAdapter, block: nn.Module, v_dim: int):
         super().__init__()
-        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.head_dim, self.v_dim = head_dim, v_dim
-        self.scaling = float(getattr(original, "scaling", head_dim**-0.5))
+        original = adapter.attention(block)
+        self.num_heads, self.num_kv_heads = adapter.num_heads, adapter.num_kv_heads
+        self.head_dim, self.v_dim = adapter.head_dim, v_dim
+        self.scaling = float(getattr(original, "scaling", self.head_dim**-0.5))
         self.layer_idx = getattr(original, "layer_idx", None)
-        self.fused_qkv = hasattr(original, "qkv_proj")
-        self.output_name = "dense" if hasattr(original, "dense") else "o_proj"
-        names = ["qkv_proj"] if self.fused_qkv else ["q_proj", "k_proj", "v_proj"]
-        for name in names + [self.output_name]:
+        self.names = adapter.attention_projections(block)  # role -> attribute name
+        for name in self.names.values():
             setattr(self, name, getattr(original, name))
-        self.qk_norms = bool(getattr(original, "qk_layernorm", False))
-        if self.qk_norms:
-            self.q_layernorm, self.k_layernorm = original.q_layernorm, original.k_layernorm
+        self.fused_qkv = "qkv" in self.names
+        norms = adapter.qk_norms(block)
+        self.qk_norm_names = adapter.arch.qk_norms if norms else ()
+        for name, norm in zip(self.qk_norm_names, norms or ()):
+            setattr(self, name, norm)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
                 cache=None, past_key_values=None, **kwargs) -> tuple[torch.Tensor, None]:
         B, L, _ = hidden_states.shape
         H, G, hd, vd = self.num_heads, self.num_kv_heads, self.head_dim, self.v_dim
+        projection = {role: getattr(self, name) for role, name in self.names.items()}
         if self.fused_qkv:
-            q, k, v = self.qkv_proj(hidden_states).split([H * hd, G * hd, G * vd], dim=-1)
+            q, k, v = projection["qkv"](hidden_states).split([H * hd, G * hd, G * vd], dim=-1)
         else:
-            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            q, k, v = (projection[r](hidden_states) for r in ("q", "k", "v"))
         q = q.view(B, L, H, hd).transpose(1, 2)
         k = k.view(B, L, G, hd).transpose(1, 2)
         v = v.view(B, L, G, vd).transpose(1, 2)
-        if self.qk_norms:
-            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        if self.qk_norm_names:
+            q_norm, k_norm = (getattr(self, name) for name in self.qk_norm_names)
+            q, k = q_norm(q), k_norm(k)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -90,4 +96,4 @@ class SlimValueAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling,
                                                  enable_gqa=G != H)
         out = out.transpose(1, 2).reshape(B, L, H * vd)
-        return getattr(self, self.output_name)(out), None
+        return projection["o"](out), None

@@ -106,38 +106,51 @@ class _Stop(Exception):
     pass
 
 
-class _Catcher(nn.Module):
-    """Stands in for block 0 to record its inputs, then stops the forward pass."""
+class _Recorder(nn.Module):
+    """Stands in for one decoder block: records the keyword arguments the model hands it
+    (mask, positions, rotary tables: per block, since layers of different types, e.g.
+    Gemma's sliding and global ones, get different ones) and passes the hidden states on.
+    The first also keeps the hidden states (block 0's input); the last stops the forward
+    pass, so the final norm and the LM head never run on the calibration set."""
 
-    def __init__(self, block: nn.Module, store: list):
+    def __init__(self, block: nn.Module, store: list, first: bool, last: bool):
         super().__init__()
-        self.store = store
+        self.store, self.first, self.last = store, first, last
         if hasattr(block, "attention_type"):  # read by some models' forward loops
             self.attention_type = block.attention_type
 
     def forward(self, hidden_states, *args, **kwargs):
-        self.store.append((hidden_states, kwargs))
-        raise _Stop
+        self.store.append((hidden_states if self.first else None, kwargs))
+        if self.last:
+            raise _Stop
+        return hidden_states
 
 
-def _to(value, device):
+def _to(value, device, moved: dict):
+    """``value`` on ``device``; a tensor shared by several blocks' arguments moves once."""
     if torch.is_tensor(value):
-        return value.to(device)
+        if id(value) not in moved:
+            moved[id(value)] = value.to(device)
+        return moved[id(value)]
     if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
+        return tuple(_to(v, device, moved) for v in value)
     return value
 
 
 def capture_block_inputs(model: ModelAdapter, input_ids: torch.Tensor, device: torch.device,
-                         batch_size: int) -> tuple[list[torch.Tensor], list[dict]]:
-    """Hidden states and keyword arguments (masks, positions, rotary) entering block 0."""
+                         batch_size: int) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """Hidden states entering block 0 (per batch), and the keyword arguments of every block
+    (per block, per batch): masks, positions, rotary tables, as the model's own forward
+    computes them. No block runs: each is replaced by a recorder for this pass."""
     blocks = model.blocks
-    first = blocks[0]
-    store: list = []
+    originals = list(blocks)
+    n = len(originals)
+    per_block: list[list] = [[] for _ in range(n)]
     outer = [model.embeddings] + ([model.rotary] if model.rotary is not None else [])
     for m in outer:
         m.to(device)
-    blocks[0] = _Catcher(first, store)
+    for i, block in enumerate(originals):
+        blocks[i] = _Recorder(block, per_block[i], first=i == 0, last=i == n - 1)
     try:
         with torch.no_grad():
             for batch in input_ids.split(batch_size):
@@ -146,14 +159,17 @@ def capture_block_inputs(model: ModelAdapter, input_ids: torch.Tensor, device: t
                 except _Stop:
                     pass
     finally:
-        blocks[0] = first
+        for i, block in enumerate(originals):
+            blocks[i] = block
         for m in outer:
             m.to("cpu")
-    hidden = [h for h, _ in store]
-    kwargs = [{k: _to(v, device) for k, v in kw.items() if k not in CACHE_KEYWORDS}
-              for _, kw in store]
-    for kw in kwargs:
-        kw["use_cache"] = False
+    hidden = [h for h, _ in per_block[0]]
+    moved: dict = {}
+    kwargs = [[{k: _to(v, device, moved) for k, v in kw.items() if k not in CACHE_KEYWORDS}
+               for _, kw in calls] for calls in per_block]
+    for calls in kwargs:
+        for kw in calls:
+            kw["use_cache"] = False
     return hidden, kwargs
 
 
@@ -248,11 +264,12 @@ def sequential(model: ModelAdapter, input_ids: torch.Tensor, device: torch.devic
     step (the perplexity evaluator reads them).
     """
     device = torch.device(device)
-    hidden, kwargs = capture_block_inputs(model, input_ids, device, batch_size)
+    hidden, kwargs_by_block = capture_block_inputs(model, input_ids, device, batch_size)
     blocks = model.blocks
     # disable=None: no bar when output is not a terminal (CI logs stay readable).
     for index in tqdm(range(len(blocks)), desc=desc, leave=False, dynamic_ncols=True, disable=None):
         block = blocks[index].to(device)
+        kwargs = kwargs_by_block[index]
         step = BlockStep(index, block, model, hidden, kwargs)
         yield step
         block = blocks[index]  # the method may have replaced the whole block

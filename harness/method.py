@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 if TYPE_CHECKING:
     from torch import nn
 
-    from harness.adapters import ModelAdapter
+    from harness.adapters import Architecture, ModelAdapter
     from harness.calibration import Calibration
 
 Kind = Literal["unstructured", "semi-structured", "structured", "reference"]
@@ -126,6 +126,21 @@ class Method:
     #: The method's own options: name -> ``Knob`` (type, default, help). The harness refuses
     #: any other ``-o METHOD.NAME`` before work starts, and ``harness plugins`` lists them.
     knobs: ClassVar[dict[str, Knob]] = {}
+
+    def unsupported(self, arch: Architecture) -> str | None:
+        """Why this method cannot compress models of ``arch``, or None if it can. The default
+        reads ``architectures``; a method overrides it to name what an architecture lacks."""
+        if self.architectures is not None and arch.family not in self.architectures:
+            return (f"method {self.name!r} does not support the {arch.family!r} architecture "
+                    f"(it supports: {', '.join(self.architectures)})")
+        return None
+
+    def require(self, arch: Architecture) -> None:
+        """Raise ``UnsupportedArchitecture`` with ``unsupported``'s reason, if there is one."""
+        from harness.adapters import UnsupportedArchitecture
+
+        if (why := self.unsupported(arch)) is not None:
+            raise UnsupportedArchitecture(why)
 
     def option(self, target: Target, name: str) -> Any:
         """The value of knob ``name`` for this run: the one asked for, else its default."""

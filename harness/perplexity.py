@@ -61,7 +61,7 @@ def perplexity(model: ModelAdapter, windows: torch.Tensor, device: torch.device 
     try:
         rows = [row for batch in last.outputs for row in batch]  # one window at a time:
         for hidden, ids in zip(rows, windows):  # full-vocabulary logits are large
-            logits = model.lm_head(model.final_norm(hidden[None])).float()[0]
+            logits = model.logits(hidden[None]).float()[0]
             target = ids.to(device)
             nll += F.cross_entropy(logits[:-1], target[1:], reduction="sum").item()
             count += target.numel() - 1

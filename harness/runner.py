@@ -97,10 +97,7 @@ def load(config: RunConfig, plans: list[Plan], dtype: torch.dtype, log=print) ->
     """Read the model's config (not its weights) and check every method supports it."""
     session = ModelSession(config, dtype, log)
     for plan in plans:
-        supported = plan.method.architectures
-        if supported is not None and session.family not in supported:
-            raise ValueError(f"method {plan.method.name!r} does not support the {session.family!r} "
-                             f"architecture (it supports: {', '.join(supported)})")
+        plan.method.require(architecture_for(session.config.model_type))
     return session
 
 

@@ -8,8 +8,11 @@ counted on the model as it is: zeros of a masked weight do not count, a sliced w
 counts its actual shape. Counting nonzeros on both sides makes the dense model's r exactly
 0 even when its weights hold a few exact zeros (quantised checkpoints do).
 
-Embeddings, norms and the LM head are counted separately and reported in a whole-model
-ratio beside r; a tied head is counted once.
+The contract, so that no method can hide a matrix from the count: every parameter and
+every floating-point buffer of a block counts, except those of the modules the adapter
+declares as the block's norms (its row's norm paths and q/k norms). Embeddings, norms and
+the LM head are counted separately and reported in a whole-model ratio beside r; a tied
+head is counted once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,6 @@ from harness.adapters import ModelAdapter
 RATIO_TOLERANCE = 0.005
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return "norm" in type(module).__name__.lower()
-
-
 def _nonzeros(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
@@ -39,16 +38,16 @@ def _nonzeros(tensors) -> int:
     return total
 
 
-def block_parameters(block: nn.Module) -> list[torch.Tensor]:
-    """Parameters (and float buffers registered by methods) of one block, norms excluded."""
+def block_parameters(adapter: ModelAdapter, block: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and floating-point buffer of one block outside the norms the adapter
+    names (a method may store an added matrix as a buffer: it counts all the same)."""
+    norms = {id(m) for norm in adapter.norm_modules(block) for m in norm.modules()}
     tensors = []
     for module in block.modules():
-        if _is_norm(module):
+        if id(module) in norms:
             continue
         tensors += list(module.parameters(recurse=False))
-        # Methods may store added matrices as buffers (e.g. frozen shortcut matrices).
-        tensors += [b for n, b in module.named_buffers(recurse=False)
-                    if b.is_floating_point() and b.dim() >= 2 and not n.startswith("_")]
+        tensors += [b for b in module.buffers(recurse=False) if b.is_floating_point()]
     return tensors
 
 
@@ -71,15 +70,15 @@ class ParameterCount:
 
 
 def count_parameters(adapter: ModelAdapter) -> ParameterCount:
-    blocks = sum(_nonzeros(block_parameters(b)) for b in adapter.blocks)
-    elements = sum(t.numel() for b in adapter.blocks for t in {id(t): t for t in block_parameters(b)}.values())
-    norm_tensors = [p for m in adapter.model.modules() if _is_norm(m)
-                    for p in m.parameters(recurse=False)]
+    per_block = [block_parameters(adapter, b) for b in adapter.blocks]
+    blocks = sum(_nonzeros(tensors) for tensors in per_block)
+    elements = sum(t.numel() for tensors in per_block for t in {id(t): t for t in tensors}.values())
+    norm_modules = [adapter.final_norm] + [n for b in adapter.blocks for n in adapter.norm_modules(b)]
+    norm_tensors = [p for m in norm_modules for p in m.parameters()]
     embeddings = _nonzeros([adapter.embeddings.weight])
     lm_head = 0 if adapter.tied_embeddings else _nonzeros(adapter.lm_head.parameters())
     total = _nonzeros(adapter.model.parameters()) + sum(
-        _nonzeros([t for t in block_parameters(b) if not isinstance(t, nn.Parameter)])
-        for b in adapter.blocks)
+        _nonzeros([t for t in tensors if not isinstance(t, nn.Parameter)]) for tensors in per_block)
     return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total, elements)
 
 

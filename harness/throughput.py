@@ -121,7 +121,8 @@ class ServingStep:
 
     ``batch`` sequences feed tokens at cache positions ``first .. first+tokens−1`` into a
     static cache of ``cache.length`` positions; the additive mask lets position i see
-    positions ≤ i.
+    positions ≤ i (and, in a sliding-window layer, only the last ``window`` of them). Each
+    layer type gets its own mask and rotary table, as the model's own forward gives them.
     """
 
     def __init__(self, adapter: ModelAdapter, batch: int, first: int, tokens: int,
@@ -131,10 +132,14 @@ class ServingStep:
         generator = torch.Generator(device=device).manual_seed(first)
         self.input_ids = torch.randint(0, adapter.embeddings.num_embeddings, (batch, tokens),
                                        device=device, generator=generator)
-        dtype = adapter.dtype
-        allowed = torch.arange(cache.length, device=device)[None, :] <= self.positions[:, None]
-        self.mask = torch.zeros(1, 1, tokens, cache.length, dtype=dtype, device=device)
-        self.mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        dtype, keys = adapter.dtype, torch.arange(cache.length, device=device)[None, :]
+        self.masks = {}
+        for layer_type in set(adapter.layer_types):
+            allowed = keys <= self.positions[:, None]
+            if layer_type == "sliding_attention" and adapter.sliding_window:
+                allowed &= keys > self.positions[:, None] - adapter.sliding_window
+            mask = torch.zeros(1, 1, tokens, cache.length, dtype=dtype, device=device)
+            self.masks[layer_type] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
     @classmethod
     def for_spec(cls, adapter: ModelAdapter, spec: SpeedSpec, device: torch.device) -> ServingStep:
@@ -154,14 +159,14 @@ class ServingStep:
         self.cache.positions = self.positions
         hidden = a.embeddings(self.input_ids)
         position_ids = self.positions[None, :]
-        kwargs = {"attention_mask": self.mask, "position_ids": position_ids, a.cache_keyword: self.cache,
-                  "use_cache": True, "cache_position": self.positions}
-        if a.rotary is not None:
-            kwargs["position_embeddings"] = a.rotary(hidden, position_ids)
-        for block in a.blocks:
-            out = block(hidden, **kwargs)
+        shared = {"position_ids": position_ids, a.cache_keyword: self.cache, "use_cache": True,
+                  "cache_position": self.positions}
+        per_type = {t: {"attention_mask": mask, "position_embeddings": a.position_embeddings(hidden, position_ids, t)}
+                    for t, mask in self.masks.items()}
+        for block, layer_type in zip(a.blocks, a.layer_types):
+            out = block(hidden, **shared, **per_type[layer_type])
             hidden = out[0] if isinstance(out, tuple) else out
-        return a.lm_head(a.final_norm(hidden[:, -1:]))
+        return a.logits(hidden[:, -1:])
 
 
 def capture_graph(step, warmup: int = 3):

@@ -19,7 +19,15 @@ TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_la
 
 
 def tiny_config(name: str):
-    from transformers import LlamaConfig, MistralConfig, Phi3Config, PhiConfig, Qwen2Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        PhiConfig,
+        Qwen2Config,
+    )
 
     if name == "llama2":
         return LlamaConfig(**TINY, num_key_value_heads=4)
@@ -35,10 +43,20 @@ def tiny_config(name: str):
         return Phi3Config(**TINY, num_key_value_heads=2, pad_token_id=0)
     if name == "phi2":  # LayerNorm, parallel block, biases, partial rotary
         return PhiConfig(**TINY, partial_rotary_factor=0.5)
+    # Gemma: four norms per block, GQA, tied scaled embeddings; a sliding window shorter than
+    # the test sequences, so sliding and global layers really differ
+    if name == "gemma2":  # + attention and final logit soft-capping
+        return Gemma2Config(**TINY, num_key_value_heads=2, head_dim=16, sliding_window=8)
+    if name == "gemma3":  # + q/k norms, local and global rotary tables
+        return Gemma3TextConfig(**TINY, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                layer_types=["sliding_attention", "full_attention"])
     raise KeyError(name)
 
 
+#: Architectures every method supports.
 ARCHS = ["llama2", "llama3", "smollm2", "mistral", "qwen2", "phi3", "phi2"]
+#: Architectures some methods refuse (tests/test_gemma.py says which and why).
+PARTIAL = ["gemma2", "gemma3"]
 
 
 def tiny_model(name: str, seed: int = 0):
@@ -60,6 +78,12 @@ def tiny_model(name: str, seed: int = 0):
 
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=ARCHS + PARTIAL)
+def any_arch(request) -> str:
+    """Every supported architecture, for properties of the harness itself (not of a method)."""
     return request.param
 
 

@@ -8,11 +8,12 @@ EXPECTED_ROLES = {
     "llama": ("q", "k", "v", "o", "gate", "up", "down"),
     "phi3": ("qkv", "o", "gate_up", "down"),
     "phi2": ("q", "k", "v", "o", "up", "down"),
+    "gemma": ("q", "k", "v", "o", "gate", "up", "down"),
 }
 
 
-def test_adapter_exposes_every_part(arch):
-    model = tiny_model(arch)
+def test_adapter_exposes_every_part(any_arch):
+    model = tiny_model(any_arch)
     adapter = ModelAdapter(model)
     assert adapter.roles == EXPECTED_ROLES[adapter.family]
     assert len(adapter.blocks) == model.config.num_hidden_layers
@@ -22,15 +23,18 @@ def test_adapter_exposes_every_part(arch):
         assert linears["o"].out_features == adapter.hidden_size
         assert linears["down"].out_features == adapter.hidden_size
         assert adapter.norms(block)
+        # which norm feeds which sublayer: the adapter's knowledge, not a position in a list
+        assert adapter.attention_norm(block) in adapter.norm_modules(block)
+        assert adapter.mlp_norm(block) in adapter.norm_modules(block)
     assert adapter.lm_head.out_features == model.config.vocab_size
-    assert adapter.tied_embeddings == (arch == "smollm2")
+    assert adapter.tied_embeddings == (any_arch in ("smollm2", "gemma2", "gemma3"))
     assert adapter.rotary is not None
     names = [n for n, _ in adapter.named_linears()]
     assert len(names) == len(set(names)) == len(adapter.roles) * len(adapter.blocks)
 
 
-def test_replace_linear_swaps_the_module(arch):
-    adapter = ModelAdapter(tiny_model(arch))
+def test_replace_linear_swaps_the_module(any_arch):
+    adapter = ModelAdapter(tiny_model(any_arch))
     block = adapter.blocks[0]
     old = adapter.linears(block)["down"]
     new = torch.nn.Linear(old.in_features // 2, old.out_features, bias=old.bias is not None)

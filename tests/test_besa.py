@@ -34,9 +34,9 @@ def test_mask_is_hard_forward_expected_backward():
     assert layer.logits.grad is not None and layer.logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("arch", ["llama3", "phi2"])
-def test_target_met_and_layers_differ(arch):
-    model = tiny_model(arch)
+@pytest.mark.parametrize("any_arch", ["llama3", "phi2", "gemma2"])
+def test_target_met_and_layers_differ(any_arch):
+    model = tiny_model(any_arch)
     adapter = ModelAdapter(model)
     dense = count_parameters(adapter)
     report = BESA().compress(adapter, calibration(), Target(0.5, options={"epochs": 3}))

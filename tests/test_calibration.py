@@ -7,8 +7,8 @@ from harness.calibration import Calibration, CalibrationSpec, draw_windows, load
 from harness.perplexity import eval_windows, perplexity
 
 
-def test_driver_reproduces_the_full_models_hidden_states(arch):
-    model = tiny_model(arch)
+def test_driver_reproduces_the_full_models_hidden_states(any_arch):
+    model = tiny_model(any_arch)
     adapter = ModelAdapter(model)
     ids = torch.randint(0, model.config.vocab_size, (5, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -17,18 +17,20 @@ def test_driver_reproduces_the_full_models_hidden_states(arch):
     for step in sequential(adapter, ids, "cpu", batch_size=2):
         steps.append(step)
     assert [s.index for s in steps] == list(range(len(adapter.blocks)))
-    # hidden_states[i + 1] is block i's output (the last one is after the final norm).
+    # hidden_states[i + 1] is block i's output (the last one is after the final norm). A
+    # block fed another block's mask or rotary table (Gemma's sliding and global layers
+    # differ) is off by O(1); batching alone moves Gemma's √d-scaled stream by ~1e-4.
     for step in steps[:-1]:
         out = torch.cat(step.outputs)
-        torch.testing.assert_close(out, full.hidden_states[step.index + 1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, full.hidden_states[step.index + 1], rtol=1e-4, atol=1e-4)
     last = torch.cat(steps[-1].outputs)
     with torch.no_grad():
-        logits = adapter.lm_head(adapter.final_norm(last))
-    torch.testing.assert_close(logits, full.logits, rtol=1e-5, atol=1e-5)
+        logits = adapter.logits(last)
+    torch.testing.assert_close(logits, full.logits, rtol=1e-4, atol=1e-4)
 
 
-def test_perplexity_equals_the_models_own_loss(arch):
-    model = tiny_model(arch)
+def test_perplexity_equals_the_models_own_loss(any_arch):
+    model = tiny_model(any_arch)
     ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         loss = model(ids, labels=ids).loss  # mean over the 4 × 31 predicted tokens
@@ -37,8 +39,8 @@ def test_perplexity_equals_the_models_own_loss(arch):
     assert result.perplexity == pytest.approx(loss.exp().item(), rel=1e-5)
 
 
-def test_input_stats_are_the_exact_float64_gram(arch):
-    model = tiny_model(arch)
+def test_input_stats_are_the_exact_float64_gram(any_arch):
+    model = tiny_model(any_arch)
     adapter = ModelAdapter(model)
     ids = torch.randint(0, model.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(2))
     captured = {}
@@ -59,7 +61,7 @@ def test_input_stats_are_the_exact_float64_gram(arch):
     # q/k/v (or fused qkv) read one tensor: one shared accumulation, not three
     first = adapter.roles[0]
     shared = [r for r in adapter.roles if captured[r] is captured[first]]
-    assert len(shared) == {"llama": 3, "phi3": 1, "phi2": 4}[adapter.family]
+    assert len(shared) == {"llama": 3, "phi3": 1, "phi2": 4, "gemma": 3}[adapter.family]
 
 
 def test_method_changes_feed_the_next_block():

@@ -34,8 +34,8 @@ def block_inputs(model, ids):
 
 @pytest.mark.parametrize("method", [Wanda(), SparseGPT()])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
-def test_exact_sparsity_on_every_architecture(method, pattern, arch):
-    model = tiny_model(arch)
+def test_exact_sparsity_on_every_architecture(method, pattern, any_arch):
+    model = tiny_model(any_arch)
     adapter = ModelAdapter(model)
     dense = count_parameters(adapter)
     target = Target(0.5, pattern)

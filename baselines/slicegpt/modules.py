@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.adapters import ModelAdapter
+
 
 class ShortcutRMSNorm(nn.Module):
     """x / rms(x), where rms divides by the *original* width.
@@ -36,25 +38,31 @@ class ShortcutBlock(nn.Module):
     The attention and MLP are the model's own modules, with rotated, smaller linears.
     """
 
-    def __init__(self, block: nn.Module, width: int, eps: float, parallel: bool):
+    def __init__(self, adapter: ModelAdapter, block: nn.Module, width: int, eps: float):
         super().__init__()
-        self.parallel = parallel
-        self.self_attn = block.self_attn
-        self.mlp = block.mlp
-        self.input_layernorm = ShortcutRMSNorm(width, eps)
+        arch = adapter.arch
+        self.parallel = arch.parallel_block
+        # The model's own modules, under the names the adapter's row gives them, so the
+        # adapter finds the linears and norms of this block as in any other.
+        self.names = {"attention": arch.attention, "mlp": arch.mlp, "attention_norm": arch.attention_norm,
+                      "mlp_norm": arch.mlp_norm}
+        setattr(self, arch.attention, adapter.attention(block))
+        setattr(self, arch.mlp, adapter.mlp(block))
+        setattr(self, arch.attention_norm, ShortcutRMSNorm(width, eps))
         eye = torch.eye(width, dtype=next(block.parameters()).dtype)
         self.attn_shortcut = nn.Parameter(eye.clone(), requires_grad=False)
-        if not parallel:
-            self.post_attention_layernorm = ShortcutRMSNorm(width, eps)
+        if not self.parallel:
+            setattr(self, arch.mlp_norm, ShortcutRMSNorm(width, eps))
             self.mlp_shortcut = nn.Parameter(eye.clone(), requires_grad=False)
         if hasattr(block, "attention_type"):
             self.attention_type = block.attention_type
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         kwargs.pop("output_attentions", None)
-        normed = self.input_layernorm(hidden_states)
-        attn = self.self_attn(hidden_states=normed, **kwargs)[0]
+        attention, mlp = getattr(self, self.names["attention"]), getattr(self, self.names["mlp"])
+        normed = getattr(self, self.names["attention_norm"])(hidden_states)
+        attn = attention(hidden_states=normed, **kwargs)[0]
         if self.parallel:
-            return hidden_states @ self.attn_shortcut + attn + self.mlp(normed)
+            return hidden_states @ self.attn_shortcut + attn + mlp(normed)
         hidden = hidden_states @ self.attn_shortcut + attn
-        return hidden @ self.mlp_shortcut + self.mlp(self.post_attention_layernorm(hidden))
+        return hidden @ self.mlp_shortcut + mlp(getattr(self, self.names["mlp_norm"])(hidden))

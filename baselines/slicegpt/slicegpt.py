@@ -6,7 +6,7 @@ microsoft/TransformerCompression (``rotate.py``, ``layernorm_fusion.py``).
 
 1. Rotation invariance (exact). Every norm's scale (and bias) is folded into the linears
    that read it; a LayerNorm model (Phi-2) first has the mean subtraction baked into
-   everything that writes the residual stream (embedding rows, o_proj, down_proj), so its
+   everything that writes the residual stream (embedding rows, the attention output and MLP down projections), so its
    LayerNorms become RMSNorms. The norms are then scale-free (``ShortcutRMSNorm``), and for
    any orthogonal Q, rotating the stream by Q and every adjacent weight by Q or Qᵀ leaves
    the function unchanged. The LM head is untied from the embeddings first.
@@ -98,7 +98,7 @@ def make_rotation_invariant(model: ModelAdapter) -> None:
         if layernorm:
             for role in WRITERS:
                 _center_outputs(linears[role])
-        model.blocks[index] = ShortcutBlock(block, width, eps, arch.parallel_block)
+        model.blocks[index] = ShortcutBlock(model, block, width, eps)
     _fold_norm(model.final_norm, [model.lm_head])
     model.set_final_norm(ShortcutRMSNorm(width, _eps(model.final_norm)))
 
@@ -190,6 +190,13 @@ class SliceGPT(Method):
         "align": Knob(int, 1, "matched ratio: widths in multiples of this (8 keeps fp16 GEMMs fast)"),
     }
 
+    def unsupported(self, arch):
+        if arch.post_norms:
+            return (f"slicegpt needs blocks whose residual stream can be rotated; {arch.family} normalises "
+                    f"sublayer outputs before the residual add ({', '.join(arch.post_norms)}), and a norm "
+                    "there does not commute with the rotation")
+        return super().unsupported(arch)
+
     def width(self, model: ModelAdapter, target) -> int:
         d = model.hidden_size
         if "slicing" in target.options:
@@ -204,14 +211,15 @@ class SliceGPT(Method):
         return width
 
     def compress(self, model, calibration, target):
+        self.require(model.arch)
         d = model.hidden_size
         width = self.width(model, target)
         report = CompressionReport(knobs={"width": width, "hidden_size": d, "slicing": 1 - width / d,
                                           "analytic_block_parameters": analytic_block_parameters(model, width)})
         make_rotation_invariant(model)
         parallel, last = model.arch.parallel_block, len(model.blocks) - 1
-        attn_readers = model.arch.norm_readers[model.arch.norms[0]]
-        mlp_readers = model.arch.norm_readers[model.arch.norms[-1]]
+        attn_readers = model.arch.norm_readers[model.arch.attention_norm]
+        mlp_readers = model.arch.norm_readers[model.arch.mlp_norm]
         Q = None
         for step in calibration.sequential(model, desc="slicegpt"):
             block, linears, device = step.module, step.linears, step.inputs[0].device
@@ -229,7 +237,7 @@ class SliceGPT(Method):
                 rotate_inputs(linears[role], Q_in)
             block.attn_shortcut = nn.Parameter(Q_in.T.to(model.dtype), requires_grad=False)
             if not parallel:
-                Q_mid = principal_directions(signal_gram(step, block.post_attention_layernorm))[1][:, :width]
+                Q_mid = principal_directions(signal_gram(step, model.mlp_norm(block)))[1][:, :width]
                 block.attn_shortcut = nn.Parameter((Q_in.T @ Q_mid).to(model.dtype), requires_grad=False)
                 rotate_outputs(linears["o"], Q_mid)
                 for role in mlp_readers:

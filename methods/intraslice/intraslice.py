@@ -9,7 +9,7 @@ and this docstring says which choice comes from where.
    ours). For query head h of KV group g, o_h = A_h X W_v,gᵀ and the attention output is
    Σ_h o_h W_o,hᵀ. A mixes tokens, not features, so for any Q_g (head_dim × k) with
    orthonormal columns  o_h Q_g Q_gᵀ W_o,hᵀ = A_h X (Q_gᵀ W_v,g)ᵀ (W_o,h Q_g)ᵀ:
-   Q_gᵀ folds into v_proj's rows of group g and Q_g into o_proj's columns of every head of
+   Q_gᵀ folds into the value projection's rows of group g and Q_g into the output projection's columns of every head of
    the group. Q_g = top-k eigenvectors of Σ_{h∈g} E[o_hᵀ o_h] (float64): an exact PCA that
    adds nothing. Value heads become k wide (``harness.attention.SlimValueAttention``);
    Q and K stay intact because RoPE does not commute with a general rotation.
@@ -85,9 +85,7 @@ def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = Tr
         handles.append(linears["o"].register_forward_pre_hook(vo_in))
     if want_mlp:
         handles.append(linears["down"].register_forward_pre_hook(mlp_in))
-    norms = model.norms(step.module)
-    mlp_norm = norms[model.arch.norms[-1]]
-    handles.append(mlp_norm.register_forward_pre_hook(energy("res_mlp")))
+    handles.append(model.mlp_norm(step.module).register_forward_pre_hook(energy("res_mlp")))
     try:
         step.forward()
     finally:
@@ -167,7 +165,7 @@ def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
 
 @torch.no_grad()
 def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor) -> None:
-    """Fold per-group bases (G × head_dim × k) into v_proj and o_proj; value heads become k wide."""
+    """Fold per-group bases (G × head_dim × k) into the value and output projections; value heads become k wide."""
     H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
     k = bases.shape[-1]
     linears = model.linears(block)
@@ -182,10 +180,10 @@ def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor)
         new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
         b_v = None if v.bias is None else torch.einsum("ghk,gh->gk", bases.to(dtype), v.bias.double().view(G, hd)).reshape(-1)
         model.replace_linear(block, "v", _linear_like(v, new_v, b_v))
-    else:  # Phi-3: the value rows sit at the end of the fused qkv projection
+    else:  # a fused qkv projection (Phi-3): fold into its value rows
         qkv = linears["qkv"]
         W = qkv.weight.double()
-        qk_rows = (H + G) * hd
+        qk_rows = model.fused_rows("qkv", qkv)["v"].start
         W_v = W[qk_rows:].view(G, hd, -1)
         new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
         bias = None
@@ -193,22 +191,22 @@ def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor)
             b = qkv.bias.double()
             bias = torch.cat([b[:qk_rows], torch.einsum("ghk,gh->gk", bases.to(dtype), b[qk_rows:].view(G, hd)).reshape(-1)])
         model.replace_linear(block, "qkv", _linear_like(qkv, torch.cat([W[:qk_rows], new_v]), bias))
-    attention = block.self_attn
+    attention = model.attention(block)
     if isinstance(attention, SlimValueAttention):
         attention.v_dim = k
     else:
-        block.self_attn = SlimValueAttention(attention, H, G, hd, k)
+        model.replace_attention(block, SlimValueAttention(model, block, k))
 
 
 @torch.no_grad()
 def fold_mlp_channels(model: ModelAdapter, block: nn.Module, keep: torch.Tensor, new_down: torch.Tensor) -> None:
     linears = model.linears(block)
-    width = linears["down"].in_features
-    for role in model.arch.norm_readers[model.arch.norms[-1]]:
-        if role not in model.arch.mlp_roles:
-            continue  # Phi-2's single norm also feeds q/k/v
+    for role in model.arch.mlp_inputs:
         lin = linears[role]
-        rows = torch.cat([keep, keep + width]) if role == "gate_up" else keep
+        if role in model.arch.fused:  # gate_up: the same channels of every stacked part
+            rows = torch.cat([keep + part.start for part in model.fused_rows(role, lin).values()])
+        else:
+            rows = keep
         model.replace_linear(block, role, _linear_like(
             lin, lin.weight[rows], None if lin.bias is None else lin.bias[rows]))
     down = linears["down"]
@@ -283,22 +281,21 @@ def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
         if role == "down":
             mlp += lin.out_features
         else:
-            per = 2 if role == "gate_up" else 1
+            per = len(model.arch.fused.get(role, (role,)))  # gate_up: a channel is 2 rows
             mlp += per * (lin.in_features + (lin.bias is not None))
     return vo, mlp
 
 
 def _nonzero_profile(model: ModelAdapter, block: nn.Module) -> dict[str, int]:
     """Nonzeros of one block's linears, grouped by what compression does to them."""
-    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
 
     def nnz(t: torch.Tensor | None) -> int:
         return 0 if t is None else int(torch.count_nonzero(t.detach()))
 
     profile = {"kept": 0, "vo": 0, "o_bias": 0, "mlp_in": 0, "mlp_out": 0, "down_bias": 0}
     for role, linear in model.linears(block).items():
-        if role == "qkv":  # Phi-3: q/k rows stay, the value rows are folded
-            qk_rows = (H + G) * hd
+        if role == "qkv":  # fused (Phi-3): q/k rows stay, the value rows are folded
+            qk_rows = model.fused_rows(role, linear)["v"].start
             profile["kept"] += nnz(linear.weight[:qk_rows]) + nnz(None if linear.bias is None else linear.bias[:qk_rows])
             profile["vo"] += nnz(linear.weight[qk_rows:]) + nnz(None if linear.bias is None else linear.bias[qk_rows:])
         elif role in ("v", "o"):
@@ -323,7 +320,7 @@ def _channel_nonzeros(model: ModelAdapter, block: nn.Module) -> torch.Tensor:
             continue
         lin = linears[role]
         rows = (lin.weight.detach() != 0).sum(1).cpu() + (0 if lin.bias is None else (lin.bias.detach() != 0).cpu())
-        counts += rows.view(-1, width).sum(0) if role == "gate_up" else rows
+        counts += rows.view(-1, width).sum(0) if role in model.arch.fused else rows
     return counts
 
 
@@ -382,6 +379,13 @@ class IntraSlice(Method):
             self.ablation_of = "intraslice"
             self.description = f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
 
+    def unsupported(self, arch):
+        if "vo" in self.modules and arch.attention_features:
+            return (f"{self.name} replaces the attention module with one whose value heads are narrower, "
+                    f"and that module does not implement what {arch.family} attention needs: "
+                    f"{', '.join(arch.attention_features)} (intraslice-mlp compresses only the MLP and runs)")
+        return super().unsupported(arch)
+
     def estimate(self, model, calibration) -> list[Module]:
         """Importance and energy curve of every module, from one sweep over the dense model."""
         hd = model.head_dim
@@ -407,6 +411,7 @@ class IntraSlice(Method):
         return modules
 
     def compress(self, model, calibration, target):
+        self.require(model.arch)
         ridge = float(self.option(target, "ridge"))
         start = time.perf_counter()
         dense = count_parameters(model).blocks
@@ -424,7 +429,7 @@ class IntraSlice(Method):
         # and correct the element budget until the prediction meets (1 − r) of the dense count.
         profiles = [_nonzero_profile(model, block) for block in model.blocks]
         goal = (1 - target.ratio) * dense
-        need = sum(p.numel() for b in model.blocks for p in block_parameters(b)) - int(round(goal))
+        need = sum(p.numel() for b in model.blocks for p in block_parameters(model, b)) - int(round(goal))
         sizes, align = {m.name: m.size for m in modules}, self.option(target, "align")
         keep = None
         for _ in range(8):
@@ -481,7 +486,7 @@ class IntraSlice(Method):
                     if kind in self.modules:
                         modules.append(Module(f"layers.{index}.{kind}", index, kind, size, cost, 1.0,
                                               torch.linspace(0, 1, size + 1)))
-            size = sum(p.numel() for b in model.blocks for p in block_parameters(b))
+            size = sum(p.numel() for b in model.blocks for p in block_parameters(model, b))
             keep = allocate(modules, size - int(round((1 - target.ratio) * dense)), uniform=True)
             keep = align_kept(keep, {m.name: m.size for m in modules}, self.option(target, "align"))
         G = model.num_kv_heads
