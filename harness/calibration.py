@@ -220,6 +220,9 @@ class BlockStep:
     model: ModelAdapter
     inputs: list[torch.Tensor]
     kwargs: list[dict]
+    #: The block's outputs, set by the driver once the loop body is done with the block
+    #: (after the last block: the final hidden states, which perplexity reads).
+    outputs: list[torch.Tensor] | None = None
 
     @property
     def linears(self) -> dict[str, nn.Linear]:

@@ -13,14 +13,17 @@ The built-in methods, datasets, evaluations and reporters register in exactly th
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pluggy
 
 hookspec = pluggy.HookspecMarker("harness")
 
 
 @hookspec
-def register_methods(register: Callable) -> None:
+def register_methods(register: Callable[[Any], None]) -> None:
     """Register compression methods.
 
     Call ``register(method)`` once per method, where ``method`` is an instance of a
@@ -30,7 +33,7 @@ def register_methods(register: Callable) -> None:
 
 
 @hookspec
-def register_datasets(register: Callable) -> None:
+def register_datasets(register: Callable[[Any], None]) -> None:
     """Register text datasets for calibration and perplexity.
 
     Call ``register(dataset)`` once per dataset, an instance of
@@ -40,7 +43,7 @@ def register_datasets(register: Callable) -> None:
 
 
 @hookspec
-def register_evaluations(register: Callable) -> None:
+def register_evaluations(register: Callable[[Any], None]) -> None:
     """Register evaluations: what is measured on every compressed model.
 
     Call ``register(evaluator)`` once per evaluation, an instance of a subclass of
@@ -50,8 +53,12 @@ def register_evaluations(register: Callable) -> None:
     """
 
 
+#: A reporter: writes one leaderboard table (with its protocol header) and returns the file.
+Reporter = Callable[[pd.DataFrame, str, Path], Path]
+
+
 @hookspec
-def register_reporters(register: Callable) -> None:
+def register_reporters(register: Callable[[str, Reporter], None]) -> None:
     """Register leaderboard output formats.
 
     Call ``register(name, write)`` where ``write(table: pandas.DataFrame, header: str,

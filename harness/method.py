@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from harness.adapters import Architecture, ModelAdapter
     from harness.calibration import Calibration
 
-Kind = Literal["unstructured", "semi-structured", "structured", "reference"]
+Kind = Literal["unstructured", "structured", "reference"]
 PATTERNS = ("unstructured", "2:4", "4:8")
 
 

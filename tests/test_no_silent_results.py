@@ -175,3 +175,14 @@ def test_offline_hub_access_fails_fast_with_the_paths_tried(monkeypatch, tmp_pat
         assert time.perf_counter() - start < 2
     finally:
         hub_unreachable.cache_clear()
+
+
+def test_a_saved_model_reloads_through_model_dir(config):
+    config.methods = ["magnitude"]
+    config.save_models = True
+    (record,) = run(config, log=quiet)
+    config.model, config.methods, config.save_models = record.saved_model, ["dense"], False
+    config.out = Path(config.out).parent / "reloaded"
+    (reloaded,) = run(config, log=quiet)
+    assert reloaded.ok, reloaded.error
+    assert reloaded.metrics["ppl:wikitext2"] == pytest.approx(record.metrics["ppl:wikitext2"], rel=1e-5)
