@@ -104,7 +104,7 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool = False, log=print) -> list[dict]:
+                compile: bool | None = None, log=print) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
@@ -116,7 +116,14 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
 
     from harness.speedmatch import SpeedTarget, match_speedup, probe_speed
     from harness.targets import count_parameters
-    from harness.throughput import SpeedSpec, measure_model, memory_bandwidth, roofline
+    from harness.throughput import (
+        SpeedSpec,
+        matmul_peak,
+        measure_model,
+        memory_bandwidth,
+        peak_fraction,
+        roofline,
+    )
 
     registry = default_registry()
     device = torch.device(device)
@@ -124,7 +131,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     chosen = [registry.method(m) for m in methods]
     dense_model = random_model(shape, dtype, layers, init_device=device.type).to(device)
     dense_count = count_parameters(ModelAdapter(dense_model))
-    bandwidth = memory_bandwidth(device)
+    bandwidth, peak = memory_bandwidth(device), matmul_peak(device, dtype)
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
@@ -146,11 +153,13 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "speedup": result["tokens_per_s"] / base["tokens_per_s"], "step_ms": result["step_ms"],
                "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
                "peak_gib": result["peak_bytes"] / 2**30 if result["peak_bytes"] else None,
-               "roofline": roofline(result, bandwidth), "cuda_graph": result["cuda_graph"],
-               "compiled": result["compiled"],
+               "roofline": roofline(result, bandwidth), "peak_frac": peak_fraction(result, peak),
+               "cuda_graph": result["cuda_graph"],
+               "compiled": result["compiled"], "compile_s": result.get("compile_s"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
-               "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None}
+               "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
+               "peak_tflops": peak / 1e12 if peak else None}
         out.update(extra or {})
         log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype")}, default=str))
         return out
@@ -184,7 +193,7 @@ def format_speed_rows(rows: list[dict]) -> str:
     from tabulate import tabulate
 
     cols = ["method", "pattern", "ratio", "phase", "tokens_per_s", "speedup", "step_ms", "weights_gib",
-            "kv_gib", "peak_gib", "roofline", "sparse_kernels"]
+            "kv_gib", "peak_gib", "roofline", "peak_frac", "compile_s", "sparse_kernels"]
     if any("match" in r for r in rows):
         cols[1:1] = ["match", "reached"]
     return tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default decode@1x512)")
     run.add_argument("--no-sparse-kernels", dest="sparse_kernels", action="store_false", default=None,
                      help="keep 2:4 weights on dense kernels when measuring speed")
+    run.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                     help="speed: time eager blocks in a CUDA graph, not the compiled step (the GPU default)")
     run.add_argument("--zeroshot-limit", type=int, help="examples per zero-shot task (quick runs; recorded)")
     run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
                      "(quick runs; recorded with the result)")
@@ -147,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
-    speed.add_argument("--compile", action="store_true",
-                       help="torch.compile each step before capturing it (slower to start, faster decode)")
+    speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                       help="time eager blocks in a CUDA graph instead of the compiled step (default on a GPU: "
+                            "torch.compile, then the graph: the baseline a serving engine reaches)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--dtype", default="float16")

@@ -52,6 +52,7 @@ class RunConfig:
     match: str | None = None  # "speedup:1.25": matched measured throughput instead of ratios
     match_phase: str = "decode@1x512"
     sparse_kernels: bool = True  # 2:4 weights on torch's semi-structured kernels for speed
+    compile: bool | None = None  # speed: torch.compile the serving step (None: on a GPU only)
 
 
 @dataclass

@@ -175,7 +175,7 @@ def compress(plan: Plan, session: ModelSession, calibration: Calibration | None,
         dense_speed = next(p.state for e, p in prepared if e.name == "speed")
         found = match_speedup(plan.method, target, plan.speed_target, session.fresh_copy,
                               dense_speed.tokens_per_s(plan.speed_target.spec.label), device,
-                              config.sparse_kernels, log=log)
+                              config.sparse_kernels, dense_speed.compile, log=log)
         record.match = found.to_dict()
         if not found.reached:
             raise Unreachable(f"best {found.speedup:.3f}x at r={found.ratio:.4f} (target {plan.speed_target.label})")

@@ -42,6 +42,9 @@ from harness import hookimpl
 from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 
+#: torch.compile mode of the serving step (see ``measure``).
+COMPILE_MODE = "default"
+
 
 @dataclass(frozen=True)
 class SpeedSpec:
@@ -207,13 +210,17 @@ def time_steps(run, device: torch.device, warmup: int, repeats: int) -> list[flo
 
 
 def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
-            warmup: int = 5, cuda_graph: bool = True, compile: bool = False) -> dict:
+            warmup: int = 5, cuda_graph: bool = True, compile: bool | None = None) -> dict:
     """Throughput of one phase; the model must already sit on ``device`` in eval mode.
 
     ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
-    ops and picks its own GEMV/GEMM kernels) before the CUDA graph is captured; it costs a
-    compilation per model and shape, so it is an option.
+    ops around the matrix products) before the CUDA graph is captured: the baseline a
+    serving engine reaches. ``None`` (the default) compiles on a GPU and not on a CPU (where
+    inductor builds C++ for minutes and nobody serves from). ``COMPILE_MODE`` is inductor's
+    default mode: max-autotune took over 5 minutes for three phases of two models; the
+    compile time is recorded (``compile_s``).
     """
+    compile = device.type == "cuda" if compile is None else compile
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -222,11 +229,13 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     with torch.no_grad():
         step = ServingStep.for_spec(adapter, spec, device)
         step()  # allocates the cache (prefill) and checks the step runs
-        compiled, compile_error = step, None
+        compiled, compile_error, compile_s = step, None, None
         if compile:
             try:
-                compiled = torch.compile(step, mode="max-autotune-no-cudagraphs", dynamic=False)
+                start = time.perf_counter()
+                compiled = torch.compile(step, mode=COMPILE_MODE, dynamic=False)
                 compiled()
+                compile_s = time.perf_counter() - start
             except Exception as error:  # report it and measure the eager step
                 compiled, compile_error = step, f"{type(error).__name__}: {error}"[:300]
         run, graphed, graph_error = compiled, False, None
@@ -242,8 +251,9 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "phase": spec.phase, "batch": spec.batch, "length": spec.length,
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
-        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "weights_bytes": weight_bytes(adapter.model),
-        "kv_cache_bytes": step.cache.nbytes(),
+        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None,
+        "compile_mode": COMPILE_MODE if compile else None, "compile_s": compile_s, "weights_bytes": weight_bytes(adapter.model),
+        "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
@@ -264,6 +274,34 @@ def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 20) 
     dst = torch.empty_like(src)
     seconds = statistics.median(time_steps(lambda: dst.copy_(src), device, 3, repeats))
     return 2 * n * 2 / seconds
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float16, n: int = 8192,
+                repeats: int = 10) -> float | None:
+    """Measured dense matrix-product rate in FLOP/s (n×n×n on random data), the prefill ceiling."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    seconds = statistics.median(time_steps(lambda: a @ b, device, 3, repeats))
+    return 2 * n**3 / seconds
+
+
+def step_flops(adapter: ModelAdapter, spec: SpeedSpec) -> float:
+    """Matrix-product FLOPs of one step, counted dense-equivalent (a 2:4 linear counts its full
+    shape, so its fraction of the dense peak shows what sparsity buys): every block linear
+    on every token, plus causal attention (QKᵀ and AV) over the prompt in prefill."""
+    linear = sum(2 * lin.in_features * lin.out_features for _, lin in adapter.named_linears())
+    attention = 0.0
+    if spec.phase == "prefill":  # half of the L×L score matrix is masked
+        attention = len(adapter.blocks) * 2 * 2 * spec.batch * adapter.num_heads * adapter.head_dim * spec.length**2 / 2
+    return spec.tokens_per_step * linear + attention
+
+
+def peak_fraction(result: dict, peak: float | None) -> float | None:
+    """Fraction of the measured matrix-product peak a prefill step reaches."""
+    if peak is None or result["phase"] != "prefill" or not result.get("flops"):
+        return None
+    return result["flops"] / (result["step_ms"] / 1e3) / peak
 
 
 def roofline(result: dict, bandwidth: float | None) -> float | None:
@@ -324,7 +362,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True, compile: bool = False) -> dict[str, dict]:
+                  sparse_kernels: bool = True, compile: bool | None = None) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``; a 2:4 model first moves to sparse kernels.
 
     The conversion is one-way (semi-structured weights cannot go back to the CPU), so the
@@ -343,12 +381,13 @@ class DenseSpeed:
     """The dense model's throughput per spec, measured once, on first use, in this process:
     every speedup is a ratio measured side by side in one run."""
 
-    def __init__(self, dense_model, specs: list[SpeedSpec], device: torch.device):
-        self.dense_model, self.specs, self.device = dense_model, specs, device
+    def __init__(self, dense_model, specs: list[SpeedSpec], device: torch.device, compile: bool | None = None):
+        self.dense_model, self.specs, self.device, self.compile = dense_model, specs, device, compile
 
     @functools.cached_property
     def results(self) -> dict[str, dict]:
-        return measure_model(ModelAdapter(copy.deepcopy(self.dense_model())), "unstructured", self.specs, self.device)
+        return measure_model(ModelAdapter(copy.deepcopy(self.dense_model())), "unstructured", self.specs,
+                             self.device, compile=self.compile)
 
     def tokens_per_s(self, label: str) -> float:
         return self.results[label]["tokens_per_s"]
@@ -368,13 +407,15 @@ class Speed(Evaluator):
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
-        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length,
+        compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
+        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile,
                                      "sparse_kernels": context.config.sparse_kernels} for s in specs}
-        return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device))
+        return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))
 
     def evaluate(self, prepared: Prepared, model: ModelAdapter, target, context: EvalContext) -> EvalResult:
         dense: DenseSpeed = prepared.state
-        details = measure_model(model, target.pattern, dense.specs, context.device, context.config.sparse_kernels)
+        details = measure_model(model, target.pattern, dense.specs, context.device, context.config.sparse_kernels,
+                                dense.compile)
         metrics = {}
         for label, result in details.items():
             result["dense_tokens_per_s"] = dense.tokens_per_s(label)
