@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the device machine (see prepare_device.sh): `stash` keeps what this call carried under
+# /tmp/dev (the machine keeps /tmp while warm) and, once both GGUF parts are there, installs
+# the wheels and this package and assembles the model; `env` prints the exports a job needs.
+set -euo pipefail
+store=/tmp/dev
+case "${1:-}" in
+  stash)
+    mkdir -p "$store"
+    for part in whl data p1 p2; do [ -e ".device/$part" ] && cp -r ".device/$part" "$store/"; done
+    if [ -e "$store/p1" ] && [ -e "$store/p2" ] && [ ! -e "$store/smollm2.gguf" ]; then
+      cat "$store/p1" "$store/p2" > "$store/smollm2.gguf"
+      echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf" | sha256sum -c --quiet
+      python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/whl/*.whl
+      PYTHONPATH="$store/site" python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+      echo "device ready: $store/smollm2.gguf"
+    fi
+    ls "$store" ;;
+  env)
+    echo "export PYTHONPATH=$store/site HARNESS_DATA_DIR=$store/data HARNESS_CACHE_DIR=$store/cache"
+    echo "export SMOLLM2=$store/smollm2.gguf PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false" ;;
+  *) echo "usage: on_device.sh stash|env" >&2; exit 2 ;;
+esac
