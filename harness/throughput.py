@@ -233,6 +233,10 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         if compile:
             try:
                 start = time.perf_counter()
+                # Every step shares ServingStep.__call__'s code object, so dynamo would guard
+                # each new model and shape as a recompile of one function and, past its limit
+                # (8), silently run the rest eagerly: start each measurement from a clean slate.
+                torch._dynamo.reset()
                 compiled = torch.compile(step, mode=COMPILE_MODE, dynamic=False)
                 compiled()
                 compile_s = time.perf_counter() - start
