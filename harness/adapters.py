@@ -11,6 +11,7 @@ module's knowledge, one row per architecture.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -231,7 +232,7 @@ class ModelAdapter:
             for role, linear in self.linears(block).items():
                 yield f"layers.{i}.{role}", linear
 
-    @property
+    @functools.cached_property
     def cache_keyword(self) -> str:
         """The keyword under which this transformers version hands the KV cache down.
 
@@ -306,9 +307,13 @@ class ModelAdapter:
         """The rotary (cos, sin) a block of ``layer_type`` gets; Gemma-3's differ by type."""
         if self.rotary is None:
             return None
-        if "layer_type" in inspect.signature(type(self.rotary).forward).parameters:
+        if self._rotary_takes_layer_type:
             return self.rotary(hidden, position_ids, layer_type)
         return self.rotary(hidden, position_ids)
+
+    @functools.cached_property
+    def _rotary_takes_layer_type(self) -> bool:  # read once, not on every serving step
+        return "layer_type" in inspect.signature(type(self.rotary).forward).parameters
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, LM head and, where the model has it, final logit soft-capping (Gemma-2/3)."""

@@ -47,6 +47,7 @@ class EvalContext:
     registry: Registry
     device: torch.device
     context_length: int  # the model's context, capped at 2048: the papers' window
+    model_fingerprint: str  # the tokenizer's identity (``models.fingerprint``), for token caches
     tokenizer: Callable[[], Any]  # loads on first call
     dense_model: Callable[[], torch.nn.Module]  # the pristine dense model: copy it, never change it
 

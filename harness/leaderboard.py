@@ -130,8 +130,9 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         failed = [r for r in mine if not r.ok]
         if not ok:
             continue
-        table = build_table(records_frame(ok), sort, directions(ok))
-        table.attrs["higher_is_better"] = directions(ok)  # for reporters that keep it (JSON)
+        better = directions(ok)
+        table = build_table(records_frame(ok), sort, better)
+        table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
         header = protocol_header(ok)
         unreachable = [r for r in failed if r.status == "unreachable"]
         failed = [r for r in failed if r.status != "unreachable"]
@@ -150,5 +151,5 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
             from harness.plots import write_plots
 
             metrics = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
-            written += write_plots(ok, stem, metrics, directions(ok))
+            written += write_plots(ok, stem, metrics, better)
     return written

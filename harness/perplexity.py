@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import hookimpl, models
+from harness import hookimpl
 from harness.adapters import ModelAdapter
 from harness.calibration import load_or_make, sequential, tokenize
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared, cache_path
@@ -98,7 +98,7 @@ class Perplexity(Evaluator):
             def make(dataset=dataset, source=source):
                 return {"token_ids": tokenize(context.tokenizer(), dataset.read(source))}
 
-            tokens = load_or_make(cache_path(context), "eval", (models.fingerprint(config.model), source.identity), make)
+            tokens = load_or_make(cache_path(context), "eval", (context.model_fingerprint, source.identity), make)
             windows, total = eval_windows(tokens["token_ids"], length, config.eval_windows, dataset.max_eval_windows)
             windows_by_dataset[name] = (windows, total)
             spec[f"ppl:{name}"] = {"windows": windows.shape[0], "windows_total": total,

@@ -72,8 +72,13 @@ class ModelSession:
         self.name, self.dtype, self.log = config.model, dtype, log
         models.resolve(config.model)  # a missing model fails before anything is loaded
         self.config = models.load_config(config.model)
-        self.family = architecture_for(self.config.model_type).family
+        self.arch = architecture_for(self.config.model_type)
         self.context_length = min(getattr(self.config, "max_position_embeddings", 2048) or 2048, 2048)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The tokenizer's identity (``models.fingerprint``): hashed once per sweep."""
+        return models.fingerprint(self.name)
 
     @functools.cached_property
     def tokenizer(self):
@@ -97,7 +102,7 @@ def load(config: RunConfig, plans: list[Plan], dtype: torch.dtype, log=print) ->
     """Read the model's config (not its weights) and check every method supports it."""
     session = ModelSession(config, dtype, log)
     for plan in plans:
-        plan.method.require(architecture_for(session.config.model_type))
+        plan.method.require(session.arch)
     return session
 
 
@@ -115,7 +120,7 @@ def calibrate(config: RunConfig, registry: Registry, session: ModelSession, devi
         return {"input_ids": draw_windows(ids, spec.n, spec.length, spec.seed)}
 
     cache = Path(config.cache_dir) if config.cache_dir else None
-    drawn = load_or_make(cache, "calibration", (models.fingerprint(config.model), source.identity, str(spec)), make)
+    drawn = load_or_make(cache, "calibration", (session.fingerprint, source.identity, str(spec)), make)
     log(f"calibration: {spec} from {source.path}")
     return Calibration(drawn["input_ids"], spec, source.path, device, config.batch_size, source.sha256)
 
@@ -138,7 +143,7 @@ def new_record(plan: Plan, key: str, session: ModelSession, calibration: Calibra
     mode = ("matched-speedup" if plan.speed_target else "matched-ratio") if plan.matched else f"native {method.native_knob}"
     plugin = next((p.origin for p in registry.plugins if method.name in p.methods), None)
     return Record(
-        key=key, model=session.name, architecture=session.family, dtype=str(session.dtype).removeprefix("torch."),
+        key=key, model=session.name, architecture=session.arch.family, dtype=str(session.dtype).removeprefix("torch."),
         method=method.name, method_kind=method.kind, target=asdict(plan.target), mode=mode, label=plan.label,
         calibration=calibration.describe() if calibration and method.needs_calibration else None,
         eval=eval_spec, provenance={
@@ -224,13 +229,13 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
     calibration = (calibrate(config, registry, session, device, log)
                    if any(p.method.needs_calibration for p in plans) else None)
     context = EvalContext(config, registry, device, config.eval_length or session.context_length,
-                          lambda: session.tokenizer, lambda: session.dense[0])
+                          session.fingerprint, lambda: session.tokenizer, lambda: session.dense[0])
     prepared = prepare_evaluations(evaluations, context, log)
     eval_spec = {name: spec for _, p in prepared for name, spec in p.spec.items()}
     records = []
     for plan in plans:
         method = plan.method
-        key = run_key(model=models.fingerprint(config.model), method=method.name, target=asdict(plan.target),
+        key = run_key(model=session.fingerprint, method=method.name, target=asdict(plan.target),
                       matched=plan.matched, dtype=str(session.dtype), speed_target=plan.speed_target and plan.speed_target.label,
                       calibration=calibration.describe() if calibration and method.needs_calibration else None,
                       evals=eval_spec, schema=SCHEMA_VERSION)
