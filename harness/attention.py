@@ -1,23 +1,29 @@
-"""Attention whose value heads are narrower than its query/key heads.
+"""Attention with sliced shapes: fewer heads, fewer RoPE frequency pairs, narrower values.
 
-Structured methods that compress the value→output path (IntraSlice folds a per-KV-group
-PCA basis into the value and output projections) leave each value head with v_dim < head_dim dimensions,
-which transformers' attention modules cannot express. ``SlimValueAttention`` takes over
-the original module's projections, rotary and scaling and computes
+transformers' attention modules assume every head is ``head_dim`` wide and every KV group
+serves ``H / G`` query heads. Structured methods break both: IntraSlice (the authors' code)
+deletes whole query heads, keeps only some RoPE frequency pairs of Q and K (one set per KV
+group), and folds a per-group PCA basis into the value and output projections; its
+value-only variant narrows just the values. ``SlicedAttention`` computes, per kept query
+head h of KV group g(h),
 
-    softmax(q kᵀ · scaling + mask) v        q, k: head_dim;  v: v_dim per head
+    softmax(rope_g(q_h) · rope_g(k_g)ᵀ · scaling + mask) v_g
 
-with one ``scaled_dot_product_attention`` call (it accepts a value width different from
-the query/key width, and shares KV heads across query groups natively), so no Python
-reshaping runs per head. With a KV cache (transformers' caches or
-``harness.throughput.StaticKVCache``) the cached values are v_dim wide: the cache for V
-shrinks by v_dim / head_dim as well.
+where ``rope_g`` rotates only the frequency pairs group g keeps. RoPE rotates dimension j
+together with j + head_dim/2 by the angle of frequency j, so dropping a pair (both of its
+dimensions, from W_q and W_k) before RoPE equals zeroing it after: the sliced module is the
+masked dense one, exactly. ``scaling`` stays the dense 1/√head_dim (the authors mask the
+dense q/k, so the softmax temperature is unchanged). Values are ``v_dim`` wide; the KV
+cache (transformers' caches or ``harness.throughput.StaticKVCache``) stores keys
+``qk_dim`` wide and values ``v_dim`` wide, so it shrinks with them.
+
+With every head and pair kept (``SlimValueAttention``) the module also serves models whose
+rotary is partial (Phi-2) or that normalise q and k per head (those need all dimensions).
 
 The module relies only on what a decoder block passes its attention: hidden states,
 ``position_embeddings`` (cos, sin), ``attention_mask`` and the cache. transformers 5.24
 renamed the cache keyword from ``past_key_values`` to ``cache`` (the old name is a
-deprecated alias until 5.40); both are accepted here by name, so neither version's block
-can hand the cache over under a name this module ignores.
+deprecated alias until 5.40); both are accepted here by name.
 """
 
 from __future__ import annotations
@@ -35,65 +41,118 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on the first cos.shape[-1] dimensions (all of them, or Phi-2's partial rotary)."""
+    """RoPE on the first cos.shape[-1] dimensions (all of them, or Phi-2's partial rotary).
+
+    ``cos``/``sin`` are (B, L, rot), shared by every head, or (B, heads, L, rot), per head."""
     rot = cos.shape[-1]
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
+    if cos.dim() == 3:
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, rot): broadcast over heads
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     x_rot = x_rot * cos + _rotate_half(x_rot) * sin
     return torch.cat((x_rot, x_pass), dim=-1) if x_pass.shape[-1] else x_rot
 
 
-class SlimValueAttention(nn.Module):
-    """Multi-head / grouped-query attention with value heads of width ``v_dim``.
+def pair_dimensions(pairs: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Dimensions of the kept frequency pairs, in the order rotate_half expects:
+    (G, p) pair indices j → (G, 2p) dimensions [j…, j + head_dim/2 …]."""
+    return torch.cat([pairs, pairs + head_dim // 2], dim=-1)
 
-    Built from a block's attention module through its adapter, which says where the
-    projections are: they keep their attribute names here (so the adapter still finds the
-    linears by role), and so do the q/k norms where the model has them.
+
+class SlicedAttention(nn.Module):
+    """Multi-head / grouped-query attention over kept heads, RoPE pairs and value widths.
+
+    ``heads``: original indices of the kept query heads; ``groups``: original indices of
+    the kept KV heads; ``kv_of_head``: for each kept query head, the position of its KV
+    head in ``groups``; ``pairs``: (len(groups), p) kept RoPE frequency indices per KV head,
+    or None for all of them; ``v_dim``: value width. The projections are the block's own
+    (already sliced by the caller to these shapes) and keep their attribute names, so the
+    adapter still finds the linears by role. Index tensors are integer buffers: nothing
+    here is a parameter.
     """
 
-    def __init__(self, adapter: ModelAdapter, block: nn.Module, v_dim: int):
+    def __init__(self, adapter: ModelAdapter, block: nn.Module, *, heads: list[int], groups: list[int],
+                 kv_of_head: list[int], pairs: torch.Tensor | None, v_dim: int):
         super().__init__()
         original = adapter.attention(block)
-        self.num_heads, self.num_kv_heads = adapter.num_heads, adapter.num_kv_heads
-        self.head_dim, self.v_dim = adapter.head_dim, v_dim
+        self.head_dim = adapter.head_dim  # the dense width: RoPE tables and scaling refer to it
+        self.heads, self.groups = list(heads), list(groups)
+        self.num_heads, self.num_kv_heads = len(self.heads), len(self.groups)
+        self.qk_dim = self.head_dim if pairs is None else 2 * pairs.shape[-1]
+        self.v_dim = v_dim
         self.scaling = float(getattr(original, "scaling", self.head_dim**-0.5))
         self.layer_idx = getattr(original, "layer_idx", None)
+        self.register_buffer("kv_of_head", torch.tensor(kv_of_head, dtype=torch.long), persistent=False)
+        #: Query heads per KV head, when every kept KV head serves the same number in order
+        #: (then SDPA shares KV heads natively); None when deletions made groups uneven.
+        per = self.num_heads // max(self.num_kv_heads, 1)
+        even = self.num_kv_heads and per * self.num_kv_heads == self.num_heads and \
+            list(kv_of_head) == [g for g in range(self.num_kv_heads) for _ in range(per)]
+        self.even_groups = bool(even)
+        dims = None if pairs is None else pair_dimensions(pairs.long(), self.head_dim)
+        self.register_buffer("rope_dims", dims, persistent=False)
         self.names = adapter.attention_projections(block)  # role -> attribute name
         for name in self.names.values():
             setattr(self, name, getattr(original, name))
         self.fused_qkv = "qkv" in self.names
         norms = adapter.qk_norms(block)
         self.qk_norm_names = adapter.arch.qk_norms if norms else ()
+        if norms and pairs is not None:
+            raise ValueError("q/k norms normalise over all head dimensions: RoPE pairs cannot be sliced")
         for name, norm in zip(self.qk_norm_names, norms or ()):
             setattr(self, name, norm)
+
+    def _rotary_tables(self, cos: torch.Tensor, sin: torch.Tensor):
+        """Per-KV-head and per-query-head (cos, sin) of the kept pairs: (B, heads, L, qk_dim)."""
+        B, L = cos.shape[:2]
+        G, d = self.rope_dims.shape
+        flat = self.rope_dims.reshape(-1)
+        cos_g = cos[..., flat].view(B, L, G, d).transpose(1, 2)
+        sin_g = sin[..., flat].view(B, L, G, d).transpose(1, 2)
+        return (cos_g, sin_g), (cos_g[:, self.kv_of_head], sin_g[:, self.kv_of_head])
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
                 cache=None, past_key_values=None, **kwargs) -> tuple[torch.Tensor, None]:
         B, L, _ = hidden_states.shape
-        H, G, hd, vd = self.num_heads, self.num_kv_heads, self.head_dim, self.v_dim
+        H, G, dqk, dv = self.num_heads, self.num_kv_heads, self.qk_dim, self.v_dim
         projection = {role: getattr(self, name) for role, name in self.names.items()}
+        if H == 0:  # every head deleted: the attention adds only the output bias, if any
+            return projection["o"](hidden_states.new_zeros(B, L, 0)), None
         if self.fused_qkv:
-            q, k, v = projection["qkv"](hidden_states).split([H * hd, G * hd, G * vd], dim=-1)
+            q, k, v = projection["qkv"](hidden_states).split([H * dqk, G * dqk, G * dv], dim=-1)
         else:
             q, k, v = (projection[r](hidden_states) for r in ("q", "k", "v"))
-        q = q.view(B, L, H, hd).transpose(1, 2)
-        k = k.view(B, L, G, hd).transpose(1, 2)
-        v = v.view(B, L, G, vd).transpose(1, 2)
+        q = q.view(B, L, H, dqk).transpose(1, 2)
+        k = k.view(B, L, G, dqk).transpose(1, 2)
+        v = v.view(B, L, G, dv).transpose(1, 2)
         if self.qk_norm_names:
             q_norm, k_norm = (getattr(self, name) for name in self.qk_norm_names)
             q, k = q_norm(q), k_norm(k)
         if position_embeddings is not None:
             cos, sin = position_embeddings
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if self.rope_dims is None:
+                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            else:
+                (cos_k, sin_k), (cos_q, sin_q) = self._rotary_tables(cos, sin)
+                q, k = apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos_k, sin_k)
         cache = cache if cache is not None else past_key_values
-        if cache is not None:  # values are cached v_dim wide
+        if cache is not None:  # keys cached qk_dim wide, values v_dim wide
             k, v = cache.update(k, v, self.layer_idx)
+        if not self.even_groups:  # uneven groups after head deletion: one KV copy per query head
+            k, v = k.index_select(1, self.kv_of_head), v.index_select(1, self.kv_of_head)
+        gqa = self.even_groups and G != H
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask[:, :, :, : k.shape[-2]]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
-                                                 enable_gqa=G != H)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling,
-                                                 enable_gqa=G != H)
-        out = out.transpose(1, 2).reshape(B, L, H * vd)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling, enable_gqa=gqa)
+        out = out.transpose(1, 2).reshape(B, L, H * dv)
         return projection["o"](out), None
+
+
+class SlimValueAttention(SlicedAttention):
+    """Every head and RoPE pair kept, value heads ``v_dim`` wide (IntraSlice's value-only fold)."""
+
+    def __init__(self, adapter: ModelAdapter, block: nn.Module, v_dim: int):
+        H, G = adapter.num_heads, adapter.num_kv_heads
+        super().__init__(adapter, block, heads=list(range(H)), groups=list(range(G)),
+                         kv_of_head=[h // (H // G) for h in range(H)], pairs=None, v_dim=v_dim)

@@ -1,4 +1,6 @@
-"""IntraSlice: exact folds, zero added parameters, allocation, rank-deficient exactness."""
+"""IntraSlice as its authors built it: sliced attention equals masked dense attention, zero
+added parameters, keeping everything is exact, the cache path equals the full forward, and
+the block-wise Fisher gradients equal whole-model autograd."""
 
 import pytest
 import torch
@@ -9,15 +11,11 @@ from conftest import tiny_model
 from harness.adapters import ModelAdapter
 from harness.method import Target
 from harness.targets import count_parameters, measure_ratio
-from methods.intraslice.intraslice import (
-    IntraSlice,
-    _unit_costs,
-    collect_block_stats,
-    fold_mlp_channels,
-    fold_value_basis,
-    greedy_channels,
-    refit_down,
-)
+from methods.intraslice import allocation
+from methods.intraslice import intraslice as algo
+from methods.intraslice.intraslice import IntraSlice
+
+SLICED = ["llama2", "llama3", "smollm2", "mistral", "qwen2", "phi3"]  # Q/K pairs sliceable
 
 
 def linear_parameters(adapter) -> int:
@@ -25,149 +23,224 @@ def linear_parameters(adapter) -> int:
                for _, lin in adapter.named_linears())
 
 
-def test_vo_fold_is_exact_for_any_orthogonal_basis(arch):
-    model = tiny_model(arch)
-    dense = logits(model)
-    adapter = ModelAdapter(model)
-    G, hd = adapter.num_kv_heads, adapter.head_dim
-    for block in adapter.blocks:
-        bases = torch.linalg.qr(torch.randn(G, hd, hd, dtype=torch.float64))[0]  # random rotations
-        fold_value_basis(adapter, block, bases)
-    torch.testing.assert_close(logits(model), dense, rtol=1e-4, atol=1e-4)
+def masked_dense_attention(adapter, block, hidden, position_embeddings, deleted, dims, bases):
+    """The authors' simulation: dense q/k zeroed outside the kept dims after RoPE, deleted
+    heads zeroed, each head projected on its group's basis, dense o_proj."""
+    H, G, hd = adapter.num_heads, adapter.num_kv_heads, adapter.head_dim
+    per = H // G
+    q, k, v = algo._qkv(adapter, block, hidden, position_embeddings)
+    keep = torch.zeros(G, hd)
+    for g, d in dims.items():
+        keep[g, d] = 1
+    q, k = q * keep.repeat_interleave(per, 0)[None, :, None], k * keep[None, :, None]
+    a = algo._attend(q, k.repeat_interleave(per, 1), v.repeat_interleave(per, 1), None)
+    out = torch.zeros_like(a)
+    for h in range(H):
+        if h not in deleted and h // per in bases:
+            U = bases[h // per].float()
+            out[:, h] = a[:, h] @ U @ U.T
+    B, _, L, _ = a.shape
+    return adapter.linears(block)["o"](out.transpose(1, 2).reshape(B, L, H * hd))
 
 
-def test_keeping_every_dimension_reproduces_dense_logits(arch):
-    """The full pipeline's folds with nothing dropped: PCA bases and a channel permutation."""
-    model = tiny_model(arch)
-    dense = logits(model)
-    adapter = ModelAdapter(model)
-    for step in calibration().sequential(adapter):
-        acc = collect_block_stats(step, adapter)
-        bases = torch.linalg.eigh(acc["vo_cov"])[1].flip(-1)
-        fold_value_basis(adapter, step.module, bases)
-        down = step.linears["down"].weight
-        cov = collect_block_stats(step, adapter, want_vo=False)["mlp_cov"]
-        order, _ = greedy_channels(cov, down, down.shape[1])
-        assert sorted(order.tolist()) == list(range(down.shape[1]))
-        fold_mlp_channels(adapter, step.module, order, refit_down(down, cov, order, 1e-4))
-    torch.testing.assert_close(logits(model), dense, rtol=1e-4, atol=1e-4)
-
-
-def make_rank_deficient(adapter, vo_dead: int, mlp_dead: int) -> None:
-    """Zero value dims (same in every KV group) and dead MLP channels in every block."""
-    G, hd = adapter.num_kv_heads, adapter.head_dim
+@pytest.mark.parametrize("arch", SLICED)
+def test_sliced_attention_equals_masked_dense_attention(arch):
+    """Dropping RoPE pairs before rotation = zeroing them after (RoPE commutes with the
+    pair selection); deleted heads and uneven KV groups included."""
+    torch.manual_seed(0)
+    adapter = ModelAdapter(tiny_model(arch))
+    H, G, hd = adapter.num_heads, adapter.num_kv_heads, adapter.head_dim
+    per = H // G
+    block = adapter.blocks[0]
+    hidden = torch.randn(2, 11, adapter.hidden_size)
+    positions = torch.arange(11).expand(2, 11)
+    position_embeddings = adapter.position_embeddings(hidden, positions, "full_attention")
+    deleted = [1]
+    w = hd // 2
+    pairs = {g: torch.randperm(hd // 2)[: w // 2].sort().values for g in range(G)}
+    bases = {g: torch.linalg.qr(torch.randn(hd, hd, dtype=torch.float64))[0][:, :w] for g in range(G)}
+    dims = {g: algo.pair_dimensions(p, hd) for g, p in pairs.items()}
     with torch.no_grad():
-        for block in adapter.blocks:
-            lin = adapter.linears(block)
-            rows = torch.cat([g * hd + torch.arange(vo_dead) * 3 for g in range(G)])
-            if "v" in lin:
-                v = lin["v"]
-            else:  # Phi-3 fused qkv: values come last
-                v = lin["qkv"]
-                rows = rows + (adapter.num_heads + G) * hd
-            v.weight[rows] = 0
-            if v.bias is not None:
-                v.bias[rows] = 0
-            width = lin["down"].in_features
-            dead = torch.arange(mlp_dead) * 5
-            up = lin["gate_up"] if "gate_up" in lin else lin["up"]
-            up_rows = dead + width if "gate_up" in lin else dead
-            up.weight[up_rows] = 0
-            if up.bias is not None:
-                up.bias[up_rows] = 0
+        expected = masked_dense_attention(adapter, block, hidden, position_embeddings, deleted, dims, bases)
+        heads = [h for h in range(H) if h not in deleted]
+        P = torch.zeros(H * hd, len(heads) * w, dtype=torch.float64)
+        for i, h in enumerate(heads):
+            P[h * hd:(h + 1) * hd, i * w:(i + 1) * w] = bases[h // per]
+        algo.slice_attention(adapter, block, deleted, pairs, bases, adapter.linears(block)["o"].weight.double() @ P)
+        got, _ = adapter.attention(block)(hidden, position_embeddings=position_embeddings)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    attention = adapter.attention(block)
+    assert (attention.num_heads, attention.qk_dim, attention.v_dim) == (H - 1, w, w)
+    assert not attention.even_groups  # group 0 lost a head: KV shared by index
 
 
-def test_dropping_zero_variance_directions_is_exact(arch):
+@pytest.mark.parametrize("arch", SLICED)
+def test_keeping_everything_reproduces_dense_logits(arch, monkeypatch):
+    """Ratio 0 through every step (head choice, pairs, PCA rotation of V, o_proj refit):
+    without the authors' 1 % damping the refit is exact, so the logits are the dense ones."""
+    monkeypatch.setattr(algo, "DAMP", 0.0)
     model = tiny_model(arch)
+    dense = logits(model)
     adapter = ModelAdapter(model)
-    make_rank_deficient(adapter, vo_dead=3, mlp_dead=10)
-    dense_logits = logits(model)
-    dense = count_parameters(adapter)  # nonzeros: the zeroed rows are not counted ...
-    before = linear_parameters(adapter)
-    vo_cost, mlp_cost = _unit_costs(adapter, adapter.blocks[0])
-    removable = len(adapter.blocks) * (3 * vo_cost + 10 * mlp_cost)
-    zeros = before - dense.blocks  # ... so the ratio that removes exactly them is:
-    report = IntraSlice().compress(adapter, calibration(), Target((removable - zeros) / dense.blocks))
-    assert set(report.knobs["kept"].values()) == {adapter.head_dim - 3, adapter.linears(adapter.blocks[0])["down"].in_features}
-    assert linear_parameters(adapter) == before - removable
-    torch.testing.assert_close(logits(model), dense_logits, rtol=1e-4, atol=1e-4)
+    for step in calibration(n=16).sequential(adapter):
+        kept = algo.prune_attention(step, adapter, 0.0)
+        assert kept["heads"] == list(range(adapter.num_heads)) and kept["v_dim"] == adapter.head_dim
+    torch.testing.assert_close(logits(model), dense, rtol=1e-3, atol=1e-3)
 
 
-def test_no_added_parameters_and_allocation_differs_by_module(arch):
+@pytest.mark.parametrize("arch", SLICED)
+def test_no_added_parameters_and_measured_ratio(arch):
     model = tiny_model(arch)
     adapter = ModelAdapter(model)
     dense = count_parameters(adapter)
     report = IntraSlice().compress(adapter, calibration(), Target(0.3))
-    counted = count_parameters(adapter)
     # every parameter of every block is in one of its (smaller) linears: nothing added
-    assert counted.blocks == linear_parameters(adapter)
-    H, hd = adapter.num_heads, adapter.head_dim
+    assert count_parameters(adapter).blocks == linear_parameters(adapter)
     for i, block in enumerate(adapter.blocks):
-        k = report.knobs["kept"][f"layers.{i}.vo"]
-        assert adapter.linears(block)["o"].in_features == H * k
-        assert block.self_attn.v_dim == k if k < hd else True
-    ratio = measure_ratio(dense, adapter).ratio
-    assert abs(ratio - 0.3) <= 0.005 + max(_unit_costs(adapter, adapter.blocks[0])) / dense.blocks
-    assert len(set(report.layer_ratios.values())) > 1  # per-module ratios differ
+        kept, attention = report.knobs["kept"][f"layers.{i}"], adapter.attention(block)
+        assert adapter.linears(block)["o"].in_features == len(kept["heads"]) * kept["v_dim"]
+        assert attention.qk_dim == kept["qk_dim"] and kept["qk_dim"] % 2 == 0
+        assert adapter.linears(block)["down"].in_features == kept["mlp"]
+    # one MLP step (8 neurons) is the resolution of the match on these tiny blocks
+    step = 8 * 3 * adapter.hidden_size * len(adapter.blocks) / dense.blocks
+    assert abs(measure_ratio(dense, adapter).ratio - 0.3) <= step
     assert torch.isfinite(logits(model)).all()
 
 
-@pytest.mark.parametrize("name, modules", [("intraslice-vo", {"vo"}), ("intraslice-mlp", {"mlp"})])
-def test_ablations_touch_only_their_modules(name, modules):
-    from harness.plugins import default_registry
+def test_decode_over_the_cache_equals_the_full_forward():
+    from transformers import DynamicCache
 
+    torch.manual_seed(0)
     model = tiny_model("llama3")
     adapter = ModelAdapter(model)
-    ratio = 0.05 if modules == {"vo"} else 0.3
-    report = default_registry().method(name).compress(adapter, calibration(), Target(ratio))
-    assert {k.rsplit(".", 1)[1] for k in report.layer_ratios} == modules
+    IntraSlice().compress(adapter, calibration(), Target(0.4))
+    H, hd = adapter.num_heads, adapter.head_dim
+    assert any(a.num_heads < H or a.qk_dim < hd for a in map(adapter.attention, adapter.blocks))
+    ids = torch.randint(0, 320, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache()
+        out = model(ids[:, :7], past_key_values=cache, use_cache=True)
+        steps = [out.logits]
+        for t in range(7, 12):
+            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
 
 
-def test_vo_only_cannot_reach_a_large_ratio():
+def test_uneven_groups_decode_over_the_cache():
+    """A deleted head leaves its KV group with fewer query heads: the cache path still matches."""
+    from transformers import DynamicCache
+
+    torch.manual_seed(1)
+    model = tiny_model("llama3")
+    adapter = ModelAdapter(model)
+    H, G, hd = adapter.num_heads, adapter.num_kv_heads, adapter.head_dim
+    for block in adapter.blocks:
+        pairs = {g: torch.arange(hd // 4) for g in range(G)}
+        bases = {g: torch.eye(hd, dtype=torch.float64)[:, : hd // 2] for g in range(G)}
+        heads = [0, 2, 3]
+        cols = torch.cat([h * hd + torch.arange(hd // 2) for h in heads])
+        algo.slice_attention(adapter, block, [1], pairs, bases, adapter.linears(block)["o"].weight.double()[:, cols])
+    ids = torch.randint(0, 320, (1, 9))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :5], past_key_values=DynamicCache(), use_cache=True)
+        steps = [out.logits]
+        for t in range(5, 9):
+            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_blockwise_mask_gradients_equal_whole_model_autograd():
+    model = tiny_model("llama3")
+    adapter = ModelAdapter(model)
+    cal = calibration(n=16, length=24)
+    heads, neurons = allocation.mask_gradients(adapter, cal)
+    assert heads.shape[0] == 2  # 16 windows in groups of 8
+    # the same gradients, straight: masks as hooks, summed per-window losses, one backward
+    masks, handles = [], []
+    for block in adapter.blocks:
+        lin = adapter.linears(block)
+        pair = (torch.ones(lin["o"].in_features, requires_grad=True),
+                torch.ones(lin["down"].in_features, requires_grad=True))
+        masks.append(pair)
+        for linear, mask in zip((lin["o"], lin["down"]), pair):
+            handles.append(linear.register_forward_pre_hook(lambda m, a, mask=mask: (a[0] * mask,)))
+    ids = cal.input_ids[:8]
+    loss = sum(torch.nn.functional.cross_entropy(model(ids[s:s + 1]).logits[0, :-1], ids[s, 1:]) for s in range(8))
+    loss.backward()
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(heads[0], torch.stack([m[0].grad for m in masks]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(neurons[0], torch.stack([m[1].grad for m in masks]), rtol=1e-4, atol=1e-6)
+
+
+def test_recorrect_caps_and_keeps_the_total():
+    ratios = torch.tensor([0.95, 0.9, 0.3, 0.2, 0.0])
+    fixed = allocation.recorrect(ratios)
+    assert float(fixed.max()) <= 0.8 + 1e-6
+    assert float(fixed.sum()) == pytest.approx(float(ratios.sum()), abs=1e-5)
+    assert float(fixed[-1]) == 0.0  # an unpruned layer stays unpruned
+
+
+def test_global_ratios_spend_the_authors_budget():
     adapter = ModelAdapter(tiny_model("llama3"))
-    with pytest.raises(ValueError, match="can remove at most"):
-        IntraSlice(modules=("vo",)).compress(adapter, calibration(), Target(0.6))
-
-
-def test_uniform_allocation_keeps_equal_fractions():
-    adapter = ModelAdapter(tiny_model("llama2"))
-    report = IntraSlice(name="u", allocation="uniform").compress(adapter, calibration(), Target(0.3))
-    mlp = {v for k, v in report.layer_ratios.items() if k.endswith("mlp")}
-    assert len(mlp) == 1
-
-
-def test_greedy_refit_beats_magnitude_selection():
-    """Output-aware selection + refit reconstructs h W_dᵀ better than keeping the largest channels."""
+    L, H, F = len(adapter.blocks), adapter.num_heads, adapter.linears(adapter.blocks[0])["down"].in_features
     torch.manual_seed(0)
-    n, m, d, k = 4096, 96, 32, 48
-    h = torch.randn(n, 8) @ torch.randn(8, m) + 0.1 * torch.randn(n, m)  # low-rank-ish activations
-    W = torch.randn(d, m)
-    cov = h.double().T @ h.double()
-    order, gains = greedy_channels(cov, W, k)
-    keep = order.sort().values
-    ours = refit_down(W, cov, keep, 1e-6)
-    by_norm = torch.topk(h.norm(dim=0) * W.norm(dim=0), k).indices.sort().values
-
-    def err(S, Wp):
-        return float((h.double() @ W.double().T - h.double()[:, S] @ Wp.T).norm())
-
-    assert err(keep, ours) < 0.5 * err(by_norm, W.double()[:, by_norm])
-    # gains are output energy retained: non-negative, and all of them add up to the total
-    _, all_gains = greedy_channels(cov, W, m)
-    total = float((W.double() @ cov @ W.double().T).trace())
-    assert bool((all_gains >= 0).all()) and float(all_gains.sum()) == pytest.approx(total, rel=1e-6)
+    ratios = allocation.global_ratios(adapter, torch.rand(L, H), torch.rand(L, F), 0.4)
+    mlp_kept = float(((1 - ratios[:, 1]) * F).sum())
+    assert mlp_kept == pytest.approx(int(L * F * 0.6), abs=1)  # bias 1: the MLPs keep 1 − s
+    heads_kept = float(((1 - ratios[:, 0]) * H).sum())
+    cost = allocation.head_cost(adapter)
+    budget = 0.6 * L * (cost * H + 3 * adapter.hidden_size * F)
+    assert heads_kept == int((budget - int(L * F * 0.6) * 3 * adapter.hidden_size) / cost)
 
 
-@pytest.mark.parametrize("method", ["intraslice", "slicegpt"])
-def test_compressed_model_saves_and_reloads_with_same_logits(method, tmp_path):
-    from harness.export import save_compressed
-    from harness.models import load_model
+def test_choose_heads_deletes_a_dead_head_and_keeps_widths_even():
+    torch.manual_seed(0)
+    H, hd = 4, 16
+    x = torch.randn(4096, H * hd, dtype=torch.float64)
+    x[:, hd:2 * hd] *= 1e-3  # head 1 barely contributes
+    gram = x.T @ x
+    w_o = torch.randn(32, H * hd)
+    deleted, width = algo.choose_heads(gram, w_o, 0.3, H, hd)
+    assert deleted == [1] and width % 2 == 0 and width <= hd
+    assert width == int(round((H * hd - round(H * hd * 0.3)) / 3 / 2) * 2)
+
+
+def test_native_sparsity_reproduces_the_authors_ratios():
+    adapter = ModelAdapter(tiny_model("llama2"))
+    report = IntraSlice(name="u", allocation="uniform").compress(
+        adapter, calibration(), Target(0.3, options={"sparsity": 0.25}))
+    assert report.knobs["sparsity"] == 0.25
+    width = 128
+    assert all(k["mlp"] == algo.mlp_keep(width, 0.25) for k in report.knobs["kept"].values())
+
+
+@pytest.mark.parametrize("name", ["intraslice-vo", "intraslice-mlp", "intraslice-noqk", "intraslice-uniform"])
+def test_ablations_touch_only_their_parts(name):
     from harness.plugins import default_registry
 
-    model = tiny_model("llama3")
-    default_registry().method(method).compress(ModelAdapter(model), calibration(), Target(0.25))
-    before = logits(model)
-    save_compressed(model, None, tmp_path / "saved")
-    reloaded, _ = load_model(str(tmp_path / "saved"))
-    torch.testing.assert_close(logits(reloaded), before, rtol=0, atol=0)
-    assert count_parameters(ModelAdapter(reloaded)) == count_parameters(ModelAdapter(model))
+    adapter = ModelAdapter(tiny_model("llama3"))
+    dense_widths = adapter.linears(adapter.blocks[0])["down"].in_features
+    ratio = 0.1 if name == "intraslice-vo" else 0.3
+    report = default_registry().method(name).compress(adapter, calibration(), Target(ratio))
+    for i, block in enumerate(adapter.blocks):
+        kept = report.knobs["kept"][f"layers.{i}"]
+        if name == "intraslice-vo":
+            assert kept["mlp"] == dense_widths
+        if name == "intraslice-mlp":
+            assert "heads" not in kept and not hasattr(adapter.attention(block), "qk_dim")
+        if name == "intraslice-noqk":
+            assert adapter.attention(block).qk_dim == adapter.head_dim
+
+
+def test_refuses_what_it_cannot_slice():
+    from harness.adapters import architecture_for
+
+    assert "partial" not in (IntraSlice().unsupported(architecture_for("llama")) or "")
+    assert "rotates only part" in IntraSlice().unsupported(architecture_for("phi"))
+    assert IntraSlice(name="x", slice_qk=False).unsupported(architecture_for("phi")) is None
+    assert "soft-capping" in IntraSlice().unsupported(architecture_for("gemma2"))

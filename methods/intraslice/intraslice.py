@@ -1,502 +1,614 @@
-"""IntraSlice: PCA inside each module, folded into existing weights, with a global allocator.
+"""IntraSlice, as its authors built it, physically sliced.
 
 Paper: "IntraSlice: Towards High-Performance Structural Pruning with Block-Intra PCA for
-LLMs" (Li, Wang, Shao, Hu, Fang, Zhang, Wei, Cheng; arXiv 2602.01975, 2026). No public
-code; the abstract gives the three ideas, ../shared/notes/intraslice.md our reconstruction,
-and this docstring says which choice comes from where.
+LLMs" (Li, Wang, Shao, Hu, Fang, Zhang, Wei, Cheng; arXiv 2602.01975, 2026). Code:
+github.com/Asker0Lee/IntraSlice at 8a82edd (``run_IntraSlice.py``; per layer
+``LlamaModelAdapter.prune_model`` → ``Pruner.get_mask_weight_adjust_mha2`` /
+``get_mask_weight_adjust_lm`` in ``pruning_src/prune_utils_llama.py``, math in
+``pruning_src/prune_method.py``; allocation in ``pruning_src/global_prune_rate``, see
+``allocation.py``). The code is the authority where it and the paper differ. Every line
+below comes from the code unless marked *paper* or *ours*.
 
-1. Value→output path (abstract: PCA inside the attention module, fully fused; details
-   ours). For query head h of KV group g, o_h = A_h X W_v,gᵀ and the attention output is
-   Σ_h o_h W_o,hᵀ. A mixes tokens, not features, so for any Q_g (head_dim × k) with
-   orthonormal columns  o_h Q_g Q_gᵀ W_o,hᵀ = A_h X (Q_gᵀ W_v,g)ᵀ (W_o,h Q_g)ᵀ:
-   Q_gᵀ folds into the value projection's rows of group g and Q_g into the output projection's columns of every head of
-   the group. Q_g = top-k eigenvectors of Σ_{h∈g} E[o_hᵀ o_h] (float64): an exact PCA that
-   adds nothing. Value heads become k wide (``harness.attention.SlimValueAttention``);
-   Q and K stay intact because RoPE does not commute with a general rotation.
-2. MLP (abstract: *approximate* PCA that fuses completely; the construction is ours).
-   h = act(x W_gᵀ) ⊙ (x W_uᵀ) is elementwise, so no rotation passes the nonlinearity; the
-   best fusable subspace is a coordinate one. With C = E[hᵀh], channels are chosen greedily
-   to retain the most *output* energy of h W_dᵀ: with the Schur residual R (initially C)
-   and G = W_d R, channel j gains ‖G[:, j]‖² / R_jj; after taking j, R and G drop their
-   rank-one component (an output-weighted pivoted Cholesky). down_proj is then refit to
-   the kept channels S by least squares, ridge-regularised on the compensation only:
-       W_d' = W_d[:, S] + W_d[:, S̄] C[S̄, S] (C[S, S] + λI)⁻¹,   λ = ridge · mean diag C[S, S]
-   which is exact when the dropped channels are dead or linear combinations of kept ones.
-   gate/up lose the rows ∉ S, down the columns ∉ S. Nothing is added.
-3. Global ratio estimator (abstract: module importance plus the PCA distribution of the
-   compressed activations; formula ours). A first sweep over the dense model measures, per
-   module m (each block's VO path and MLP), its importance I_m = E‖module output‖² /
-   E‖residual stream at its input‖², and its energy curve e_m(k) (eigenvalues for VO, the
-   greedy gains for MLP). The estimated loss of keeping k units is I_m · (1 − e_m(k)).
-   Units (one value dimension in every KV group of a layer; one MLP channel) are removed
-   greedily by smallest marginal loss per parameter saved until the measured ratio r of
-   the whole model reaches the target. ``allocation="uniform"`` removes the same fraction
-   from every module instead (the ablation). Option ``align=N`` rounds every kept width to
-   a multiple of N (matched-speedup runs use 8: fp16 GEMMs and fused attention kernels
-   slow down badly on other widths); the default 1 matches the ratio exactly.
-4. Sequential (as SliceGPT/SparseGPT): the second sweep compresses block l with statistics
-   from inputs produced by the already compressed blocks < l; VO first, then the MLP's
-   statistics are collected through the compressed attention.
+Per decoder block, sequentially (statistics from the inputs the already pruned blocks
+produce), attention first, then the MLP through the pruned attention:
+
+Attention, for the layer's ratio a (fraction of the H·hd attention channels to drop;
+keep = H·hd − round(H·hd·a)):
+1. Heads. X is o_proj's input (the dense attention output), Σ = XᵀX. Channel score
+   s_c = Σ_i W_o[i, c]² Σ_cc; n_h = how many of the top ``keep`` channels fall in head h.
+   Per head, the normalised eigenvalues λ_h,j / Σ_j λ_h,j of Σ's diagonal block, times the
+   head's total channel score, give score[h, j]. Heads with n_h < ⌊keep/H⌋ // 4 are deleted;
+   then, repeatedly, the weakest remaining head is deleted if keeping ⌊keep/(remaining−1)⌋
+   components in each of the others retains more score than ⌊keep/remaining⌋ does. If the
+   per-head width is then below 3/4 of head_dim (the code's 96 for head_dim 128), the
+   weakest heads are deleted until it is not. Final width w = 2·round(keep / remaining / 2).
+2. Q/K (RoPE commutes with no rotation, so no PCA): score each dimension by the mean of
+   |q ⊙ k| (after RoPE) over tokens, summed over the kept heads of a KV group; fold
+   dimension j with j + hd/2 (the pair RoPE rotates together); keep the top w/2 pairs per
+   group, one set shared by the group's heads. W_q and W_k lose the rows of dropped pairs
+   and RoPE runs on the kept frequencies only (``harness.attention.SlicedAttention``);
+   the softmax keeps the dense 1/√hd scale, as the code's masked q/k do.
+3. V/O. Recompute the attention output R with the sliced Q/K and the deleted heads zeroed.
+   Per KV group, U_g = top-w eigenvectors of Σ_{kept h ∈ g} R_hᵀR_h. With Z = per-head
+   coordinates Rₕ U_g, o_proj is refit by ridge regression onto the *dense* output X:
+       W_o' = W_o · XᵀZ (ZᵀZ + λI)⁻¹,   λ = 1 % of the mean diagonal of the projected R's Gram
+   (the code's ``get_pinverse_svd(new_x, X)`` with new_x = R U Uᵀ, written in the kept
+   coordinates: algebraically the same matrix, folded). U_gᵀ folds into W_v's rows of
+   group g. Value heads become w wide; nothing is added.
+MLP, for the layer's ratio m: Σ = Gram of down_proj's input, λ = 1 % of its mean diagonal.
+4. Score neuron j by Σ_i W_down[i, j]² (Σ_jj + λ); drop round(F·m) rounded down to a
+   multiple of 8; refit down_proj from kept (S) to dropped (D) neurons (Nyström):
+       W_down' = W_down[:, S] + W_down[:, D] Σ_DS (Σ_SS + λI)⁻¹
+   gate/up lose the dropped rows. The code's optional learned refinement (``--iterpca``,
+   off by default) is not implemented.
+5. Per-layer ratios: ``allocation.py`` (Fisher importance of o_proj/down_proj input
+   masks; the code's default ``--global_layer_rate global``). ``-uniform``: every layer at s.
+
+Where the code only *simulates* (it masks q/k after RoPE at run time, zero-fills o_proj and
+down_proj columns and leaves v/gate/up whole), this module slices: fewer heads, fewer RoPE
+pairs, narrower V, smaller MLP; the KV cache shrinks with them (*ours*, from the code's
+speed-test module ``scripts/modules/IntraSlice_module.py``). Deleted heads leave uneven KV
+groups; their KV heads are shared by index. A KV group whose heads are all deleted loses
+its K/V rows.
+
+Ratio accounting (*ours*). The code's ``--sparsity`` s sets the budget in its own units
+(heads, neurons; see ``allocation.py``): it is the knob ``sparsity``. The harness matches
+r, the nonzeros removed from all block linears. Without ``sparsity``, s is solved so that
+the predicted r (allocation and rounding rules, no head deletion) meets the target; head
+deletions then move the count by a few channels, and that drift is carried into the MLP
+width of the same and later layers (a few neurons, multiples of 8), so the measured r meets
+the target in one sweep. With ``-o intraslice.sparsity=S`` nothing is corrected: the
+authors' run, reproduced.
+
+Differences from the code, and why: fp64 statistics and fp32 recomputed attention (the
+code recomputes attention in fp16); calibration in batches (sums, so the same statistics);
+the code's score for Q/K pairs sums per-window means, ours per-batch means (the same
+ranking: every window has the same length).
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness.adapters import ModelAdapter
-from harness.attention import SlimValueAttention
+from harness.attention import SlicedAttention, apply_rotary, pair_dimensions
 from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
-from harness.targets import block_parameters, count_parameters
+from harness.targets import count_parameters
+
+from . import allocation
+
+DAMP = 0.01  # the code's percdamp everywhere: 1 % of a Gram's mean diagonal
+MLP_ALIGN = 8  # dropped neurons in multiples of 8 ("round to 8 for faster inference")
+WIDTH_FLOOR = 0.75  # of head_dim: the code's 96 for head_dim 128
 
 
-# --- statistics ------------------------------------------------------------------------
-@torch.no_grad()
-def collect_block_stats(step: BlockStep, model: ModelAdapter, want_vo: bool = True, want_mlp: bool = True):
-    """One forward pass: per-group value covariances, MLP channel covariance, energies."""
-    H, G = model.num_heads, model.num_kv_heads
-    linears = step.linears
-    acc = {"vo_cov": None, "mlp_cov": None, "vo_out": 0.0, "mlp_out": 0.0, "res_attn": 0.0, "res_mlp": 0.0}
+# --- attention statistics ---------------------------------------------------------------
+def _qkv(model: ModelAdapter, block: nn.Module, hidden: torch.Tensor, position_embeddings):
+    """Dense q (B, H, L, hd), k and v (B, G, L, hd), q and k after RoPE."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    B, L, _ = hidden.shape
+    linears = model.linears(block)
+    if "qkv" in linears:
+        q, k, v = linears["qkv"](hidden).split([H * hd, G * hd, G * hd], dim=-1)
+    else:
+        q, k, v = (linears[r](hidden) for r in ("q", "k", "v"))
+    q, k, v = (t.view(B, L, -1, hd).transpose(1, 2).float() for t in (q, k, v))
+    if position_embeddings is not None:
+        cos, sin = (t.float() for t in position_embeddings)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return q, k, v
 
-    def vo_in(module, args):
-        x = args[0].reshape(-1, G, H // G, args[0].shape[-1] // H).double()
-        cov = torch.einsum("ngpi,ngpj->gij", x, x)
-        acc["vo_cov"] = cov if acc["vo_cov"] is None else acc["vo_cov"] + cov
 
-    def mlp_in(module, args):
-        x = args[0].reshape(-1, args[0].shape[-1]).double()
-        acc["mlp_cov"] = x.T @ x if acc["mlp_cov"] is None else acc["mlp_cov"].addmm_(x.T, x)
+def _attend(q, k, v, mask) -> torch.Tensor:
+    """Causal attention of (B, H, L, ·) tensors, KV heads already repeated to H."""
+    if mask is not None and mask.dim() == 4:  # scale: 1/√head_dim, the dense one (q is full width)
+        m = mask[:, :, :, : k.shape[-2]]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m if m.dtype == torch.bool else m.float())
+    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[-2] > 1)
 
-    def energy(key):
-        def hook(module, args, output=None):
-            t = args[0] if output is None else output
-            acc[key] += float(t.double().pow(2).sum())
-        return hook
 
-    handles = [step.module.register_forward_pre_hook(energy("res_attn")),
-               linears["o"].register_forward_hook(energy("vo_out")),
-               linears["down"].register_forward_hook(energy("mlp_out"))]
-    if want_vo:
-        handles.append(linears["o"].register_forward_pre_hook(vo_in))
-    if want_mlp:
-        handles.append(linears["down"].register_forward_pre_hook(mlp_in))
-    handles.append(model.mlp_norm(step.module).register_forward_pre_hook(energy("res_mlp")))
+def _hook_attention(step: BlockStep, model: ModelAdapter, on_inputs, on_o_input):
+    """Run the block once over the calibration set, handing ``on_inputs`` the attention's
+    (hidden, position_embeddings, mask) and ``on_o_input`` o_proj's input, per batch."""
+    attention = model.attention(step.module)
+
+    def pre(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        on_inputs(hidden, kwargs.get("position_embeddings"), kwargs.get("attention_mask"))
+
+    handles = [attention.register_forward_pre_hook(pre, with_kwargs=True),
+               step.linears["o"].register_forward_pre_hook(lambda m, args: on_o_input(args[0]))]
     try:
         step.forward()
     finally:
         for h in handles:
             h.remove()
-    return acc
-
-
-# --- the MLP: output-weighted greedy channel selection and refit ------------------------
-@torch.no_grad()
-def greedy_channels(cov: torch.Tensor, w_down: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """First ``k`` channels of the greedy order, and each step's gain in output energy.
-
-    Works on the still-untaken channels only: every time a quarter of them has been taken,
-    the residual matrices are compacted, so the rank-one downdates cost Σ (m − t)² ≈ m³/3.
-    """
-    ids = torch.arange(cov.shape[0], device=cov.device)  # original index of each active row
-    R = cov.clone()
-    G = w_down.detach().double() @ R  # W_d R: what each channel's residual carries to the output
-    g2 = (G * G).sum(0)  # ‖G[:, j]‖², downdated in place below
-    diag = torch.diagonal(R).clone()
-    # A channel whose residual variance fell below 1e-10 of its own variance is explained by
-    # the channels already taken (or dead): it adds nothing, and dividing by it is noise.
-    floor = 1e-10 * diag.clamp_min(0) + 1e-300
-    taken = torch.zeros_like(diag, dtype=torch.bool)
-    order, gains = [], []
-    for _ in range(k):
-        if int(taken.sum()) * 4 >= len(ids) and len(ids) > 64:  # compact: drop taken channels
-            keep = ~taken
-            ids, R, G, g2, diag, floor = ids[keep], R[keep][:, keep], G[:, keep], g2[keep], diag[keep], floor[keep]
-            taken = torch.zeros_like(diag, dtype=torch.bool)
-        spent = taken | (diag <= floor)
-        score = torch.where(spent, torch.full_like(g2, -1.0), g2 / torch.where(spent, torch.ones_like(diag), diag))
-        j = int(torch.argmax(score))
-        if score[j] < 0:  # only explained or dead channels remain: they add nothing
-            j = int(torch.nonzero(~taken)[0])
-            gains.append(0.0)
-        else:
-            gains.append(float(score[j]))
-            column = R[:, j] / diag[j].sqrt()
-            a = G[:, j] / diag[j].sqrt()
-            # rank-one downdates, in place: R −= c cᵀ, G −= a cᵀ, and their norms/diagonal
-            g2.add_(column * (column * a.dot(a) - 2 * (G.T @ a)))
-            G.addr_(a, column, alpha=-1)
-            R.addr_(column, column, alpha=-1)
-            diag.sub_(column * column)
-        order.append(int(ids[j]))
-        taken[j] = True
-    return torch.tensor(order, device=cov.device, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
 
 
 @torch.no_grad()
-def refit_down(w_down: torch.Tensor, cov: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
-    """W_d[:, S] + W_d[:, S̄] C[S̄, S] (C[S, S] + λI)⁻¹ (float64)."""
-    W = w_down.detach().double()
-    drop = torch.ones(W.shape[1], dtype=torch.bool, device=W.device)
-    drop[keep] = False
-    if not bool(drop.any()):
-        return W[:, keep]
-    C_ss = cov[keep][:, keep]
-    lam = ridge * float(torch.diagonal(C_ss).mean().clamp_min(1e-300))
-    C_ss = C_ss + lam * torch.eye(len(keep), dtype=C_ss.dtype, device=C_ss.device)
-    compensation = torch.linalg.solve(C_ss, cov[keep][:, drop] @ W[:, drop].T).T  # (d × |S|)
-    return W[:, keep] + compensation
+def attention_scores(step: BlockStep, model: ModelAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ = XᵀX of o_proj's input (float64), and Σ_batches mean|q ⊙ k| per (head, dimension)."""
+    H, G = model.num_heads, model.num_kv_heads
+    acc = {"gram": None, "qk": None}
+
+    def on_inputs(hidden, position_embeddings, mask):
+        q, k, _ = _qkv(model, step.module, hidden, position_embeddings)
+        k = k.repeat_interleave(H // G, dim=1)
+        qk = (q * k).abs().mean(dim=(0, 2)).double()  # (H, hd)
+        acc["qk"] = qk if acc["qk"] is None else acc["qk"] + qk
+
+    def on_o_input(x):
+        x = x.reshape(-1, x.shape[-1]).double()
+        acc["gram"] = x.T @ x if acc["gram"] is None else acc["gram"].addmm_(x.T, x)
+
+    _hook_attention(step, model, on_inputs, on_o_input)
+    return acc["gram"], acc["qk"]
 
 
-# --- folding into the weights --------------------------------------------------------------
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+# --- attention decisions ------------------------------------------------------------------
+def choose_heads(gram: torch.Tensor, w_o: torch.Tensor, ratio: float, num_heads: int,
+                 head_dim: int) -> tuple[list[int], int]:
+    """Deleted heads and the width w every other head keeps (step 1 of the docstring)."""
+    H, hd = num_heads, head_dim
+    channels = H * hd
+    keep = channels - round(channels * ratio)
+    channel_score = (w_o.detach().double() ** 2 * torch.diagonal(gram)).sum(0)
+    top = channel_score.topk(keep).indices
+    kept_per_head = torch.bincount(top // hd, minlength=H)
+    blocks = torch.stack([gram[h * hd:(h + 1) * hd, h * hd:(h + 1) * hd] for h in range(H)])
+    eig = torch.linalg.eigvalsh(blocks).flip(-1)  # (H, hd), descending
+    score = eig / eig.sum(-1, keepdim=True) * channel_score.view(H, hd).sum(1, keepdim=True)
+    head_score = score.sum(1)
+
+    def retained(deleted: list[int], width: int) -> float:
+        return float(sum(score[h, :width].sum() for h in range(H) if h not in deleted))
+
+    start = int(keep / H)
+    deleted = [h for h in range(H) if kept_per_head[h] < start // 4]
+    remain = [h for h in range(H) if h not in deleted]
+    width = int(keep / len(remain))
+    best = retained(deleted, width)
+
+    def weakest() -> int:
+        return remain[int(torch.argmin(head_score[remain]))]
+
+    for i in range(H):  # the code walks head indices, but always tries the weakest head
+        if i not in remain or len(remain) == 1:
+            continue
+        candidate, k_now = weakest(), int(keep / (len(remain) - 1))
+        if k_now > hd:
+            continue
+        gain = retained(deleted + [candidate], k_now)
+        if gain > best:
+            deleted.append(candidate)
+            remain.remove(candidate)
+            best, width = gain, k_now
+    if width < WIDTH_FLOOR * hd:  # a floor on the width: delete heads until it holds
+        for i in range(H):
+            if i not in remain or len(remain) == 1:
+                continue
+            k_now = int(keep / (len(remain) - 1))
+            if k_now > hd:
+                continue
+            candidate = weakest()
+            deleted.append(candidate)
+            remain.remove(candidate)
+            width = k_now
+            if width >= WIDTH_FLOOR * hd:
+                break
+    width = int(round(keep / len(remain) / 2) * 2)
+    return sorted(deleted), min(width, hd)
+
+
+def choose_pairs(qk: torch.Tensor, deleted: list[int], num_kv_heads: int, width: int) -> dict[int, torch.Tensor]:
+    """Kept RoPE frequency pairs (sorted) per KV group that still has a head (step 2)."""
+    H, hd = qk.shape
+    per = H // num_kv_heads
+    pairs = {}
+    for g in range(num_kv_heads):
+        heads = [h for h in range(g * per, (g + 1) * per) if h not in deleted]
+        if not heads:
+            continue
+        s = qk[heads].sum(0)
+        s = s[: hd // 2] + s[hd // 2:]
+        pairs[g] = s.topk(min(width // 2, hd // 2)).indices.sort().values
+    return pairs
+
+
+@torch.no_grad()
+def recomputed_grams(step: BlockStep, model: ModelAdapter, deleted: list[int],
+                     dims: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """RᵀR and RᵀX: R the attention output with sliced Q/K and deleted heads zeroed, X the
+    dense o_proj input, both (tokens × H·hd), float64 (step 3)."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    per = H // G
+    keep_dim = torch.zeros(G, hd, dtype=torch.bool)
+    for g, d in dims.items():
+        keep_dim[g, d.cpu()] = True
+    acc = {"R": None, "RR": None, "RX": None}
+
+    def on_inputs(hidden, position_embeddings, mask):
+        q, k, v = _qkv(model, step.module, hidden, position_embeddings)
+        kd = keep_dim.to(q.device)
+        k = k * kd[None, :, None, :]
+        q = q * kd.repeat_interleave(per, 0)[None, :, None, :]
+        k, v = k.repeat_interleave(per, dim=1), v.repeat_interleave(per, dim=1)
+        out = _attend(q, k, v, mask)
+        out[:, deleted] = 0
+        acc["R"] = out.transpose(1, 2).reshape(-1, H * hd).double()
+
+    def on_o_input(x):
+        r, x = acc["R"], x.reshape(-1, x.shape[-1]).double()
+        acc["RR"] = r.T @ r if acc["RR"] is None else acc["RR"].addmm_(r.T, r)
+        acc["RX"] = r.T @ x if acc["RX"] is None else acc["RX"].addmm_(r.T, x)
+
+    _hook_attention(step, model, on_inputs, on_o_input)
+    return acc["RR"], acc["RX"]
+
+
+def value_bases(RR: torch.Tensor, deleted: list[int], groups: list[int], num_heads: int,
+                num_kv_heads: int, head_dim: int, width: int) -> dict[int, torch.Tensor]:
+    """Per kept KV group, the top-``width`` eigenvectors of its kept heads' summed Gram."""
+    per, hd = num_heads // num_kv_heads, head_dim
+    bases = {}
+    for g in groups:
+        heads = [h for h in range(g * per, (g + 1) * per) if h not in deleted]
+        gram = sum(RR[h * hd:(h + 1) * hd, h * hd:(h + 1) * hd] for h in heads)
+        _, vectors = torch.linalg.eigh(gram)
+        bases[g] = vectors.flip(-1)[:, :width]
+    return bases
+
+
+# --- folding into a sliced block ------------------------------------------------------------
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=old.weight.device, dtype=old.weight.dtype)
+                    device=like.weight.device, dtype=like.weight.dtype)
     new.weight.data.copy_(weight)
     if bias is not None:
         new.bias.data.copy_(bias)
-    new.weight.requires_grad_(False)
+    new.requires_grad_(False)
     return new
 
 
+def _split(model: ModelAdapter, block: nn.Module):
+    """(W, b) of q, k, v (split out of a fused qkv) in float64."""
+    linears = model.linears(block)
+    if "qkv" in linears:
+        lin = linears["qkv"]
+        rows = model.fused_rows("qkv", lin)
+        return {r: (lin.weight[rows[r]].double(), None if lin.bias is None else lin.bias[rows[r]].double())
+                for r in ("q", "k", "v")}
+    return {r: (linears[r].weight.double(), None if linears[r].bias is None else linears[r].bias.double())
+            for r in ("q", "k", "v")}
+
+
 @torch.no_grad()
-def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor) -> None:
-    """Fold per-group bases (G × head_dim × k) into the value and output projections; value heads become k wide."""
+def slice_attention(model: ModelAdapter, block: nn.Module, deleted: list[int], pairs: dict[int, torch.Tensor] | None,
+                    bases: dict[int, torch.Tensor], w_o: torch.Tensor) -> None:
+    """Replace the block's attention by a ``SlicedAttention`` with these heads, pairs, bases
+    and refit output weight ``w_o`` (out × kept heads · v width)."""
     H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
-    k = bases.shape[-1]
+    per = H // G
+    groups = sorted(bases)
+    heads = [h for h in range(H) if h not in deleted and h // per in bases]
+    dims = {g: (torch.arange(hd) if pairs is None else pair_dimensions(pairs[g].cpu(), hd)) for g in groups}
+    parts = _split(model, block)
+
+    def rows(role, index_of, units):
+        W, b = parts[role]
+        idx = torch.cat([u * hd + dims[index_of(u)].to(W.device) for u in units]) if units else \
+            torch.zeros(0, dtype=torch.long, device=W.device)
+        return W[idx], None if b is None else b[idx]
+
+    q = rows("q", lambda h: h // per, heads)
+    k = rows("k", lambda g: g, groups)
+    W_v, b_v = parts["v"]
+    v_w = [bases[g].to(W_v).T @ W_v[g * hd:(g + 1) * hd] for g in groups]
+    v_b = None if b_v is None else [bases[g].to(b_v).T @ b_v[g * hd:(g + 1) * hd] for g in groups]
+    width = next(iter(bases.values())).shape[1] if bases else 0
+    empty = W_v.new_zeros(0, W_v.shape[1])
+    v = (torch.cat(v_w) if v_w else empty, None if v_b is None else (torch.cat(v_b) if v_b else b_v[:0]))
     linears = model.linears(block)
-    dtype = torch.float64
-    o = linears["o"]
-    W_o = o.weight.detach().double().view(o.out_features, G, H // G, hd)
-    new_o = torch.einsum("dgph,ghk->dgpk", W_o, bases.to(dtype)).reshape(o.out_features, H * k)
-    model.replace_linear(block, "o", _linear_like(o, new_o, o.bias))
-    if "v" in linears:
-        v = linears["v"]
-        W_v = v.weight.double().view(G, hd, -1)
-        new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
-        b_v = None if v.bias is None else torch.einsum("ghk,gh->gk", bases.to(dtype), v.bias.double().view(G, hd)).reshape(-1)
-        model.replace_linear(block, "v", _linear_like(v, new_v, b_v))
-    else:  # a fused qkv projection (Phi-3): fold into its value rows
-        qkv = linears["qkv"]
-        W = qkv.weight.double()
-        qk_rows = model.fused_rows("qkv", qkv)["v"].start
-        W_v = W[qk_rows:].view(G, hd, -1)
-        new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
-        bias = None
-        if qkv.bias is not None:
-            b = qkv.bias.double()
-            bias = torch.cat([b[:qk_rows], torch.einsum("ghk,gh->gk", bases.to(dtype), b[qk_rows:].view(G, hd)).reshape(-1)])
-        model.replace_linear(block, "qkv", _linear_like(qkv, torch.cat([W[:qk_rows], new_v]), bias))
-    attention = model.attention(block)
-    if isinstance(attention, SlimValueAttention):
-        attention.v_dim = k
+    if "qkv" in linears:
+        old = linears["qkv"]
+        weight = torch.cat([q[0], k[0], v[0]])
+        bias = None if old.bias is None else torch.cat([q[1], k[1], v[1]])
+        model.replace_linear(block, "qkv", _linear(weight, bias, old))
     else:
-        model.replace_attention(block, SlimValueAttention(model, block, k))
+        for role, (W, b) in zip(("q", "k", "v"), (q, k, v)):
+            model.replace_linear(block, role, _linear(W, b, linears[role]))
+    o = linears["o"]
+    model.replace_linear(block, "o", _linear(w_o, o.bias, o))
+    kv_of_head = [groups.index(h // per) for h in heads]
+    model.replace_attention(block, SlicedAttention(
+        model, block, heads=heads, groups=groups, kv_of_head=kv_of_head,
+        pairs=None if pairs is None else torch.stack([pairs[g].cpu() for g in groups]) if groups else
+        torch.zeros(0, 0, dtype=torch.long), v_dim=width))
+
+
+def refit_output(w_o: torch.Tensor, RR: torch.Tensor, RX: torch.Tensor, bases: dict[int, torch.Tensor],
+                 heads: list[int], per: int, head_dim: int) -> torch.Tensor:
+    """W_o · XᵀZ (ZᵀZ + λI)⁻¹ with Z = R P, P the kept heads' bases (step 3)."""
+    hd, channels = head_dim, RR.shape[0]
+    if not heads:
+        return w_o.new_zeros(w_o.shape[0], 0).double()
+    P = RR.new_zeros(channels, len(heads) * bases[heads[0] // per].shape[1])
+    w = P.shape[1] // len(heads)
+    for i, h in enumerate(heads):
+        P[h * hd:(h + 1) * hd, i * w:(i + 1) * w] = bases[h // per]
+    ZZ, ZX = P.T @ RR @ P, P.T @ RX
+    lam = DAMP * float(torch.diagonal(ZZ).sum()) / channels  # mean over all H·hd diagonal entries
+    B = torch.linalg.solve(ZZ + lam * torch.eye(len(ZZ), dtype=ZZ.dtype, device=ZZ.device), ZX)
+    return w_o.detach().double() @ B.T
 
 
 @torch.no_grad()
-def fold_mlp_channels(model: ModelAdapter, block: nn.Module, keep: torch.Tensor, new_down: torch.Tensor) -> None:
-    linears = model.linears(block)
+def prune_attention(step: BlockStep, model: ModelAdapter, ratio: float, slice_qk: bool = True) -> dict:
+    """Steps 1–3 on one block; returns what was kept."""
+    H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+    per = H // G
+    gram, qk = attention_scores(step, model)
+    w_o = step.linears["o"].weight
+    deleted, width = choose_heads(gram, w_o, ratio, H, hd)
+    pairs = choose_pairs(qk, deleted, G, width)
+    if not slice_qk:  # the -noqk ablation: every pair kept
+        pairs = {g: torch.arange(hd // 2) for g in pairs}
+    dims = {g: pair_dimensions(p.cpu(), hd) for g, p in pairs.items()}
+    RR, RX = recomputed_grams(step, model, deleted, dims)
+    groups = sorted(pairs)
+    bases = value_bases(RR, deleted, groups, H, G, hd, width)
+    heads = [h for h in range(H) if h not in deleted and h // per in bases]
+    new_o = refit_output(w_o, RR, RX, bases, heads, per, hd)
+    slice_attention(model, step.module, deleted, pairs if slice_qk else None, bases, new_o)
+    return {"heads": heads, "groups": groups, "qk_dim": 2 * (width // 2) if slice_qk else hd, "v_dim": width,
+            "pairs": {g: p.tolist() for g, p in pairs.items()} if slice_qk else None}
+
+
+# --- MLP --------------------------------------------------------------------------------------
+def mlp_keep(width: int, ratio: float) -> int:
+    dropped = round(width * ratio)
+    return width - (dropped - dropped % MLP_ALIGN)
+
+
+@torch.no_grad()
+def prune_mlp(step: BlockStep, model: ModelAdapter, keep: int) -> None:
+    """Step 4 on one block: keep ``keep`` neurons, refit down_proj."""
+    down = step.linears["down"]
+    if keep >= down.in_features:
+        return
+    gram = step.input_stats(["down"])["down"].gram
+    lam = DAMP * float(torch.diagonal(gram).mean())
+    gram = gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    W = down.weight.detach().double()
+    score = (W ** 2 * torch.diagonal(gram)).sum(0)
+    order = score.topk(len(score)).indices
+    kept, dropped = order[:keep].sort().values, order[keep:]
+    compensation = torch.linalg.solve(gram[kept][:, kept], gram[kept][:, dropped])  # Σ_SS⁻¹ Σ_SD
+    new_down = W[:, kept] + W[:, dropped] @ compensation.T
+    linears = model.linears(step.module)
     for role in model.arch.mlp_inputs:
         lin = linears[role]
-        if role in model.arch.fused:  # gate_up: the same channels of every stacked part
-            rows = torch.cat([keep + part.start for part in model.fused_rows(role, lin).values()])
-        else:
-            rows = keep
-        model.replace_linear(block, role, _linear_like(
-            lin, lin.weight[rows], None if lin.bias is None else lin.bias[rows]))
-    down = linears["down"]
-    model.replace_linear(block, "down", _linear_like(down, new_down, down.bias))
+        rows = kept
+        if role in model.arch.fused:  # gate_up: the same neurons of every stacked part
+            rows = torch.cat([kept + part.start for part in model.fused_rows(role, lin).values()])
+        model.replace_linear(step.module, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
+    model.replace_linear(step.module, "down", _linear(new_down, down.bias, down))
 
 
-# --- allocation ----------------------------------------------------------------------------
-@dataclass
-class Module:
-    """A compressible module: a block's VO path or MLP, with its estimator statistics."""
-
-    name: str
-    block: int
-    kind: str  # "vo" | "mlp"
-    size: int  # units kept when dense (head_dim, or intermediate channels)
-    unit_cost: int  # parameters one unit removes
-    importance: float
-    energy: torch.Tensor  # energy[k] = retained fraction with k units kept; energy[size] = 1
-    minimum: int = 1
-    #: MLP: nonzeros of the gate/up rows of the first k channels in the dense estimate's
-    #: greedy order (index k); they keep their zeros when kept. None for VO.
-    kept_nonzeros: torch.Tensor | None = None
-
-    def loss(self, k: int) -> float:
-        return self.importance * (1.0 - float(self.energy[k]))
+# --- ratio accounting ---------------------------------------------------------------------------
+def _densities(model: ModelAdapter, block: nn.Module) -> dict[str, float]:
+    """Nonzero fraction of the weights that stay as they are when sliced (q, k, gate, up)."""
+    out = {}
+    for role, lin in model.linears(block).items():
+        out[role] = float(torch.count_nonzero(lin.weight)) / lin.weight.numel()
+    return out
 
 
-def allocate(modules: list[Module], need: int, uniform: bool = False) -> dict[str, int]:
-    """Units kept per module so that at least ``need`` parameters are removed."""
-    capacity = sum((m.size - m.minimum) * m.unit_cost for m in modules)
-    if need > capacity:
-        raise ValueError(f"these modules can remove at most {capacity} parameters, {need} needed")
-    if uniform:  # the same fraction everywhere: bisect on it
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            f = (lo + hi) / 2
-            saved = sum((m.size - max(m.minimum, round(m.size * (1 - f)))) * m.unit_cost for m in modules)
-            lo, hi = (f, hi) if saved < need else (lo, f)
-        return {m.name: max(m.minimum, round(m.size * (1 - hi))) for m in modules}
-    keep = {m.name: m.size for m in modules}
-    heap = []
-    for i, m in enumerate(modules):
-        if m.size > m.minimum:
-            heapq.heappush(heap, ((m.loss(m.size - 1) - m.loss(m.size)) / m.unit_cost, i))
-    saved = 0
-    while saved < need:
-        _, i = heapq.heappop(heap)
-        m = modules[i]
-        keep[m.name] -= 1
-        saved += m.unit_cost
-        k = keep[m.name]
-        if k > m.minimum:
-            heapq.heappush(heap, ((m.loss(k - 1) - m.loss(k)) / m.unit_cost, i))
-    return keep
-
-
-def align_kept(keep: dict[str, int], sizes: dict[str, int], align: int) -> dict[str, int]:
-    """Round every kept width to the nearest multiple of ``align`` (GPU-friendly shapes)."""
-    if align <= 1:
-        return keep
-    return {name: min(sizes[name], max(align, align * round(k / align))) for name, k in keep.items()}
-
-
-def _unit_costs(model: ModelAdapter, block: nn.Module) -> tuple[int, int]:
-    linears, d = model.linears(block), model.hidden_size
-    H, G = model.num_heads, model.num_kv_heads
-    v_bias = (linears["v"].bias if "v" in linears else linears["qkv"].bias) is not None
-    vo = G * (d + v_bias) + H * d
-    mlp = 0
-    for role in model.arch.mlp_roles:
-        lin = linears[role]
-        if role == "down":
-            mlp += lin.out_features
-        else:
-            per = len(model.arch.fused.get(role, (role,)))  # gate_up: a channel is 2 rows
-            mlp += per * (lin.in_features + (lin.bias is not None))
-    return vo, mlp
-
-
-def _nonzero_profile(model: ModelAdapter, block: nn.Module) -> dict[str, int]:
-    """Nonzeros of one block's linears, grouped by what compression does to them."""
-
-    def nnz(t: torch.Tensor | None) -> int:
-        return 0 if t is None else int(torch.count_nonzero(t.detach()))
-
-    profile = {"kept": 0, "vo": 0, "o_bias": 0, "mlp_in": 0, "mlp_out": 0, "down_bias": 0}
-    for role, linear in model.linears(block).items():
-        if role == "qkv":  # fused (Phi-3): q/k rows stay, the value rows are folded
-            qk_rows = model.fused_rows(role, linear)["v"].start
-            profile["kept"] += nnz(linear.weight[:qk_rows]) + nnz(None if linear.bias is None else linear.bias[:qk_rows])
-            profile["vo"] += nnz(linear.weight[qk_rows:]) + nnz(None if linear.bias is None else linear.bias[qk_rows:])
-        elif role in ("v", "o"):
-            profile["vo"] += nnz(linear.weight) + nnz(linear.bias)
-            profile["o_bias"] += nnz(linear.bias) if role == "o" else 0
-        elif role == "down":
-            profile["mlp_out"] += nnz(linear.weight) + nnz(linear.bias)
-            profile["down_bias"] += nnz(linear.bias)
-        elif role in model.arch.mlp_roles:
-            profile["mlp_in"] += nnz(linear.weight) + nnz(linear.bias)
-        else:
-            profile["kept"] += nnz(linear.weight) + nnz(linear.bias)
-    return profile
-
-
-def _channel_nonzeros(model: ModelAdapter, block: nn.Module) -> torch.Tensor:
-    """Nonzeros of each MLP channel's gate/up rows (weights and biases): what keeping it keeps."""
-    linears, width = model.linears(block), model.linears(block)["down"].in_features
-    counts = torch.zeros(width, dtype=torch.long)
-    for role in model.arch.mlp_roles:
-        if role == "down":
-            continue
-        lin = linears[role]
-        rows = (lin.weight.detach() != 0).sum(1).cpu() + (0 if lin.bias is None else (lin.bias.detach() != 0).cpu())
-        counts += rows.view(-1, width).sum(0) if role in model.arch.fused else rows
-    return counts
-
-
-def predicted_nonzeros(model: ModelAdapter, profiles: list[dict[str, int]], keep: dict[str, int],
-                       modules: list[Module]) -> float:
-    """The blocks' nonzero count after compressing to ``keep`` units per module.
-
-    Folded V/O and refit down_proj are dense; kept gate/up rows keep their zeros. Which
-    channels survive is decided during the sweep; the dense estimate's greedy order stands
-    in for it (exact for dead channels, and zeros of a quantised model are spread evenly).
-    """
-    mlp_kept = {m.name: m.kept_nonzeros for m in modules if m.kept_nonzeros is not None}
+def predicted_nonzeros(model: ModelAdapter, ratios: torch.Tensor, densities: list[dict[str, float]],
+                       modules: tuple[str, ...], slice_qk: bool = True) -> list[float]:
+    """Per block: nonzeros of its linears after pruning at ``ratios`` without head deletion."""
     H, G, hd, d = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
-    total = 0.0
-    for index, (block, p) in enumerate(zip(model.blocks, profiles)):
-        width = model.linears(block)["down"].in_features
-        k_vo, k_mlp = keep.get(f"layers.{index}.vo", hd), keep.get(f"layers.{index}.mlp", width)
-        v_bias = (model.linears(block).get("v") or model.linears(block)["qkv"]).bias is not None
-        total += p["kept"]
-        total += p["vo"] if k_vo >= hd else G * k_vo * (d + v_bias) + H * k_vo * d + p["o_bias"]
-        if k_mlp >= width:
-            total += p["mlp_in"] + p["mlp_out"]
-        else:
-            kept = mlp_kept.get(f"layers.{index}.mlp")
-            total += (float(kept[k_mlp]) if kept is not None else p["mlp_in"] * k_mlp / width) + d * k_mlp + p["down_bias"]
-    return total
-
-
-def _estimate_key(model: ModelAdapter, calibration, modules) -> tuple:
-    """Identifies a dense model and calibration set well enough to reuse an estimate."""
-    first = model.linears(model.blocks[0])["down"].weight
-    last = model.linears(model.blocks[-1])["down"].weight
-    ids = calibration.input_ids
-    return (model.config.model_type, model.hidden_size, len(model.blocks), tuple(first.shape),
-            float(first.detach().double().sum()), float(last.detach().double().abs().sum()),
-            tuple(ids.shape), int(ids.sum()), int(ids[:, :7].prod(1).sum()), tuple(modules))
+    out = []
+    for index, block in enumerate(model.blocks):
+        linears, dens = model.linears(block), densities[index]
+        width = linears["down"].in_features
+        a, m = (float(x) for x in ratios[index])
+        attention = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in ("q", "k", "v", "qkv", "o"))
+        if "attention" in modules and a > 0:
+            keep = H * hd - round(H * hd * a)
+            w = min(hd, int(round(keep / H / 2) * 2))
+            qk_width = w if slice_qk else hd
+            q_density, k_density = (dens["qkv"],) * 2 if "qkv" in dens else (dens["q"], dens["k"])
+            q_k = (H * q_density + G * k_density) * qk_width * d  # kept rows keep their zeros
+            attention = q_k + G * w * d + d * H * w  # folded V and refit O are dense
+        mlp = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in model.arch.mlp_roles)
+        if "mlp" in modules and m > 0:
+            k = mlp_keep(width, m)
+            inputs = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in model.arch.mlp_inputs)
+            mlp = inputs * k / width + d * k
+        out.append(attention + mlp)
+    return out
 
 
 class IntraSlice(Method):
     kind = "structured"
     patterns = ("unstructured",)
-    description = "block-intra PCA: fused VO-path PCA + MLP channel PCA, global allocation (2026)"
+    native_knob = "sparsity"
+    description = "IntraSlice (authors' code): heads + RoPE pairs + per-group VO PCA + MLP Nyström, Fisher allocation"
     knobs = {
-        "ridge": Knob(float, 1e-4, "ridge of the down_proj refit, relative to the mean kept variance"),
-        "align": Knob(int, 1, "kept widths in multiples of this (8 keeps fp16 GEMMs and attention fast)"),
-        "kept": Knob(dict, None, "shape probes only: kept widths per module, from a run's report"),
+        "sparsity": Knob(float, None, "the authors' --sparsity, reproduced as is (default: solved to match r)"),
+        "bias": Knob(float, 1.0, "the authors' --global_bias: MLP share of the budget (1 = same ratio as attention)"),
+        "kept": Knob(dict, None, "shape probes only: kept shapes per layer, from a run's report"),
     }
 
     def __init__(self, name: str = "intraslice", allocation: str = "global",
-                 modules: tuple[str, ...] = ("vo", "mlp")):
+                 modules: tuple[str, ...] = ("attention", "mlp"), slice_qk: bool = True):
         self.name = name
-        self._estimates: dict = {}  # the last estimate, by (model fingerprint, calibration)
         self.allocation = allocation
         self.modules = modules
+        self.slice_qk = slice_qk
+        self._gradients: dict = {}  # Fisher importance, by (model, calibration): reused across ratios
         if name != "intraslice":
             self.ablation_of = "intraslice"
-            self.description = f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
+            self.description = (f"IntraSlice ablation: allocation={allocation}, modules={'+'.join(modules)}"
+                                + ("" if slice_qk else ", Q/K untouched"))
 
     def unsupported(self, arch):
-        if "vo" in self.modules and arch.attention_features:
-            return (f"{self.name} replaces the attention module with one whose value heads are narrower, "
-                    f"and that module does not implement what {arch.family} attention needs: "
-                    f"{', '.join(arch.attention_features)} (intraslice-mlp compresses only the MLP and runs)")
+        if "attention" in self.modules:
+            if arch.attention_features:
+                return (f"{self.name} replaces the attention module and does not implement what "
+                        f"{arch.family} attention needs: {', '.join(arch.attention_features)} "
+                        f"(intraslice-mlp compresses only the MLP and runs)")
+            if self.slice_qk and arch.family == "phi2":
+                return (f"{self.name} slices RoPE pairs, but {arch.family} rotates only part of each head "
+                        f"(intraslice-noqk keeps Q/K whole and runs)")
+            if self.slice_qk and arch.qk_norms:
+                return (f"{self.name} slices RoPE pairs of Q/K, but {arch.family} normalises q and k over "
+                        f"all head dimensions (intraslice-noqk keeps Q/K whole and runs)")
         return super().unsupported(arch)
 
-    def estimate(self, model, calibration) -> list[Module]:
-        """Importance and energy curve of every module, from one sweep over the dense model."""
-        hd = model.head_dim
-        modules: list[Module] = []
-        for step in calibration.sequential(model, desc=f"{self.name}: estimate"):
-            acc = collect_block_stats(step, model, "vo" in self.modules, "mlp" in self.modules)
-            vo_cost, mlp_cost = _unit_costs(model, step.module)
-            if "vo" in self.modules:
-                eig = torch.linalg.eigvalsh(acc["vo_cov"]).flip(-1).clamp_min(0)  # (G, hd), descending
-                per_k = eig.sum(0)  # uniform k across groups: energy of keeping k per group
-                energy = torch.cat([per_k.new_zeros(1), per_k.cumsum(0)]) / per_k.sum().clamp_min(1e-300)
-                modules.append(Module(f"layers.{step.index}.vo", step.index, "vo", hd, vo_cost,
-                                      acc["vo_out"] / max(acc["res_attn"], 1e-300), energy.cpu()))
-            if "mlp" in self.modules:
-                w_down = step.linears["down"].weight
-                order, gains = greedy_channels(acc["mlp_cov"], w_down, w_down.shape[1])
-                per_channel = _channel_nonzeros(model, step.module)[order.cpu()]
-                total = float((w_down.detach().double() @ acc["mlp_cov"] @ w_down.detach().double().T).trace())
-                energy = torch.cat([gains.new_zeros(1), gains.cumsum(0)]) / max(total, 1e-300)
-                modules.append(Module(f"layers.{step.index}.mlp", step.index, "mlp", w_down.shape[1], mlp_cost,
-                                      acc["mlp_out"] / max(acc["res_mlp"], 1e-300), energy.clamp(max=1.0),
-                                      kept_nonzeros=torch.cat([per_channel.new_zeros(1), per_channel.cumsum(0)])))
-        return modules
+    # --- allocation --------------------------------------------------------------------------
+    def _importance(self, model: ModelAdapter, calibration):
+        ids = calibration.input_ids
+        key = (model.config.model_type, tuple(ids.shape), int(ids.sum()), int(ids[:, :7].prod(1).sum()),
+               float(model.linears(model.blocks[0])["down"].weight.detach().double().sum()))
+        if key not in self._gradients:
+            heads, neurons = allocation.mask_gradients(model, calibration)
+            self._gradients = {key: allocation.fisher_importance(model, heads, neurons)}
+        return self._gradients[key]
 
+    def ratios(self, model: ModelAdapter, importance, sparsity: float, bias: float) -> torch.Tensor:
+        if self.allocation == "uniform":
+            r = allocation.uniform_ratios(len(model.blocks), sparsity)
+        else:
+            r = allocation.global_ratios(model, *importance, sparsity, bias)
+        if "attention" not in self.modules:
+            r[:, 0] = 0
+        if "mlp" not in self.modules:
+            r[:, 1] = 0
+        return r
+
+    def solve_sparsity(self, model, importance, bias, target_ratio, densities, dense) -> float:
+        """The authors' s whose predicted r (no head deletion) meets ``target_ratio``."""
+        def r_of(s):
+            return 1 - sum(predicted_nonzeros(model, self.ratios(model, importance, s, bias), densities,
+                                              self.modules, self.slice_qk)) / dense
+        lo, hi = 0.0, 0.99
+        if r_of(hi) < target_ratio:
+            raise ValueError(f"{self.name} reaches at most r = {r_of(hi):.3f} on this model "
+                             f"(per-layer ratios are capped at {allocation.MAX_RATIO}); asked {target_ratio}")
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if r_of(mid) < target_ratio else (lo, mid)
+        return hi
+
+    # --- compression ------------------------------------------------------------------------
     def compress(self, model, calibration, target):
         self.require(model.arch)
-        ridge = float(self.option(target, "ridge"))
         start = time.perf_counter()
+        bias = float(self.option(target, "bias"))
+        importance = None if self.allocation == "uniform" else self._importance(model, calibration)
+        allocation_s = time.perf_counter() - start
         dense = count_parameters(model).blocks
-        hd = model.head_dim
-        # Sweep 1 (dense): the estimator's statistics. They depend on the dense model and the
-        # calibration set only, so a sweep over several ratios computes them once.
-        key = _estimate_key(model, calibration, self.modules)
-        if key not in self._estimates:
-            self._estimates = {key: self.estimate(model, calibration)}
-        modules = self._estimates[key]
-        estimate_s = time.perf_counter() - start
-        # r counts nonzeros. Units save whole rows and columns, zeros included, and what stays
-        # keeps its zeros only where it is not rewritten (q/k, kept gate/up rows); folded V/O
-        # and refit down are dense. Allocate in elements, predict the nonzeros that result,
-        # and correct the element budget until the prediction meets (1 − r) of the dense count.
-        profiles = [_nonzero_profile(model, block) for block in model.blocks]
-        goal = (1 - target.ratio) * dense
-        need = sum(p.numel() for b in model.blocks for p in block_parameters(model, b)) - int(round(goal))
-        sizes, align = {m.name: m.size for m in modules}, self.option(target, "align")
-        keep = None
-        for _ in range(8):
-            previous, keep = keep, align_kept(allocate(modules, need, uniform=self.allocation == "uniform"),
-                                              sizes, align)
-            excess = predicted_nonzeros(model, profiles, keep, modules) - goal
-            if abs(excess) < 1e-4 * dense or keep == previous:
-                break
-            need += int(round(excess))
-        # Sweep 2: compress block by block with statistics through the compressed blocks < l.
+        densities = [_densities(model, b) for b in model.blocks]
+        sparsity = self.option(target, "sparsity")
+        matching = sparsity is None
+        if matching:
+            sparsity = self.solve_sparsity(model, importance, bias, target.ratio, densities, dense)
+        ratios = self.ratios(model, importance, float(sparsity), bias)
+        plan = predicted_nonzeros(model, ratios, densities, self.modules, self.slice_qk)
+        budget = [p * (1 - target.ratio) * dense / sum(plan) for p in plan]  # per layer, sums to the goal
+        report = CompressionReport(knobs={"sparsity": float(sparsity), "allocation": self.allocation,
+                                          "bias": bias, "modules": list(self.modules),
+                                          "slice_qk": self.slice_qk, "kept": {}})
         start = time.perf_counter()
-        report = CompressionReport(knobs={"allocation": self.allocation, "modules": list(self.modules),
-                                          "ridge": ridge, "kept": keep})
-        for step in calibration.sequential(model, desc=f"{self.name}: compress"):
-            vo_name, mlp_name = f"layers.{step.index}.vo", f"layers.{step.index}.mlp"
-            if vo_name in keep and keep[vo_name] < hd:
-                acc = collect_block_stats(step, model, want_vo=True, want_mlp=False)
-                _, vectors = torch.linalg.eigh(acc["vo_cov"])  # ascending
-                bases = vectors.flip(-1)[:, :, : keep[vo_name]]
-                fold_value_basis(model, step.module, bases)
-            if mlp_name in keep:
-                w_down = step.linears["down"].weight
-                if keep[mlp_name] < w_down.shape[1]:
-                    cov = collect_block_stats(step, model, want_vo=False, want_mlp=True)["mlp_cov"]
-                    order, _ = greedy_channels(cov, w_down, keep[mlp_name])
-                    channels = order.sort().values
-                    fold_mlp_channels(model, step.module, channels, refit_down(w_down, cov, channels, ridge))
-            for name in (vo_name, mlp_name):
-                if name in keep:
-                    size = hd if name.endswith("vo") else next(m.size for m in modules if m.name == name)
-                    report.layer_ratios[name] = 1 - keep[name] / size
-        report.timings = {"estimate_s": estimate_s, "compress_s": time.perf_counter() - start}
+        spent = 0.0
+        for step in calibration.sequential(model, desc=f"{self.name}: prune"):
+            i = step.index
+            a, m = (float(x) for x in ratios[i])
+            kept = {}
+            if a > 0:
+                kept.update(prune_attention(step, model, a, self.slice_qk))
+            width = step.linears["down"].in_features
+            k = mlp_keep(width, m) if m > 0 else width
+            kept["mlp_planned"] = k
+            if matching and "mlp" in self.modules and m > 0:
+                k = self._corrected_width(model, step, sum(budget[: i + 1]) - spent)
+            prune_mlp(step, model, k)
+            kept["mlp"] = k
+            spent += sum(float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
+                         for lin in model.linears(step.module).values())
+            report.knobs["kept"][f"layers.{i}"] = kept
+            report.layer_ratios[f"layers.{i}.attention"] = a
+            report.layer_ratios[f"layers.{i}.mlp"] = 1 - k / width
+        report.timings = {"allocation_s": allocation_s, "prune_s": time.perf_counter() - start}
         return report
+
+    @staticmethod
+    def _corrected_width(model, step, allowance: float) -> int:
+        """MLP width whose nonzeros fill what is left of the budget so far (the drift of the
+        head deletions), dropped neurons still a multiple of 8 and at most 80 %."""
+        linears = step.linears
+        width, d = linears["down"].in_features, model.hidden_size
+
+        def nonzeros(lin):
+            return float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
+
+        rest = sum(nonzeros(lin) for role, lin in linears.items() if role not in model.arch.mlp_roles)
+        per_neuron = sum(nonzeros(linears[r]) for r in model.arch.mlp_inputs) / width + d  # down: refit, dense
+        dropped = MLP_ALIGN * round((width - (allowance - rest) / per_neuron) / MLP_ALIGN)
+        most = MLP_ALIGN * int(allocation.MAX_RATIO * width / MLP_ALIGN)
+        return width - min(max(dropped, 0), most)
 
     @torch.no_grad()
     def shape_probe(self, model, target):
-        """IntraSlice's shapes without data: identity bases, the first k channels.
-
-        ``align`` in ``target.options`` rounds every kept width to a multiple of it, as in
-        ``compress`` (value heads and MLP widths that are multiples of 8 keep fp16 GEMMs and
-        fused attention kernels on their fast paths).
-
-        The global allocation needs the estimator's statistics, so the probe allocates
-        uniformly (or takes ``kept`` from a real run's report, via ``target.options``).
-        """
-        hd, dense = model.head_dim, count_parameters(model).blocks
-        keep = self.option(target, "kept")
-        if keep is None:
-            modules = []
-            for index, block in enumerate(model.blocks):
-                vo_cost, mlp_cost = _unit_costs(model, block)
+        """IntraSlice's shapes without data: uniform ratios (or ``kept`` from a run's report),
+        every head kept, the first pairs, identity value bases, the first neurons."""
+        H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
+        kept = self.option(target, "kept")
+        if kept is None:
+            densities = [_densities(model, b) for b in model.blocks]
+            uniform = IntraSlice(allocation="uniform", modules=self.modules, slice_qk=self.slice_qk)
+            s = uniform.solve_sparsity(model, None, 1.0, target.ratio, densities, count_parameters(model).blocks)
+            kept = {}
+            for i, block in enumerate(model.blocks):
+                a = s if "attention" in self.modules else 0
+                m = s if "mlp" in self.modules else 0
                 width = model.linears(block)["down"].in_features
-                for kind, size, cost in (("vo", hd, vo_cost), ("mlp", width, mlp_cost)):
-                    if kind in self.modules:
-                        modules.append(Module(f"layers.{index}.{kind}", index, kind, size, cost, 1.0,
-                                              torch.linspace(0, 1, size + 1)))
-            size = sum(p.numel() for b in model.blocks for p in block_parameters(model, b))
-            keep = allocate(modules, size - int(round((1 - target.ratio) * dense)), uniform=True)
-            keep = align_kept(keep, {m.name: m.size for m in modules}, self.option(target, "align"))
-        G = model.num_kv_heads
-        for index, block in enumerate(model.blocks):
-            k = keep.get(f"layers.{index}.vo", hd)
-            device = model.linears(block)["o"].weight.device
-            if k < hd:
-                bases = torch.eye(hd, dtype=torch.float64, device=device)[:, :k].expand(G, hd, k)
-                fold_value_basis(model, block, bases)
-            w_down = model.linears(block)["down"].weight
-            k = keep.get(f"layers.{index}.mlp", w_down.shape[1])
-            if k < w_down.shape[1]:
-                fold_mlp_channels(model, block, torch.arange(k, device=device), w_down[:, :k])
+                entry = {"mlp": mlp_keep(width, m) if m else width}
+                if a:
+                    w = min(hd, int(round((H * hd - round(H * hd * a)) / H / 2) * 2))
+                    entry.update(heads=list(range(H)), groups=list(range(G)), v_dim=w,
+                                 qk_dim=2 * (w // 2) if self.slice_qk else hd,
+                                 pairs={g: list(range(w // 2)) for g in range(G)} if self.slice_qk else None)
+                kept[f"layers.{i}"] = entry
+        for i, block in enumerate(model.blocks):
+            entry = kept[f"layers.{i}"]
+            if "heads" in entry:
+                groups, heads, w = [int(g) for g in entry["groups"]], entry["heads"], entry["v_dim"]
+                pairs = None if entry.get("pairs") is None else \
+                    {int(g): torch.tensor(p) for g, p in entry["pairs"].items()}
+                device = model.linears(block)["o"].weight.device
+                bases = {g: torch.eye(hd, dtype=torch.float64, device=device)[:, :w] for g in groups}
+                W_o = model.linears(block)["o"].weight.double()
+                cols = torch.cat([h * hd + torch.arange(w, device=device) for h in heads]) if heads else \
+                    torch.zeros(0, dtype=torch.long, device=device)
+                deleted = [h for h in range(H) if h not in heads]
+                slice_attention(model, block, deleted, pairs, bases, W_o[:, cols])
+            width = model.linears(block)["down"].in_features
+            k = entry["mlp"]
+            if k < width:
+                linears = model.linears(block)
+                keep = torch.arange(k)
+                for role in model.arch.mlp_inputs:
+                    lin = linears[role]
+                    rows = keep if role not in model.arch.fused else torch.cat(
+                        [keep + part.start for part in model.fused_rows(role, lin).values()])
+                    model.replace_linear(block, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
+                down = linears["down"]
+                model.replace_linear(block, "down", _linear(down.weight[:, :k], down.bias, down))
