@@ -135,7 +135,7 @@ def test_uneven_groups_decode_over_the_cache():
     torch.manual_seed(1)
     model = tiny_model("llama3")
     adapter = ModelAdapter(model)
-    H, G, hd = adapter.num_heads, adapter.num_kv_heads, adapter.head_dim
+    G, hd = adapter.num_kv_heads, adapter.head_dim
     for block in adapter.blocks:
         pairs = {g: torch.arange(hd // 4) for g in range(G)}
         bases = {g: torch.eye(hd, dtype=torch.float64)[:, : hd // 2] for g in range(G)}

@@ -11,6 +11,8 @@ from harness.method import Target
 from harness.targets import count_parameters, measure_ratio
 from methods.intraslice.reconstruction import (
     IntraSliceReconstruction as IntraSlice,
+)
+from methods.intraslice.reconstruction import (
     _unit_costs,
     collect_block_stats,
     fold_mlp_channels,

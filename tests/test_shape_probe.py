@@ -19,15 +19,18 @@ def shapes(model):
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("method", ["slicegpt", "intraslice-uniform"])
+@pytest.mark.parametrize("method", ["slicegpt", "intraslice", "intraslice-uniform"])
 def test_structured_probe_has_the_shapes_of_compress(arch, method):
-    if method == "intraslice-uniform" and arch == "phi2":
-        pytest.skip("IntraSlice does not support Phi-2's parallel block")
+    """SliceGPT's shapes follow from the ratio; IntraSlice's depend on the data (deleted
+    heads, Fisher allocation), so its probe takes them from the run's report (``kept``)."""
     registry = default_registry()
+    if registry.method(method).unsupported(ModelAdapter(tiny_model(arch)).arch):
+        pytest.skip(f"{method} does not support {arch}")
     real, probe = tiny_model(arch), tiny_model(arch, seed=1)
     dense = count_parameters(ModelAdapter(real))
-    registry.method(method).compress(ModelAdapter(real), synthetic_calibration(), Target(0.3))
-    registry.method(method).shape_probe(ModelAdapter(probe), Target(0.3))
+    report = registry.method(method).compress(ModelAdapter(real), synthetic_calibration(), Target(0.3))
+    options = {"kept": report.knobs["kept"]} if method.startswith("intraslice") else {}
+    registry.method(method).shape_probe(ModelAdapter(probe), Target(0.3, options=options))
     assert shapes(probe) == shapes(real)
     assert measure_ratio(dense, ModelAdapter(probe)).ratio == pytest.approx(
         measure_ratio(dense, ModelAdapter(real)).ratio, abs=1e-3)
@@ -43,6 +46,17 @@ def test_sparsity_probe_has_the_pattern_and_ratio(pattern, ratio):
     assert measure_ratio(dense, adapter).ratio == pytest.approx(ratio, abs=0.005)
     if pattern == "2:4":
         assert all(is_two_four(linear.weight) for _, linear in adapter.named_linears())
+
+
+@pytest.mark.parametrize("arch", ["llama3", "qwen2", "phi3"])
+def test_intraslice_probe_without_data_meets_the_ratio(arch):
+    """Without a report the probe slices uniformly (every head, the first pairs and neurons)."""
+    adapter = ModelAdapter(tiny_model(arch))
+    dense = count_parameters(adapter)
+    default_registry().method("intraslice").shape_probe(adapter, Target(0.3))
+    step = 8 * 3 * adapter.hidden_size * len(adapter.blocks) / dense.blocks  # one MLP unit of 8
+    assert measure_ratio(dense, adapter).ratio == pytest.approx(0.3, abs=step)
+    assert torch.isfinite(logits_of(adapter.model)).all()
 
 
 def test_dense_probe_changes_nothing():

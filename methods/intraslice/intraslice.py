@@ -68,6 +68,7 @@ ranking: every window has the same length).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -151,8 +152,14 @@ def attention_scores(step: BlockStep, model: ModelAdapter) -> tuple[torch.Tensor
 
 
 # --- attention decisions ------------------------------------------------------------------
+def head_width(keep: int, heads: int, head_dim: int, align: int = 1) -> int:
+    """keep / heads rounded to an even number (the code), or to a multiple of ``align``."""
+    unit = math.lcm(2, max(align, 1))
+    return min(head_dim, max(unit, int(round(keep / heads / unit) * unit)))
+
+
 def choose_heads(gram: torch.Tensor, w_o: torch.Tensor, ratio: float, num_heads: int,
-                 head_dim: int) -> tuple[list[int], int]:
+                 head_dim: int, align: int = 1) -> tuple[list[int], int]:
     """Deleted heads and the width w every other head keeps (step 1 of the docstring)."""
     H, hd = num_heads, head_dim
     channels = H * hd
@@ -201,8 +208,7 @@ def choose_heads(gram: torch.Tensor, w_o: torch.Tensor, ratio: float, num_heads:
             width = k_now
             if width >= WIDTH_FLOOR * hd:
                 break
-    width = int(round(keep / len(remain) / 2) * 2)
-    return sorted(deleted), min(width, hd)
+    return sorted(deleted), head_width(keep, len(remain), hd, align)
 
 
 def choose_pairs(qk: torch.Tensor, deleted: list[int], num_kv_heads: int, width: int) -> dict[int, torch.Tensor]:
@@ -348,13 +354,14 @@ def refit_output(w_o: torch.Tensor, RR: torch.Tensor, RX: torch.Tensor, bases: d
 
 
 @torch.no_grad()
-def prune_attention(step: BlockStep, model: ModelAdapter, ratio: float, slice_qk: bool = True) -> dict:
+def prune_attention(step: BlockStep, model: ModelAdapter, ratio: float, slice_qk: bool = True,
+                    align: int = 1) -> dict:
     """Steps 1–3 on one block; returns what was kept."""
     H, G, hd = model.num_heads, model.num_kv_heads, model.head_dim
     per = H // G
     gram, qk = attention_scores(step, model)
     w_o = step.linears["o"].weight
-    deleted, width = choose_heads(gram, w_o, ratio, H, hd)
+    deleted, width = choose_heads(gram, w_o, ratio, H, hd, align)
     pairs = choose_pairs(qk, deleted, G, width)
     if not slice_qk:  # the -noqk ablation: every pair kept
         pairs = {g: torch.arange(hd // 2) for g in pairs}
@@ -370,9 +377,12 @@ def prune_attention(step: BlockStep, model: ModelAdapter, ratio: float, slice_qk
 
 
 # --- MLP --------------------------------------------------------------------------------------
-def mlp_keep(width: int, ratio: float) -> int:
+def mlp_keep(width: int, ratio: float, align: int = 1) -> int:
+    """Neurons kept: round(F·ratio) dropped, rounded down to a multiple of 8 (the code);
+    with ``align`` the kept count is then rounded to a multiple of it."""
     dropped = round(width * ratio)
-    return width - (dropped - dropped % MLP_ALIGN)
+    keep = width - (dropped - dropped % MLP_ALIGN)
+    return keep if align <= 1 else min(width, max(align, align * round(keep / align)))
 
 
 @torch.no_grad()
@@ -410,7 +420,7 @@ def _densities(model: ModelAdapter, block: nn.Module) -> dict[str, float]:
 
 
 def predicted_nonzeros(model: ModelAdapter, ratios: torch.Tensor, densities: list[dict[str, float]],
-                       modules: tuple[str, ...], slice_qk: bool = True) -> list[float]:
+                       modules: tuple[str, ...], slice_qk: bool = True, align: int = 1) -> list[float]:
     """Per block: nonzeros of its linears after pruning at ``ratios`` without head deletion."""
     H, G, hd, d = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
     out = []
@@ -421,14 +431,14 @@ def predicted_nonzeros(model: ModelAdapter, ratios: torch.Tensor, densities: lis
         attention = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in ("q", "k", "v", "qkv", "o"))
         if "attention" in modules and a > 0:
             keep = H * hd - round(H * hd * a)
-            w = min(hd, int(round(keep / H / 2) * 2))
+            w = head_width(keep, H, hd, align)
             qk_width = w if slice_qk else hd
             q_density, k_density = (dens["qkv"],) * 2 if "qkv" in dens else (dens["q"], dens["k"])
             q_k = (H * q_density + G * k_density) * qk_width * d  # kept rows keep their zeros
             attention = q_k + G * w * d + d * H * w  # folded V and refit O are dense
         mlp = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in model.arch.mlp_roles)
         if "mlp" in modules and m > 0:
-            k = mlp_keep(width, m)
+            k = mlp_keep(width, m, align)
             inputs = sum(lin.weight.numel() * dens[r] for r, lin in linears.items() if r in model.arch.mlp_inputs)
             mlp = inputs * k / width + d * k
         out.append(attention + mlp)
@@ -443,6 +453,7 @@ class IntraSlice(Method):
     knobs = {
         "sparsity": Knob(float, None, "the authors' --sparsity, reproduced as is (default: solved to match r)"),
         "bias": Knob(float, 1.0, "the authors' --global_bias: MLP share of the budget (1 = same ratio as attention)"),
+        "align": Knob(int, 1, "head and MLP widths in multiples of this (ours; 8 keeps fp16 GEMMs fast)"),
         "kept": Knob(dict, None, "shape probes only: kept shapes per layer, from a run's report"),
     }
 
@@ -493,11 +504,11 @@ class IntraSlice(Method):
             r[:, 1] = 0
         return r
 
-    def solve_sparsity(self, model, importance, bias, target_ratio, densities, dense) -> float:
+    def solve_sparsity(self, model, importance, bias, target_ratio, densities, dense, align=1) -> float:
         """The authors' s whose predicted r (no head deletion) meets ``target_ratio``."""
         def r_of(s):
             return 1 - sum(predicted_nonzeros(model, self.ratios(model, importance, s, bias), densities,
-                                              self.modules, self.slice_qk)) / dense
+                                              self.modules, self.slice_qk, align)) / dense
         lo, hi = 0.0, 0.99
         if r_of(hi) < target_ratio:
             raise ValueError(f"{self.name} reaches at most r = {r_of(hi):.3f} on this model "
@@ -516,12 +527,12 @@ class IntraSlice(Method):
         allocation_s = time.perf_counter() - start
         dense = count_parameters(model).blocks
         densities = [_densities(model, b) for b in model.blocks]
-        sparsity = self.option(target, "sparsity")
+        sparsity, align = self.option(target, "sparsity"), int(self.option(target, "align"))
         matching = sparsity is None
         if matching:
-            sparsity = self.solve_sparsity(model, importance, bias, target.ratio, densities, dense)
+            sparsity = self.solve_sparsity(model, importance, bias, target.ratio, densities, dense, align)
         ratios = self.ratios(model, importance, float(sparsity), bias)
-        plan = predicted_nonzeros(model, ratios, densities, self.modules, self.slice_qk)
+        plan = predicted_nonzeros(model, ratios, densities, self.modules, self.slice_qk, align)
         budget = [p * (1 - target.ratio) * dense / sum(plan) for p in plan]  # per layer, sums to the goal
         report = CompressionReport(knobs={"sparsity": float(sparsity), "allocation": self.allocation,
                                           "bias": bias, "modules": list(self.modules),
@@ -533,12 +544,12 @@ class IntraSlice(Method):
             a, m = (float(x) for x in ratios[i])
             kept = {}
             if a > 0:
-                kept.update(prune_attention(step, model, a, self.slice_qk))
+                kept.update(prune_attention(step, model, a, self.slice_qk, align))
             width = step.linears["down"].in_features
-            k = mlp_keep(width, m) if m > 0 else width
+            k = mlp_keep(width, m, align) if m > 0 else width
             kept["mlp_planned"] = k
             if matching and "mlp" in self.modules and m > 0:
-                k = self._corrected_width(model, step, sum(budget[: i + 1]) - spent)
+                k = self._corrected_width(model, step, sum(budget[: i + 1]) - spent, align)
             prune_mlp(step, model, k)
             kept["mlp"] = k
             spent += sum(float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
@@ -550,7 +561,7 @@ class IntraSlice(Method):
         return report
 
     @staticmethod
-    def _corrected_width(model, step, allowance: float) -> int:
+    def _corrected_width(model, step, allowance: float, align: int = 1) -> int:
         """MLP width whose nonzeros fill what is left of the budget so far (the drift of the
         head deletions), dropped neurons still a multiple of 8 and at most 80 %."""
         linears = step.linears
@@ -563,7 +574,8 @@ class IntraSlice(Method):
         per_neuron = sum(nonzeros(linears[r]) for r in model.arch.mlp_inputs) / width + d  # down: refit, dense
         dropped = MLP_ALIGN * round((width - (allowance - rest) / per_neuron) / MLP_ALIGN)
         most = MLP_ALIGN * int(allocation.MAX_RATIO * width / MLP_ALIGN)
-        return width - min(max(dropped, 0), most)
+        keep = width - min(max(dropped, 0), most)
+        return keep if align <= 1 else min(width, max(align, align * round(keep / align)))
 
     @torch.no_grad()
     def shape_probe(self, model, target):
@@ -573,16 +585,18 @@ class IntraSlice(Method):
         kept = self.option(target, "kept")
         if kept is None:
             densities = [_densities(model, b) for b in model.blocks]
+            align = int(self.option(target, "align"))
             uniform = IntraSlice(allocation="uniform", modules=self.modules, slice_qk=self.slice_qk)
-            s = uniform.solve_sparsity(model, None, 1.0, target.ratio, densities, count_parameters(model).blocks)
+            s = uniform.solve_sparsity(model, None, 1.0, target.ratio, densities, count_parameters(model).blocks,
+                                       align)
             kept = {}
             for i, block in enumerate(model.blocks):
                 a = s if "attention" in self.modules else 0
                 m = s if "mlp" in self.modules else 0
                 width = model.linears(block)["down"].in_features
-                entry = {"mlp": mlp_keep(width, m) if m else width}
+                entry = {"mlp": mlp_keep(width, m, align) if m else width}
                 if a:
-                    w = min(hd, int(round((H * hd - round(H * hd * a)) / H / 2) * 2))
+                    w = head_width(H * hd - round(H * hd * a), H, hd, align)
                     entry.update(heads=list(range(H)), groups=list(range(G)), v_dim=w,
                                  qk_dim=2 * (w // 2) if self.slice_qk else hd,
                                  pairs={g: list(range(w // 2)) for g in range(G)} if self.slice_qk else None)
