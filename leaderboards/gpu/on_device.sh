@@ -7,7 +7,7 @@ store=/tmp/dev
 case "${1:-}" in
   stash)
     mkdir -p "$store"
-    for part in whl data p1 p2; do [ -e ".device/$part" ] && cp -r ".device/$part" "$store/"; done
+    for part in .device/*; do [ -e "$part" ] && cp -r "$part" "$store/"; done  # whatever this call carried
     if [ -e "$store/p1" ] && [ -e "$store/p2" ] && [ ! -e "$store/smollm2.gguf" ]; then
       cat "$store/p1" "$store/p2" > "$store/smollm2.gguf"
       echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf" | sha256sum -c --quiet
