@@ -81,14 +81,16 @@ class SlicedAttention(nn.Module):
         self.v_dim = v_dim
         self.scaling = float(getattr(original, "scaling", self.head_dim**-0.5))
         self.layer_idx = getattr(original, "layer_idx", None)
-        self.register_buffer("kv_of_head", torch.tensor(kv_of_head, dtype=torch.long), persistent=False)
+        device = next(original.parameters()).device  # index buffers live where the block is
+        self.register_buffer("kv_of_head", torch.tensor(kv_of_head, dtype=torch.long, device=device),
+                             persistent=False)
         #: Query heads per KV head, when every kept KV head serves the same number in order
         #: (then SDPA shares KV heads natively); None when deletions made groups uneven.
         per = self.num_heads // max(self.num_kv_heads, 1)
         even = self.num_kv_heads and per * self.num_kv_heads == self.num_heads and \
             list(kv_of_head) == [g for g in range(self.num_kv_heads) for _ in range(per)]
         self.even_groups = bool(even)
-        dims = None if pairs is None else pair_dimensions(pairs.long(), self.head_dim)
+        dims = None if pairs is None else pair_dimensions(pairs.long(), self.head_dim).to(device)
         self.register_buffer("rope_dims", dims, persistent=False)
         self.names = adapter.attention_projections(block)  # role -> attribute name
         for name in self.names.values():
