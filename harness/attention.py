@@ -81,6 +81,8 @@ class SlicedAttention(nn.Module):
         self.v_dim = v_dim
         self.scaling = float(getattr(original, "scaling", self.head_dim**-0.5))
         self.layer_idx = getattr(original, "layer_idx", None)
+        #: Mistral's window: applied here whenever the block hands over no 4-D mask.
+        self.sliding_window = adapter.sliding_window
         device = next(original.parameters()).device  # index buffers live where the block is
         self.register_buffer("kv_of_head", torch.tensor(kv_of_head, dtype=torch.long, device=device),
                              persistent=False)
@@ -142,9 +144,15 @@ class SlicedAttention(nn.Module):
         if not self.even_groups:  # uneven groups after head deletion: one KV copy per query head
             k, v = k.index_select(1, self.kv_of_head), v.index_select(1, self.kv_of_head)
         gqa = self.even_groups and G != H
+        S = k.shape[-2]
         if attention_mask is not None and attention_mask.dim() == 4:
-            mask = attention_mask[:, :, :, : k.shape[-2]]
+            mask = attention_mask[:, :, :, :S]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
+        elif self.sliding_window and S > self.sliding_window:  # causal and at most `window` back
+            i = torch.arange(S - L, S, device=q.device)[:, None]
+            j = torch.arange(S, device=q.device)[None, :]
+            band = (j <= i) & (i - j < self.sliding_window)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=self.scaling, enable_gqa=gqa)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, scale=self.scaling, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(B, L, H * dv)

@@ -47,3 +47,45 @@ def test_slim_attention_reads_the_cache_under_either_name():
         attention(x, **{name: cache})
         assert cache.values[0].shape[-1] == adapter.head_dim // 2
         assert cache.keys[0][:, :, :3].abs().sum() > 0 and cache.keys[0][:, :, 3:].abs().sum() == 0
+
+
+def test_sliced_attention_keeps_mistrals_sliding_window():
+    """Every position, with a window shorter than the sequence, whatever mask the block passes."""
+    from conftest import TINY
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(**TINY, num_key_value_heads=2, sliding_window=4)).eval()
+    ids = torch.randint(0, 320, (2, 12))
+    with torch.no_grad():
+        dense = model(ids).logits
+    adapter = ModelAdapter(model)
+    for block in adapter.blocks:
+        adapter.replace_attention(block, SlimValueAttention(adapter, block, adapter.head_dim))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_sliding_window_without_a_mask_is_banded():
+    """Handed no 4-D mask, the module builds Mistral's band itself (decode over a long cache)."""
+    from conftest import TINY
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(**TINY, num_key_value_heads=2, sliding_window=4)).eval()
+    adapter = ModelAdapter(model)
+    block = adapter.blocks[0]
+    seen = {}
+    handle = adapter.attention(block).register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 320, (1, 12)))
+    handle.remove()
+    assert seen["attention_mask"] is not None and seen["attention_mask"].dim() == 4
+    sliced = SlimValueAttention(adapter, block, adapter.head_dim)
+    with torch.no_grad():
+        masked, _ = sliced(seen["hidden"], position_embeddings=seen["position_embeddings"],
+                           attention_mask=seen["attention_mask"])
+        banded, _ = sliced(seen["hidden"], position_embeddings=seen["position_embeddings"])
+    torch.testing.assert_close(banded, masked, rtol=1e-5, atol=1e-6)

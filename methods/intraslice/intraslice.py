@@ -60,6 +60,18 @@ width of the same and later layers (a few neurons, multiples of 8), so the measu
 the target in one sweep. With ``-o intraslice.sparsity=S`` nothing is corrected: the
 authors' run, reproduced.
 
+The code's flags and their defaults (``run_IntraSlice.py``), and what they are here:
+``--sparsity 0.4`` → knob ``sparsity`` (default: solved from the target r); ``--global_layer_rate
+global`` → ``intraslice`` (``uniform`` → ``intraslice-uniform``; ``global_pca``, which rotates
+the head gradients into per-head PCA bases, is not implemented); ``--global_bias 1.0`` →
+knob ``bias``; ``--global_frac 1`` (a head is one allocation unit) → fixed; ``--iterpca`` off →
+not implemented; ``--nsamples 128``, ``--seed 0``, ``--dataset wikitext2`` → the harness's
+shared calibration set (default 128 × 2048, seed 0); the model in float16 → the harness's
+``--dtype`` (float16 on a GPU). Ablations (*ours*): ``-vo`` and ``-mlp`` zero the other
+module's ratios and solve s again; ``-vo`` has no MLP to absorb the head deletions' drift,
+so its measured r can miss the target (the harness then refuses the row); ``-noqk`` keeps
+every RoPE pair.
+
 Differences from the code, and why: fp64 statistics and fp32 recomputed attention (the
 code recomputes attention in fp16); calibration in batches (sums, so the same statistics);
 the code's score for Q/K pairs sums per-window means, ours per-batch means (the same
