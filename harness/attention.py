@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapters import ModelAdapter
+from harness.export import exportable
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,7 @@ def pair_dimensions(pairs: torch.Tensor, head_dim: int) -> torch.Tensor:
     return torch.cat([pairs, pairs + head_dim // 2], dim=-1)
 
 
+@exportable
 class SlicedAttention(nn.Module):
     """Multi-head / grouped-query attention over kept heads, RoPE pairs and value widths.
 
@@ -104,6 +106,19 @@ class SlicedAttention(nn.Module):
             raise ValueError("q/k norms normalise over all head dimensions: RoPE pairs cannot be sliced")
         for name, norm in zip(self.qk_norm_names, norms or ()):
             setattr(self, name, norm)
+
+    def export_spec(self) -> dict:
+        pairs = None if self.rope_dims is None else self.rope_dims[:, : self.qk_dim // 2].tolist()
+        return {"heads": self.heads, "groups": self.groups, "kv_of_head": self.kv_of_head.tolist(),
+                "pairs": pairs, "v_dim": self.v_dim}
+
+    @classmethod
+    def rebuild(cls, adapter: ModelAdapter, path: str, spec: dict) -> SlicedAttention:
+        block = _block_of(adapter, path)
+        pairs = None if spec["pairs"] is None else torch.tensor(spec["pairs"], dtype=torch.long).view(
+            len(spec["groups"]), -1)
+        return SlicedAttention(adapter, block, heads=spec["heads"], groups=spec["groups"],
+                               kv_of_head=spec["kv_of_head"], pairs=pairs, v_dim=spec["v_dim"])
 
     def _rotary_tables(self, cos: torch.Tensor, sin: torch.Tensor):
         """Per-KV-head and per-query-head (cos, sin) of the kept pairs: (B, heads, L, qk_dim)."""
@@ -159,6 +174,16 @@ class SlicedAttention(nn.Module):
         return projection["o"](out), None
 
 
+def _block_of(adapter: ModelAdapter, path: str) -> nn.Module:
+    """The decoder block whose attention sits at ``path``."""
+    attention = adapter.model.get_submodule(path)
+    for block in adapter.blocks:
+        if adapter.attention(block) is attention:
+            return block
+    raise ValueError(f"no decoder block holds the attention at {path}")
+
+
+@exportable
 class SlimValueAttention(SlicedAttention):
     """Every head and RoPE pair kept, value heads ``v_dim`` wide (IntraSlice's value-only fold)."""
 

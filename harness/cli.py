@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
 
+    export = sub.add_parser(
+        "export", help="write a compressed model as safetensors + config (+ shape plan) that loads without pickle",
+        description="Re-export a compressed model: SOURCE is a run record (.json) whose model was saved with "
+                    "--save-models, or an export directory. Sparse models come out as standard transformers "
+                    "checkpoints (AutoModelForCausalLM.from_pretrained loads them, harness or not); sliced "
+                    "models as safetensors plus a shape plan in compression.json (`harness run --model OUT`).")
+    export.add_argument("source", type=Path, help="a run record (.json) or an export directory")
+    export.add_argument("out", type=Path, help="directory to write")
+
     check = sub.add_parser("check", help="fail if fresh results are worse than a stored leaderboard")
     check.add_argument("results", type=Path, help="directory of run records, or a leaderboard JSON")
     check.add_argument("--against", type=Path, required=True, help="the stored leaderboard JSON")
@@ -203,6 +212,28 @@ def cmd_plugins() -> int:
     return 0
 
 
+def cmd_export(source: Path, out: Path) -> int:
+    from harness.export import is_compressed_dir, load_compressed, read_metadata, save_compressed
+    from harness.results import load_record
+
+    if source.suffix == ".json":
+        record = load_record(source)
+        if record is None or not record.saved_model:
+            raise ValueError(f"{source} is not a run record with a saved model (run it with --save-models)")
+        source = Path(record.saved_model)
+    if not is_compressed_dir(source):
+        raise ValueError(f"{source} is not a harness export (no compression.json)")
+    model, tokenizer = load_compressed(source)
+    info = {k: v for k, v in read_metadata(source).items()
+            if k not in ("format", "harness", "structure", "loadable_by_transformers", "attn_implementation")}
+    save_compressed(model, tokenizer, out, info)
+    meta = read_metadata(out)
+    kind = "a standard transformers checkpoint" if meta["loadable_by_transformers"] else \
+        f"safetensors + a shape plan of {len(meta['structure']['modules'])} module(s)"
+    print(f"{out}: {kind} ({sum(f.stat().st_size for f in out.glob('*.safetensors')) / 2**20:.1f} MiB of weights)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import bench_compress, bench_speed, format_rows, format_speed_rows
     from harness.models import pick_dtype
@@ -247,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "export":
+            return cmd_export(args.source, args.out)
         if args.command == "leaderboard":
             from harness.leaderboard import write_leaderboards
 

@@ -58,16 +58,19 @@ def resolve(name: str) -> ModelSource:
         path = Path(dist.locate_file(files[0]))
         return ModelSource(name, str(path.parent), path.name)
     path = Path(name)
-    from harness.export import is_compressed_dir
+    from harness.export import NotAnExport, check_directory, is_compressed_dir
 
     if is_compressed_dir(path):  # saved by --save-models: loaded by harness.export
         return ModelSource(name, str(path))
+    if path.is_dir():
+        try:
+            check_directory(path)
+        except NotAnExport as error:
+            raise ModelNotFound(str(error)) from None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"no GGUF file at {path}")
         return ModelSource(name, str(path.resolve().parent), path.name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ModelNotFound(f"{path} is a directory without config.json")
     if not path.exists():  # a hub id: reachable, or in the local hub cache
         offline = hub_unreachable()
         if offline and not _in_hub_cache(name):
@@ -139,10 +142,10 @@ def load_config(name: str = DEFAULT_MODEL) -> PretrainedConfig:
     """The model's transformers config, without loading its weights."""
     from transformers import AutoConfig
 
-    from harness.export import is_compressed_dir, load_compressed
+    from harness.export import is_compressed_dir
 
-    if is_compressed_dir(name):
-        return load_compressed(name)[0].config
+    if is_compressed_dir(name):  # the dense model's config (shapes come from the shape plan)
+        return AutoConfig.from_pretrained(name)
     source = resolve(name)
     if source.gguf_file:  # refuse an unsupported architecture before transformers reads tensors
         from harness.adapters import architecture_for
@@ -174,9 +177,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
 
     from harness.export import is_compressed_dir, load_compressed
 
-    if is_compressed_dir(name):  # a model compressed and saved by this harness
-        model, tokenizer = load_compressed(name)
-        return model.to(dtype), tokenizer
+    if is_compressed_dir(name):  # a model compressed and exported by this harness
+        return load_compressed(name, dtype)
     source = resolve(name)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:

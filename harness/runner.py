@@ -33,7 +33,7 @@ from harness import models
 from harness.adapters import ModelAdapter, architecture_for
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, tokenize
 from harness.evaluation import EvalContext, Evaluator, Prepared
-from harness.export import save_compressed
+from harness.export import export_info, save_compressed
 from harness.method import Target
 from harness.plan import (  # noqa: F401  (RunConfig and Plan are part of this module's API)
     DEFAULT_CACHE,
@@ -251,7 +251,7 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
             if config.save_models:  # before speed: a 2:4 model moves to sparse kernels one way
                 record.saved_model = str(save_compressed(adapter.model, session.tokenizer,
                                                          Path(config.out) / "models" / path.stem,
-                                                         {"method": method.name, "target": plan.label}))
+                                                         export_info(record)))
             evaluate(adapter, target, prepared, context, record)
             log(f"{method.name} @ {plan.label}: ratio {record.achieved['ratio']:.4f}, "
                 + ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items()))

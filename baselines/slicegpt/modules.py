@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 from harness.adapters import ModelAdapter
+from harness.export import exportable
 
 
+@exportable
 class ShortcutRMSNorm(nn.Module):
     """x / rms(x), where rms divides by the *original* width.
 
@@ -21,12 +23,20 @@ class ShortcutRMSNorm(nn.Module):
         super().__init__()
         self.width, self.eps = width, eps
 
+    def export_spec(self) -> dict:
+        return {"width": self.width, "eps": self.eps}
+
+    @classmethod
+    def rebuild(cls, adapter: ModelAdapter, path: str, spec: dict) -> ShortcutRMSNorm:
+        return cls(spec["width"], spec["eps"])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         variance = x32.pow(2).sum(-1, keepdim=True) / self.width
         return (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
 
+@exportable
 class ShortcutBlock(nn.Module):
     """A decoder block whose residual connections carry SliceGPT's shortcut matrices.
 
@@ -49,6 +59,7 @@ class ShortcutBlock(nn.Module):
         setattr(self, arch.attention, adapter.attention(block))
         setattr(self, arch.mlp, adapter.mlp(block))
         setattr(self, arch.attention_norm, ShortcutRMSNorm(width, eps))
+        self.width, self.eps = width, eps
         eye = torch.eye(width, dtype=next(block.parameters()).dtype)
         self.attn_shortcut = nn.Parameter(eye.clone(), requires_grad=False)
         if not self.parallel:
@@ -56,6 +67,13 @@ class ShortcutBlock(nn.Module):
             self.mlp_shortcut = nn.Parameter(eye.clone(), requires_grad=False)
         if hasattr(block, "attention_type"):
             self.attention_type = block.attention_type
+
+    def export_spec(self) -> dict:  # the shortcut shapes come from the weights file
+        return {"width": self.width, "eps": self.eps}
+
+    @classmethod
+    def rebuild(cls, adapter: ModelAdapter, path: str, spec: dict) -> ShortcutBlock:
+        return cls(adapter, adapter.model.get_submodule(path), spec["width"], spec["eps"])
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         kwargs.pop("output_attentions", None)
