@@ -62,7 +62,16 @@ def export_info(record) -> dict[str, Any]:
     return {"method": record.method, "method_kind": record.method_kind, "model": record.model,
             "target": record.label, "pattern": record.target.get("pattern"),
             "knobs": report.get("knobs", {}), "ratio": (record.achieved or {}).get("ratio"),
-            "record": record.key}
+            "params_dense": (record.achieved or {}).get("params_dense"), "record": record.key}
+
+
+def export_ratio(path: str | Path, model: nn.Module) -> float | None:
+    """r of a loaded export, measured against its dense model's count (kept in the metadata)."""
+    from harness.adapters import ModelAdapter
+    from harness.targets import count_parameters
+
+    dense = (read_metadata(path).get("params_dense") or {}).get("blocks")
+    return None if not dense else 1 - count_parameters(ModelAdapter(model)).blocks / dense
 def shape_plan(model: nn.Module) -> list[dict[str, Any]]:
     """The replaced modules of ``model``, parents before children."""
     plan = []

@@ -88,7 +88,14 @@ class ModelSession:
     def dense(self) -> tuple[torch.nn.Module, ParameterCount]:
         self.log(f"loading {self.name} ({self.dtype}) ...")
         model = models.load_model(self.name, self.dtype)[0]
-        return model, count_parameters(ModelAdapter(model))
+        counted = count_parameters(ModelAdapter(model))
+        from harness.export import export_ratio, is_compressed_dir, read_metadata
+
+        if is_compressed_dir(self.name):  # an export: say what it is, measured again here
+            meta = read_metadata(self.name)
+            self.log(f"{self.name}: {meta.get('method')} export, measured r = {export_ratio(self.name, model):.4f} "
+                     f"of its dense model (its record: {meta.get('ratio')})")
+        return model, counted
 
     def fresh_copy(self) -> torch.nn.Module:
         model = self.dense[0]
