@@ -136,6 +136,10 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         header = protocol_header(ok)
         unreachable = [r for r in failed if r.status == "unreachable"]
         failed = [r for r in failed if r.status != "unreachable"]
+        sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
+        if sliced:  # what --save-models gives each row (harness/export.py)
+            header += ("\nexports: sparse rows are standard checkpoints stock transformers loads; "
+                       f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
         if speed_mode:
             header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
         if unreachable:
