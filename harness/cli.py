@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-models", action="store_true", default=None,
                      help="save each compressed model under OUT/models/ (load it back with --model DIR)")
     run.add_argument("--leaderboard", metavar="DIR", help="also write leaderboards to DIR afterwards")
+    ray = run.add_argument_group("Ray (spread the cells over a cluster; pip install 'compression-harness[ray]')")
+    ray.add_argument("--executor", choices=["local", "ray"],
+                     help="local (default): cells one after another here; ray: one Ray task per cell")
+    ray.add_argument("--ray-address", help="join this cluster (auto, ray://host:10001); default: start a local one")
+    ray.add_argument("--retries", type=int, help="times Ray reruns a cell whose worker died (default 1)")
+    ray.add_argument("--ray-gpus", type=int, help="whole GPUs per cell (default: 1 if the cluster has GPUs)")
+    ray.add_argument("--ray-memory-gb", type=float, help="CPU memory a cell reserves (offloaded weights)")
+    ray.add_argument("--ray-accelerator", help="GPU type every cell runs on, e.g. H100 (speed cells are "
+                                               "pinned to the first task's GPU type anyway)")
 
     board = sub.add_parser("leaderboard", help="build leaderboard tables from run records")
     board.add_argument("results", type=Path, help="directory of run records")

@@ -53,6 +53,13 @@ class RunConfig:
     match_phase: str = "decode@1x512"
     sparse_kernels: bool = True  # 2:4 weights on torch's semi-structured kernels for speed
     compile: bool | None = None  # speed: torch.compile the serving step (None: on a GPU only)
+    # Where the cells run (none of these changes a result, so none is in a cell's identity):
+    executor: str = "local"  # "local": one after another here; "ray": one Ray task per cell
+    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:10001": join one
+    retries: int = 1  # Ray: times a cell whose worker died (OOM, node loss) is run again
+    ray_gpus: int | None = None  # Ray: whole GPUs per cell (None: 1 when the cluster has GPUs, else 0)
+    ray_memory_gb: float | None = None  # Ray: CPU memory a cell reserves (block-offloaded weights)
+    ray_accelerator: str | None = None  # Ray: GPU type every cell must run on, e.g. "H100"
 
 
 @dataclass

@@ -144,6 +144,16 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Reg
     return registry
 
 
+#: Extra plugin modules to load, comma-separated (like PYTEST_PLUGINS): try a plugin without
+#: packaging it, or hand one to Ray workers, which inherit the environment.
+PLUGINS_ENV = "HARNESS_PLUGINS"
+
+
 @lru_cache(maxsize=1)
 def default_registry() -> Registry:
-    return load_plugins()
+    import importlib
+    import os
+
+    extra = [importlib.import_module(name.strip()) for name in os.environ.get(PLUGINS_ENV, "").split(",")
+             if name.strip()]
+    return load_plugins(extra)

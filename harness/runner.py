@@ -22,7 +22,7 @@ import resource
 import subprocess
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -226,54 +226,97 @@ def evaluate(adapter: ModelAdapter, target: Target, prepared: list[tuple[Evaluat
     record.timings["eval_s"] = time.perf_counter() - start
 
 
-def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[Record]:
-    """Run every (method, target) of ``config``; return the records (existing ones included)."""
+@dataclass
+class Sweep:
+    """What every cell of a sweep shares: the model session, the calibration set, the
+    prepared evaluations. Built once per process (the driver, or each Ray worker)."""
+
+    config: RunConfig
+    registry: Registry
+    plans: list[Plan]
+    device: torch.device
+    session: ModelSession
+    calibration: Calibration | None
+    context: EvalContext
+    prepared: list[tuple[Evaluator, Prepared]]
+    eval_spec: dict
+
+    def cell(self, plan: Plan) -> tuple[str, Path]:
+        """The cell's identity: a hash of everything that defines its result, and its record's path."""
+        method, config = plan.method, self.config
+        calibration = self.calibration
+        key = run_key(model=self.session.fingerprint, method=method.name, target=asdict(plan.target),
+                      matched=plan.matched, dtype=str(self.session.dtype),
+                      speed_target=plan.speed_target and plan.speed_target.label,
+                      calibration=calibration.describe() if calibration and method.needs_calibration else None,
+                      evals=self.eval_spec, schema=SCHEMA_VERSION, harness=harness.__version__)
+        return key, record_path(Path(config.out), config.model, method.name, plan.label, key)
+
+
+def prepare_sweep(config: RunConfig, registry: Registry | None = None, log=print,
+                  calibration_ids: torch.Tensor | None = None) -> Sweep:
+    """Plan the cells, read the model's config, draw (or take) the calibration set, prepare
+    the evaluations. ``calibration_ids``: the set another process drew (a Ray cell gets the
+    one its model's first task drew, so every cell of a model shares it exactly)."""
     registry = registry or default_registry()
     plans, evaluations = plan_runs(config, registry), plan_evaluations(config, registry)
     registry.dataset(CalibrationSpec.parse(config.calibration, config.seed).dataset)
     device = resolve_device(config.device)
     session = load(config, plans, models.pick_dtype(config.dtype, str(device)), log)
-    calibration = (calibrate(config, registry, session, device, log)
-                   if any(p.method.needs_calibration for p in plans) else None)
+    calibration = None
+    if any(p.method.needs_calibration for p in plans):
+        calibration = calibrate(config, registry, session, device, log)
+        if calibration_ids is not None and not torch.equal(calibration.input_ids, calibration_ids):
+            raise RuntimeError("this worker drew a different calibration set than the sweep's first task")
     context = EvalContext(config, registry, device, config.eval_length or session.context_length,
                           session.fingerprint, lambda: session.tokenizer, lambda: session.dense[0])
     prepared = prepare_evaluations(evaluations, context, log)
     eval_spec = {name: spec for _, p in prepared for name, spec in p.spec.items()}
-    records = []
-    for plan in plans:
-        method = plan.method
-        key = run_key(model=session.fingerprint, method=method.name, target=asdict(plan.target),
-                      matched=plan.matched, dtype=str(session.dtype), speed_target=plan.speed_target and plan.speed_target.label,
-                      calibration=calibration.describe() if calibration and method.needs_calibration else None,
-                      evals=eval_spec, schema=SCHEMA_VERSION)
-        path = record_path(Path(config.out), config.model, method.name, plan.label, key)
-        if (done := reusable(path, config, log)) is not None:
-            records.append(done)
-            continue
-        log(f"{method.name} @ {plan.label}: compressing ...")
-        record = new_record(plan, key, session, calibration, eval_spec, registry, device, config.seed)
-        try:
-            adapter, target = compress(plan, session, calibration, record, prepared, config, device, log)
-            measure(adapter, plan, target, session.dense[1], record)
-            if config.save_models:  # before speed: a 2:4 model moves to sparse kernels one way
-                record.saved_model = str(save_compressed(adapter.model, session.tokenizer,
-                                                         Path(config.out) / "models" / path.stem,
-                                                         export_info(record)))
-            evaluate(adapter, target, prepared, context, record)
-            log(f"{method.name} @ {plan.label}: ratio {record.achieved['ratio']:.4f}, "
-                + ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items()))
-        except Unreachable as error:  # reported, with the best speedup it reached
-            record.status, record.error = "unreachable", str(error)
-            log(f"{method.name} @ {plan.label}: cannot reach the target speed: {error}")
-        except Exception as error:  # one failed run must not lose the others
-            record.status, record.error = "failed", f"{type(error).__name__}: {error}"
-            record.traceback = traceback.format_exc(limit=8)
-            log(f"{method.name} @ {plan.label}: FAILED: {record.error}")
-        record.memory = {"peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-                         "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        write_record(path, record)
-        records.append(record)
-    return records
+    return Sweep(config, registry, plans, device, session, calibration, context, prepared, eval_spec)
+
+
+def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
+    """One cell: a method at a target, its evaluations included; its record, written atomically
+    (an existing finished record with the same identity is reused)."""
+    config, session, calibration, device = sweep.config, sweep.session, sweep.calibration, sweep.device
+    method = plan.method
+    key, path = sweep.cell(plan)
+    if (done := reusable(path, config, log)) is not None:
+        return done
+    log(f"{method.name} @ {plan.label}: compressing ...")
+    record = new_record(plan, key, session, calibration, sweep.eval_spec, sweep.registry, device, config.seed)
+    try:
+        adapter, target = compress(plan, session, calibration, record, sweep.prepared, config, device, log)
+        measure(adapter, plan, target, session.dense[1], record)
+        if config.save_models:  # before speed: a 2:4 model moves to sparse kernels one way
+            record.saved_model = str(save_compressed(adapter.model, session.tokenizer,
+                                                     Path(config.out) / "models" / path.stem, export_info(record)))
+        evaluate(adapter, target, sweep.prepared, sweep.context, record)
+        log(f"{method.name} @ {plan.label}: ratio {record.achieved['ratio']:.4f}, "
+            + ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items()))
+    except Unreachable as error:  # reported, with the best speedup it reached
+        record.status, record.error = "unreachable", str(error)
+        log(f"{method.name} @ {plan.label}: cannot reach the target speed: {error}")
+    except Exception as error:  # one failed run must not lose the others
+        record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+        record.traceback = traceback.format_exc(limit=8)
+        log(f"{method.name} @ {plan.label}: FAILED: {record.error}")
+    record.memory = {"peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                     "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    write_record(path, record)
+    record.path = path
+    return record
+
+
+def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[Record]:
+    """Run every (method, target) of ``config``; return the records (existing ones included).
+    ``config.executor == "ray"`` spreads the cells over a Ray cluster (``harness.ray_executor``)."""
+    if config.executor == "ray":
+        from harness.ray_executor import run_on_ray
+
+        return run_on_ray(config, log)
+    sweep = prepare_sweep(config, registry, log)
+    return [run_cell(sweep, plan, log) for plan in sweep.plans]
 
 
 # --- provenance -----------------------------------------------------------------------------

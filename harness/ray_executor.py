@@ -1,0 +1,146 @@
+"""Sweeps on a Ray cluster: one Ray task per cell (a model × method × target, its evaluations
+included), on Ray Core, not a scheduler of our own.
+
+    harness run ... --executor ray                      # a local cluster (ray.init())
+    harness run ... --executor ray --ray-address auto   # join a running one (or ray://host:10001)
+
+Order: a model's *first task* draws the calibration set (filling the shared caches), runs
+the dense row, and lists the cells with their identities; every other cell depends on its
+output (the calibration ids travel as one Ray object), so all cells share the calibration
+set exactly. Each cell rebuilds what it needs in its worker (the model from disk, the
+evaluations from the caches) and writes its record itself, atomically, into ``--out``:
+on a multi-node cluster that directory (and ``--cache-dir``) must be on shared storage.
+
+Identity: a record's file name holds the hash of everything that defines its result
+(``Sweep.cell``); a rerun skips cells whose record exists with that hash and reruns the
+rest, failed ones included. A cell whose worker dies (OOM, node loss, a crash) is retried
+``--retries`` times by Ray, then recorded as failed with the error; the sweep goes on.
+
+Resources per cell: ``--ray-gpus`` whole GPUs (default 1 when the cluster has GPUs and the
+device is not "cpu"), ``--ray-memory-gb`` CPU memory (block-offloaded weights live there),
+``--ray-accelerator`` a GPU type. A whole GPU per cell means a speed cell never shares its
+GPU; speed cells are also pinned to the GPU type the first task ran on, so one table never
+mixes GPU types (the GPU model is in every record).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.plan import RunConfig
+from harness.results import Record, load_record, write_record
+
+
+def _quiet(*args, **kwargs) -> None:  # workers report through the driver, one line per cell
+    pass
+
+
+def _node_accelerator() -> str | None:
+    """The Ray accelerator type of the node this task runs on (e.g. "H100"), if any."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    for info in ray.nodes():
+        if info["NodeID"] == node:
+            types = [k.split(":", 1)[1] for k in info["Resources"] if k.startswith("accelerator_type:")]
+            return types[0] if types else None
+    return None
+
+
+def first_task(config: RunConfig):
+    """Calibration ids, and the manifest of cells (dense rows already run here)."""
+    from harness.runner import new_record, prepare_sweep, reusable, run_cell
+
+    sweep = prepare_sweep(config, log=_quiet)
+    cells = []
+    for index, plan in enumerate(sweep.plans):
+        key, path = sweep.cell(plan)
+        if plan.method.kind == "reference":
+            run_cell(sweep, plan, _quiet)
+        skeleton = new_record(plan, key, sweep.session, sweep.calibration, sweep.eval_spec, sweep.registry,
+                              sweep.device, config.seed)
+        speed = plan.speed_target is not None or any(e.name == "speed" for e, _ in sweep.prepared)
+        cells.append({"index": index, "method": plan.method.name, "label": plan.label, "path": str(path),
+                      "done": reusable(path, config, _quiet) is not None, "speed": speed,
+                      "skeleton": skeleton.to_json()})
+    ids = None if sweep.calibration is None else sweep.calibration.input_ids
+    return ids, {"cells": cells, "accelerator": _node_accelerator()}
+
+
+def cell_task(config: RunConfig, index: int, calibration_ids, _after_first) -> str:
+    """One cell, in a worker; returns its record's path."""
+    from harness.runner import prepare_sweep, run_cell
+
+    sweep = prepare_sweep(config, log=_quiet, calibration_ids=calibration_ids)
+    plan = sweep.plans[index]
+    run_cell(sweep, plan, _quiet)
+    return str(sweep.cell(plan)[1])
+
+
+def _failed(cell: dict, error: BaseException) -> Record:
+    record = Record.from_json(dict(cell["skeleton"]), Path(cell["path"]))
+    record.status, record.error = "failed", f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:500]}"
+    write_record(Path(cell["path"]), record)
+    return record
+
+
+def _runtime_env() -> dict:
+    """What workers on other nodes need from this process's environment."""
+    keep = [k for k in os.environ if k.startswith("HARNESS_") or k in ("PYTHONPATH", "HF_HOME")]
+    return {"env_vars": {k: os.environ[k] for k in keep}} if keep else {}
+
+
+def run_on_ray(config: RunConfig, log=print) -> list[Record]:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install 'compression-harness[ray]'") from None
+    from tqdm.auto import tqdm
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=config.ray_address, runtime_env=_runtime_env() or None, include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+    try:
+        gpus = config.ray_gpus
+        if gpus is None:
+            gpus = 1 if config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        options = {"num_gpus": gpus, "max_retries": config.retries}
+        if config.ray_memory_gb:
+            options["memory"] = int(config.ray_memory_gb * 2**30)
+        if config.ray_accelerator:
+            options["accelerator_type"] = config.ray_accelerator
+        log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+            f"{gpus} GPU(s) per cell")
+        ids_ref, manifest_ref = ray.remote(first_task).options(num_returns=2, **options).remote(config)
+        manifest = ray.get(manifest_ref)  # the dense rows are done: every other cell may start
+        records, running = [], {}
+        remote_cell = ray.remote(cell_task)
+        for cell in manifest["cells"]:
+            if cell["done"]:
+                records.append(load_record(Path(cell["path"])))
+                log(f"{cell['method']} @ {cell['label']}: done ({Path(cell['path']).name})")
+                continue
+            cell_options = dict(options)
+            if cell["speed"] and gpus and not config.ray_accelerator and manifest["accelerator"]:
+                cell_options["accelerator_type"] = manifest["accelerator"]  # one GPU type per table
+            running[remote_cell.options(**cell_options).remote(config, cell["index"], ids_ref, manifest_ref)] = cell
+        pending = list(running)
+        with tqdm(total=len(pending), desc="cells", disable=None, leave=False) as bar:
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                cell = running[finished[0]]
+                try:
+                    record = load_record(Path(ray.get(finished[0])))
+                except ray.exceptions.RayError as error:  # the worker died, retries spent
+                    record = _failed(cell, error)
+                records.append(record)
+                bar.update()
+                summary = (f"ratio {record.achieved['ratio']:.4f}, " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in record.metrics.items())) if record.ok else f"{record.status}: {record.error}"
+                log(f"{cell['method']} @ {cell['label']}: {summary}")
+        return records
+    finally:
+        if started_here:
+            ray.shutdown()
