@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 17 on the GPU machine: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised), full
+# protocol (128 × 2048 calibration, all WikiText-2 test windows of 2048), float16. Parts first:
+# see prepare_qwen.sh. Every run resumes from the records already in $store/qwen, and every
+# call returns them all under $OUT/qwen-records.tgz, so a sweep cut by the call limit or the
+# session's device time continues in the next call (or, from committed records copied back
+# into $store/qwen, the next session).
+#   bash leaderboards/gpu/qwen_sweep.sh [STAGE ...]     stages: ppl zeroshot speed besa (default: all)
+set -euo pipefail
+store=/tmp/dev
+if [ ! -e "$store/qwen.gguf" ]; then
+  cat "$store"/q{1,2,3,4,5,6,7,8,9}/qwen.part > "$store/qwen.gguf"
+  echo "$(cat "$store/zs/qwen.sha256")  $store/qwen.gguf" | sha256sum -c --quiet
+fi
+if [ ! -e "$store/zs/.installed" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/whl/*.whl "$store"/zs/whl/*.whl
+  PYTHONPATH="$store/site" python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+  mkdir -p "$store/data/zeroshot" && cp "$store"/zs/zeroshot/* "$store/data/zeroshot/"
+  touch "$store/zs/.installed"
+fi
+export PYTHONPATH=$store/site HARNESS_DATA_DIR=$store/data HARNESS_CACHE_DIR=$store/cache PYTHONUNBUFFERED=1 \
+       TOKENIZERS_PARALLELISM=false HF_DATASETS_OFFLINE=1
+out=$store/qwen
+common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
+zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
+for stage in ${@:-zeroshot ppl speed besa}; do
+  case $stage in
+    ppl)       # every method at r = 0.2 and 0.5, the sparsity methods at 4:8: perplexity (the dense
+               # row comes from the zeroshot stage, so each table has one)
+      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.2,0.5 || true
+      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 4:8 || true ;;
+    zeroshot)  # r = 0.3 and 2:4 with the 7 zero-shot tasks as well (one record per cell)
+      harness run "${common[@]}" --methods dense,magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.3 \
+          --eval ppl:wikitext2 --eval "$zeroshot" || true
+      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 \
+          --eval ppl:wikitext2 --eval "$zeroshot" || true ;;
+    speed)     # structured methods at a matched measured speedup of 1.2x, quality measured there
+      harness run "${common[@]}" --methods slicegpt,intraslice --match speedup:1.2 --phase prefill@8x2048 \
+          --eval ppl:wikitext2 || true ;;
+    besa)      # BESA last: it trains per block
+      harness run "${common[@]}" --methods besa --ratios 0.2,0.5 || true
+      harness run "${common[@]}" --methods besa --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot" || true ;;
+  esac
+  tar czf "${OUT:-/tmp}/qwen-records.tgz" --exclude models -C "$store" qwen
+done
