@@ -69,8 +69,7 @@ not implemented; ``--nsamples 128``, ``--seed 0``, ``--dataset wikitext2`` → t
 shared calibration set (default 128 × 2048, seed 0); the model in float16 → the harness's
 ``--dtype`` (float16 on a GPU). Ablations (*ours*): ``-vo`` and ``-mlp`` zero the other
 module's ratios and solve s again; ``-vo`` has no MLP to absorb the head deletions' drift,
-so its measured r can miss the target (the harness then refuses the row); ``-noqk`` keeps
-every RoPE pair.
+so the next layers' attention ratios absorb it; ``-noqk`` keeps every RoPE pair.
 
 Differences from the code, and why: fp64 statistics and fp32 recomputed attention (the
 code recomputes attention in fp16); calibration in batches (sums, so the same statistics);
@@ -555,6 +554,8 @@ class IntraSlice(Method):
             i = step.index
             a, m = (float(x) for x in ratios[i])
             kept = {}
+            if matching and "mlp" not in self.modules and a > 0:  # -vo: the attention absorbs the drift
+                a = self._corrected_attention(model, step, a, sum(budget[:i]) - spent)
             if a > 0:
                 kept.update(prune_attention(step, model, a, self.slice_qk, align))
             width = step.linears["down"].in_features
@@ -571,6 +572,15 @@ class IntraSlice(Method):
             report.layer_ratios[f"layers.{i}.mlp"] = 1 - k / width
         report.timings = {"allocation_s": allocation_s, "prune_s": time.perf_counter() - start}
         return report
+
+    @staticmethod
+    def _corrected_attention(model, step, ratio: float, allowance: float) -> float:
+        """Attention ratio that gives back (or takes) the parameters the earlier layers'
+        head deletions drifted by, at roughly (q + o + the group's share of k, v) per channel."""
+        H, G, d = model.num_heads, model.num_kv_heads, model.hidden_size
+        channels = H * model.head_dim
+        per_channel = d * (2 + 2 * G / H)
+        return min(allocation.MAX_RATIO, max(0.0, ratio - allowance / (channels * per_channel)))
 
     @staticmethod
     def _corrected_width(model, step, allowance: float, align: int = 1) -> int:
