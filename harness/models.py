@@ -181,10 +181,20 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
         return load_compressed(name, dtype)
     source = resolve(name)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    model_kwargs = dict(kwargs)
+    if source.gguf_file:
+        # transformers ≥ 5.24 keeps GGUF weights packed where a GGUF matmul kernel exists (on
+        # GPUs); every method here edits plain weights, so always unpack to a dense model.
+        try:
+            from transformers.utils.quantization_config import GgufConfig
+
+            model_kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers always dequantise
+            pass
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
+            source.path, dtype=dtype, low_cpu_mem_usage=True, **model_kwargs)
     except OSError as error:
         raise ModelNotFound(f"could not load model {name!r}: {error}") from error
     # A GGUF checkpoint is dequantised on load; drop its quantisation note so the model
@@ -192,6 +202,10 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
     if getattr(model.config, "quantization_config", None) and source.gguf_file:
         del model.config.quantization_config
         model.hf_quantizer = None
+    packed = [n for n, p in model.named_parameters() if p.is_floating_point() is False or p.dtype != dtype]
+    if packed:
+        raise ModelNotFound(f"could not load {name!r} as a dense {dtype} model: {packed[:3]} are not {dtype} "
+                            "(packed quantized weights?)")
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
