@@ -342,10 +342,11 @@ def slice_attention(model: ModelAdapter, block: nn.Module, deleted: list[int], p
     o = linears["o"]
     model.replace_linear(block, "o", _linear(w_o, o.bias, o))
     kv_of_head = [groups.index(h // per) for h in heads]
-    model.replace_attention(block, SlicedAttention(
-        model, block, heads=heads, groups=groups, kv_of_head=kv_of_head,
-        pairs=None if pairs is None else torch.stack([pairs[g].cpu() for g in groups]) if groups else
-        torch.zeros(0, 0, dtype=torch.long), v_dim=width))
+    kept_pairs = None  # (kept groups × pairs) frequency indices, or None: every pair
+    if pairs is not None:
+        kept_pairs = torch.stack([pairs[g].cpu() for g in groups]) if groups else torch.zeros(0, 0, dtype=torch.long)
+    model.replace_attention(block, SlicedAttention(model, block, heads=heads, groups=groups, kv_of_head=kv_of_head,
+                                                   pairs=kept_pairs, v_dim=width))
 
 
 def refit_output(w_o: torch.Tensor, RR: torch.Tensor, RX: torch.Tensor, bases: dict[int, torch.Tensor],
