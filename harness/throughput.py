@@ -403,7 +403,7 @@ class Speed(Evaluator):
     name = "speed"
     description = "throughput as a server sees it (static KV cache, CUDA graph) and speedup over dense"
     order = 100  # last: a 2:4 model moves to sparse kernels, one way
-    metric_prefixes = ("speedup",)
+    metric_prefixes = ("speedup", "roofline", "peak")
 
     def check(self, args: list[str], registry) -> None:
         for arg in args:
@@ -420,13 +420,26 @@ class Speed(Evaluator):
         dense: DenseSpeed = prepared.state
         details = measure_model(model, target.pattern, dense.specs, context.device, context.config.sparse_kernels,
                                 dense.compile)
+        bandwidth, peak = hardware_ceilings(str(context.device), model.dtype)
         metrics = {}
         for label, result in details.items():
             result["dense_tokens_per_s"] = dense.tokens_per_s(label)
             result["speedup"] = result["tokens_per_s"] / result["dense_tokens_per_s"]
             metrics[f"speed:{label}"] = result["tokens_per_s"]
             metrics[f"speedup:{label}"] = result["speedup"]
+            # how far from the hardware: decode against the HBM roofline, prefill against the
+            # measured matmul peak (GPU only: a CPU has no figure here)
+            if (fraction := roofline(result, bandwidth)) is not None:
+                result["roofline"] = metrics[f"roofline:{label}"] = fraction
+            if (fraction := peak_fraction(result, peak)) is not None:
+                result["peak_frac"] = metrics[f"peak:{label}"] = fraction
         return EvalResult(metrics, details)
+
+
+@functools.cache
+def hardware_ceilings(device: str, dtype: torch.dtype) -> tuple[float | None, float | None]:
+    """(memory bandwidth B/s, matmul peak FLOP/s) of ``device``, measured once per process."""
+    return memory_bandwidth(torch.device(device)), matmul_peak(torch.device(device), dtype)
 
 
 @hookimpl

@@ -213,3 +213,19 @@ cache_dir = "{tmp_path / 'cache'}"
     bad = tmp_path / "bad.toml"
     bad.write_text("ratioz = [0.3]\n")
     assert main(["run", "--config", str(bad)]) == 2
+
+
+def test_speed_rows_carry_the_hardware_fractions(config, registry, monkeypatch):
+    """Decode against the memory roofline, prefill against the matmul peak (figures a GPU
+    measures; here stand-ins): each row says how far it is from the hardware, not only from dense."""
+    from harness import throughput
+
+    monkeypatch.setattr(throughput, "hardware_ceilings", lambda device, dtype: (1e11, 1e12))
+    config.methods, config.ratios = ["dense"], [0.5]
+    config.evals = ["speed:decode@1x16,prefill@1x16"]
+    (dense,) = run(config, registry, log=quiet)
+    decode, prefill = (dense.details["speed"][k] for k in ("decode@1x16", "prefill@1x16"))
+    expected = (decode["weights_bytes"] + decode["kv_cache_bytes"]) / 1e11 / (decode["step_ms"] / 1e3)
+    assert dense.metrics["roofline:decode@1x16"] == pytest.approx(expected)
+    assert dense.metrics["peak:prefill@1x16"] == pytest.approx(prefill["flops"] / (prefill["step_ms"] / 1e3) / 1e12)
+    assert "roofline:prefill@1x16" not in dense.metrics and "peak:decode@1x16" not in dense.metrics
