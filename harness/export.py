@@ -82,14 +82,30 @@ def shape_plan(model: nn.Module) -> list[dict[str, Any]]:
     return plan
 
 
-def dense_shapes_differ(model: nn.Module) -> bool:
-    """Whether any tensor of ``model`` has a shape its config's dense model does not."""
+def dense_shapes_differ(model: nn.Module, config=None) -> bool:
+    """Whether any tensor of ``model`` has a shape the model ``config`` describes does not."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        dense = AutoModelForCausalLM.from_config(model.config)
+        dense = AutoModelForCausalLM.from_config(config or model.config)
     shapes = {k: v.shape for k, v in dense.state_dict().items()}
     return any(shapes.get(k) != v.shape for k, v in model.state_dict().items())
+
+
+def expressible_config(model: nn.Module):
+    """A config stock transformers builds exactly these shapes from, when the only change is
+    one MLP width shared by every layer (MLP-only slicing at a uniform ratio); else None."""
+    import copy
+
+    from harness.adapters import ModelAdapter
+
+    adapter = ModelAdapter(model)
+    widths = {adapter.linears(block)["down"].in_features for block in adapter.blocks}
+    if len(widths) != 1 or not hasattr(model.config, "intermediate_size"):
+        return None
+    config = copy.deepcopy(model.config)
+    config.intermediate_size = widths.pop()
+    return None if dense_shapes_differ(model, config) else config
 
 
 def save_compressed(model: nn.Module, tokenizer, path: str | Path, info: dict | None = None) -> Path:
@@ -99,17 +115,22 @@ def save_compressed(model: nn.Module, tokenizer, path: str | Path, info: dict | 
     _import_plugins()
     plan = shape_plan(model)
     structured = bool(plan) or dense_shapes_differ(model)
+    stock = None if plan or not structured else expressible_config(model)
+    if stock is not None:  # a config can say it: a standard checkpoint after all
+        structured = False
     meta = {"format": FORMAT, "harness": harness.__version__, **(info or {}),
             # the same kernels on reload (eager and SDPA attention differ in the last bits)
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "structure": {"modules": plan} if structured else None,
             "loadable_by_transformers": not structured}
-    config = model.config
+    dense_config = model.config
+    config = model.config = stock or dense_config
     config.compression = {k: v for k, v in meta.items() if k != "structure"}
     try:
         model.save_pretrained(path, safe_serialization=True)
     finally:
         del config.compression
+        model.config = dense_config
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     atomic_write(path / SIDECAR, lambda f: f.write(json.dumps(meta, indent=1)))  # last: marks it complete

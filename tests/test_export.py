@@ -143,3 +143,23 @@ def test_smollm2_export_reloads_with_the_same_perplexity(method, tmp_path):
                  *common]) == 0
     again = load_records(tmp_path / "b")[0]
     assert again.metrics["ppl:wikitext2"] == pytest.approx(record.metrics["ppl:wikitext2"], rel=1e-4)
+
+
+def test_mlp_only_slicing_at_one_width_exports_a_stock_checkpoint(tmp_path):
+    """The same MLP width in every layer is what ``intermediate_size`` says: stock transformers
+    loads it, no shape plan needed."""
+    from transformers import AutoModelForCausalLM
+
+    from methods.intraslice.intraslice import IntraSlice
+
+    model = tiny_model("llama3")
+    IntraSlice(name="u", allocation="uniform", modules=("mlp",)).compress(
+        ModelAdapter(model), synthetic_calibration(), Target(0.0, options={"sparsity": 0.25}))
+    before = logits_of(model)
+    save_compressed(model, None, tmp_path / "export", {"method": "intraslice-mlp"})
+    meta = read_metadata(tmp_path / "export")
+    assert meta["loadable_by_transformers"] and meta["structure"] is None
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "export", attn_implementation=meta["attn_implementation"])
+    assert stock.config.intermediate_size == model.model.layers[0].mlp.down_proj.in_features < 128
+    torch.testing.assert_close(logits_of(stock.eval()), before, rtol=0, atol=0)
+    assert model.config.intermediate_size == 128  # the in-memory model keeps its dense config
