@@ -22,6 +22,8 @@ from harness import hookimpl
 from harness.datasets import DATA_DIR_ENV
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 
+GPU_BATCH = 64  # zero-shot requests per forward pass on a GPU
+
 
 def local_task_file(task: str, data_dir: str | Path | None) -> Path | None:
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -124,8 +126,12 @@ class ZeroShot(Evaluator):
 
     def evaluate(self, prepared: Prepared, model, target, context: EvalContext) -> EvalResult:
         config = context.config
+        # ~66k short scoring requests for the 7 tasks: a GPU wants far larger batches than the
+        # calibration's (lm-eval pads per batch; scores do not depend on the batch size)
+        batch = max(config.batch_size, GPU_BATCH) if context.device.type == "cuda" else config.batch_size
         metrics, details = evaluate_zeroshot(model.model, context.tokenizer(), prepared.state, context.device,
-                                             config.zeroshot_limit, config.batch_size, config.data_dir)
+                                             config.zeroshot_limit, batch, config.data_dir)
+        details["batch_size"] = batch
         return EvalResult(metrics, details)
 
 
