@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 17, item 1: SmolLM2-135M, full protocol (128 × 2048 calibration, all WikiText-2 windows),
+# float16, with the 7 zero-shot tasks, at r = 0.3, 0.5 and 2:4. Parts: prepare_device.sh and
+# prepare_qwen.sh (for .device/zs: lm-eval's wheels and the task files); calls:
+#   1. carry [.device/whl, .device/data, .device/zs]  bash leaderboards/gpu/on_device.sh stash
+#   2. carry [.device/p1]                             bash leaderboards/gpu/on_device.sh stash
+#   3. carry [.device/p2]                             bash leaderboards/gpu/on_device.sh stash && bash leaderboards/gpu/smollm2_zeroshot.sh
+# Resumable: records stay in $store/smollm2-zs while the machine is warm, and every call returns
+# them all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/).
+set -euo pipefail
+store=/tmp/dev
+if [ ! -e "$store/zs/.installed" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/zs/whl/*.whl
+  mkdir -p "$store/data/zeroshot" && cp "$store"/zs/zeroshot/* "$store/data/zeroshot/"
+  touch "$store/zs/.installed"
+fi
+source <(bash leaderboards/gpu/on_device.sh env)
+export HF_DATASETS_OFFLINE=1
+out=$store/smollm2-zs
+zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
+common=(--model "$SMOLLM2" --dtype float16 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
+harness run "${common[@]}" --methods dense,magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.3,0.5 || true
+harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 || true
+harness run "${common[@]}" --methods besa --ratios 0.3,0.5 || true
+tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" --exclude models -C "$store" smollm2-zs
