@@ -19,7 +19,10 @@ export HF_DATASETS_OFFLINE=1
 out=$store/smollm2-zs
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 common=(--model "$SMOLLM2" --dtype float16 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
-harness run "${common[@]}" --methods dense,magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.3,0.5 || true
-harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 || true
-harness run "${common[@]}" --methods besa --ratios 0.3,0.5 || true
-tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" --exclude models -C "$store" smollm2-zs
+keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" --exclude models -C "$store" smollm2-zs; }
+# one method at a time, so a call cut by its time limit has returned what it finished
+for method in dense intraslice slicegpt wanda sparsegpt magnitude; do
+  harness run "${common[@]}" --methods "$method" --ratios 0.3,0.5 || true; keep
+done
+harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 || true; keep
+harness run "${common[@]}" --methods besa --ratios 0.3,0.5 || true; keep
