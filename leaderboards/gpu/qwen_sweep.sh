@@ -23,23 +23,29 @@ export PYTHONPATH=$store/site HARNESS_DATA_DIR=$store/data HARNESS_CACHE_DIR=$st
 out=$store/qwen
 common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
+keep() { tar czf "${OUT:-/tmp}/qwen-records.tgz" --exclude models -C "$store" qwen; }
+# one method per run, records returned after each: a call cut by its time limit keeps what it finished
 for stage in ${@:-zeroshot ppl speed besa}; do
   case $stage in
-    ppl)       # every method at r = 0.2 and 0.5, the sparsity methods at 4:8: perplexity (the dense
-               # row comes from the zeroshot stage, so each table has one)
-      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.2,0.5 || true
-      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 4:8 || true ;;
-    zeroshot)  # r = 0.3 and 2:4 with the 7 zero-shot tasks as well (one record per cell)
-      harness run "${common[@]}" --methods dense,magnitude,wanda,sparsegpt,slicegpt,intraslice --ratios 0.3 \
-          --eval ppl:wikitext2 --eval "$zeroshot" || true
-      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 \
-          --eval ppl:wikitext2 --eval "$zeroshot" || true ;;
+    zeroshot)  # r = 0.3 and 2:4 with the 7 zero-shot tasks as well (one record per cell; dense here)
+      for method in dense intraslice slicegpt wanda sparsegpt magnitude; do
+        harness run "${common[@]}" --methods "$method" --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot" || true; keep
+      done
+      for method in wanda sparsegpt magnitude; do
+        harness run "${common[@]}" --methods "$method" --pattern 2:4 --eval ppl:wikitext2 --eval "$zeroshot" || true; keep
+      done ;;
+    ppl)       # every method at r = 0.2 and 0.5, the sparsity methods at 4:8 (the dense row: zeroshot stage)
+      for method in intraslice slicegpt wanda sparsegpt magnitude; do
+        harness run "${common[@]}" --methods "$method" --ratios 0.2,0.5 || true; keep
+      done
+      harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 4:8 || true; keep ;;
     speed)     # structured methods at a matched measured speedup of 1.2x, quality measured there
-      harness run "${common[@]}" --methods slicegpt,intraslice --match speedup:1.2 --phase prefill@8x2048 \
-          --eval ppl:wikitext2 || true ;;
+      for method in intraslice slicegpt; do
+        harness run "${common[@]}" --methods "$method" --match speedup:1.2 --phase prefill@8x2048 \
+            --eval ppl:wikitext2 || true; keep
+      done ;;
     besa)      # BESA last: it trains per block
-      harness run "${common[@]}" --methods besa --ratios 0.2,0.5 || true
-      harness run "${common[@]}" --methods besa --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot" || true ;;
+      harness run "${common[@]}" --methods besa --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot" || true; keep
+      harness run "${common[@]}" --methods besa --ratios 0.2,0.5 || true; keep ;;
   esac
-  tar czf "${OUT:-/tmp}/qwen-records.tgz" --exclude models -C "$store" qwen
 done
