@@ -16,7 +16,7 @@ from harness.models import ModelNotFound, load_model
 from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
-METHODS = [("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"),
+METHODS = [("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"), ("besa", "unstructured"),
            ("slicegpt", "unstructured"), ("intraslice", "unstructured"), ("intraslice-recon", "unstructured")]
 
 
