@@ -65,13 +65,13 @@ def export_info(record) -> dict[str, Any]:
             "params_dense": (record.achieved or {}).get("params_dense"), "record": record.key}
 
 
-def export_ratio(path: str | Path, model: nn.Module) -> float | None:
-    """r of a loaded export, measured against its dense model's count (kept in the metadata)."""
-    from harness.adapters import ModelAdapter
-    from harness.targets import count_parameters
-
+def export_ratio(path: str | Path, count) -> float | None:
+    """r of a loaded export (``count``: its ``ParameterCount``), against its dense model's
+    count kept in the metadata."""
     dense = (read_metadata(path).get("params_dense") or {}).get("blocks")
-    return None if not dense else 1 - count_parameters(ModelAdapter(model)).blocks / dense
+    return None if not dense else 1 - count.blocks / dense
+
+
 def shape_plan(model: nn.Module) -> list[dict[str, Any]]:
     """The replaced modules of ``model``, parents before children."""
     plan = []

@@ -202,7 +202,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
     if getattr(model.config, "quantization_config", None) and source.gguf_file:
         del model.config.quantization_config
         model.hf_quantizer = None
-    packed = [n for n, p in model.named_parameters() if p.is_floating_point() is False or p.dtype != dtype]
+    packed = [n for n, p in model.named_parameters() if p.dtype != dtype]
     if packed:
         raise ModelNotFound(f"could not load {name!r} as a dense {dtype} model: {packed[:3]} are not {dtype} "
                             "(packed quantized weights?)")

@@ -93,8 +93,9 @@ class ModelSession:
 
         if is_compressed_dir(self.name):  # an export: say what it is, measured again here
             meta = read_metadata(self.name)
-            self.log(f"{self.name}: {meta.get('method')} export, measured r = {export_ratio(self.name, model):.4f} "
-                     f"of its dense model (its record: {meta.get('ratio')})")
+            ratio = export_ratio(self.name, counted)
+            self.log(f"{self.name}: {meta.get('method')} export, measured r = "
+                     f"{'?' if ratio is None else f'{ratio:.4f}'} of its dense model (its record: {meta.get('ratio')})")
         return model, counted
 
     def fresh_copy(self) -> torch.nn.Module:
@@ -255,9 +256,9 @@ class Sweep:
 
 def prepare_sweep(config: RunConfig, registry: Registry | None = None, log=print,
                   calibration_ids: torch.Tensor | None = None) -> Sweep:
-    """Plan the cells, read the model's config, draw (or take) the calibration set, prepare
-    the evaluations. ``calibration_ids``: the set another process drew (a Ray cell gets the
-    one its model's first task drew, so every cell of a model shares it exactly)."""
+    """Plan the cells, read the model's config, draw the calibration set (from the shared
+    cache when another process drew it), prepare the evaluations. ``calibration_ids``: the set
+    the sweep's first task drew; a Ray cell refuses to run on any other."""
     registry = registry or default_registry()
     plans, evaluations = plan_runs(config, registry), plan_evaluations(config, registry)
     registry.dataset(CalibrationSpec.parse(config.calibration, config.seed).dataset)

@@ -412,15 +412,24 @@ def prune_mlp(step: BlockStep, model: ModelAdapter, keep: int) -> None:
     order = score.topk(len(score)).indices
     kept, dropped = order[:keep].sort().values, order[keep:]
     compensation = torch.linalg.solve(gram[kept][:, kept], gram[kept][:, dropped])  # Σ_SS⁻¹ Σ_SD
-    new_down = W[:, kept] + W[:, dropped] @ compensation.T
-    linears = model.linears(step.module)
+    slice_mlp(model, step.module, kept, W[:, kept] + W[:, dropped] @ compensation.T)
+
+
+def slice_mlp(model: ModelAdapter, block: nn.Module, kept: torch.Tensor, new_down: torch.Tensor) -> None:
+    """gate/up keep the rows of ``kept`` neurons; down_proj becomes ``new_down`` (d × |kept|)."""
+    linears = model.linears(block)
     for role in model.arch.mlp_inputs:
         lin = linears[role]
         rows = kept
         if role in model.arch.fused:  # gate_up: the same neurons of every stacked part
             rows = torch.cat([kept + part.start for part in model.fused_rows(role, lin).values()])
-        model.replace_linear(step.module, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
-    model.replace_linear(step.module, "down", _linear(new_down, down.bias, down))
+        model.replace_linear(block, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
+    down = linears["down"]
+    model.replace_linear(block, "down", _linear(new_down, down.bias, down))
+
+
+def _nonzeros(lin: nn.Linear) -> float:
+    return float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
 
 
 # --- ratio accounting ---------------------------------------------------------------------------
@@ -567,8 +576,7 @@ class IntraSlice(Method):
                 k = self._corrected_width(model, step, sum(budget[: i + 1]) - spent, align)
             prune_mlp(step, model, k)
             kept["mlp"] = k
-            spent += sum(float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
-                         for lin in model.linears(step.module).values())
+            spent += sum(_nonzeros(lin) for lin in model.linears(step.module).values())
             report.knobs["kept"][f"layers.{i}"] = kept
             report.layer_ratios[f"layers.{i}.attention"] = a
             report.layer_ratios[f"layers.{i}.mlp"] = 1 - k / width
@@ -590,12 +598,8 @@ class IntraSlice(Method):
         head deletions), dropped neurons still a multiple of 8 and at most 80 %."""
         linears = step.linears
         width, d = linears["down"].in_features, model.hidden_size
-
-        def nonzeros(lin):
-            return float(torch.count_nonzero(lin.weight)) + (0 if lin.bias is None else float(torch.count_nonzero(lin.bias)))
-
-        rest = sum(nonzeros(lin) for role, lin in linears.items() if role not in model.arch.mlp_roles)
-        per_neuron = sum(nonzeros(linears[r]) for r in model.arch.mlp_inputs) / width + d  # down: refit, dense
+        rest = sum(_nonzeros(lin) for role, lin in linears.items() if role not in model.arch.mlp_roles)
+        per_neuron = sum(_nonzeros(linears[r]) for r in model.arch.mlp_inputs) / width + d  # down: refit, dense
         dropped = MLP_ALIGN * round((width - (allowance - rest) / per_neuron) / MLP_ALIGN)
         most = MLP_ALIGN * int(allocation.MAX_RATIO * width / MLP_ALIGN)
         keep = width - min(max(dropped, 0), most)
@@ -641,12 +645,5 @@ class IntraSlice(Method):
             width = model.linears(block)["down"].in_features
             k = entry["mlp"]
             if k < width:
-                linears = model.linears(block)
-                keep = torch.arange(k)
-                for role in model.arch.mlp_inputs:
-                    lin = linears[role]
-                    rows = keep if role not in model.arch.fused else torch.cat(
-                        [keep + part.start for part in model.fused_rows(role, lin).values()])
-                    model.replace_linear(block, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
-                down = linears["down"]
-                model.replace_linear(block, "down", _linear(down.weight[:, :k], down.bias, down))
+                down = model.linears(block)["down"].weight
+                slice_mlp(model, block, torch.arange(k, device=down.device), down[:, :k])

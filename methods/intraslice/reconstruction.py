@@ -56,6 +56,10 @@ from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
 from harness.targets import block_parameters, count_parameters
 
+from .intraslice import (
+    slice_mlp as fold_mlp_channels,  # gate/up rows and down columns of kept channels
+)
+
 
 # --- statistics ------------------------------------------------------------------------
 @torch.no_grad()
@@ -198,21 +202,6 @@ def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor)
         attention.v_dim = k
     else:
         model.replace_attention(block, SlimValueAttention(model, block, k))
-
-
-@torch.no_grad()
-def fold_mlp_channels(model: ModelAdapter, block: nn.Module, keep: torch.Tensor, new_down: torch.Tensor) -> None:
-    linears = model.linears(block)
-    for role in model.arch.mlp_inputs:
-        lin = linears[role]
-        if role in model.arch.fused:  # gate_up: the same channels of every stacked part
-            rows = torch.cat([keep + part.start for part in model.fused_rows(role, lin).values()])
-        else:
-            rows = keep
-        model.replace_linear(block, role, _linear_like(
-            lin, lin.weight[rows], None if lin.bias is None else lin.bias[rows]))
-    down = linears["down"]
-    model.replace_linear(block, "down", _linear_like(down, new_down, down.bias))
 
 
 # --- allocation ----------------------------------------------------------------------------
