@@ -170,9 +170,22 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source.path, **kwargs)
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
+def dequantized_cache(source: ModelSource, dtype: torch.dtype, cache_dir: str | Path | None) -> Path | None:
+    """Where a GGUF file's dequantised weights are kept, keyed by the file's content and the
+    dtype: unpacking a GGUF runs on one CPU core (about a minute for a 0.5B model), a
+    safetensors read takes a second, and a sweep loads its model once per process."""
+    if not (cache_dir and source.gguf_file):
+        return None
+    from harness.datasets import file_fingerprint
+
+    key = file_fingerprint(Path(source.path) / source.gguf_file)[:16]
+    return Path(cache_dir) / "models" / f"{Path(source.gguf_file).stem}-{key}-{str(dtype).removeprefix('torch.')}"
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
-    """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode."""
+    """Load (model, tokenizer) on the CPU in ``dtype``, in eval mode. With ``cache_dir``, a
+    GGUF file is dequantised once and read back from ``cache_dir/models`` after that."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.export import is_compressed_dir, load_compressed
@@ -180,6 +193,12 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
     if is_compressed_dir(name):  # a model compressed and exported by this harness
         return load_compressed(name, dtype)
     source = resolve(name)
+    cached = dequantized_cache(source, dtype, cache_dir)
+    if cached is not None and (cached / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, low_cpu_mem_usage=True)
+        model.eval()
+        model.config.use_cache = False
+        return model, AutoTokenizer.from_pretrained(cached)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     model_kwargs = dict(kwargs)
     if source.gguf_file:
@@ -208,4 +227,25 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
                             "(packed quantized weights?)")
     model.eval()
     model.config.use_cache = False
+    if cached is not None:
+        _save_atomically(model, tokenizer, cached)
     return model, tokenizer
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer, path: Path) -> None:
+    """Write the dequantised model beside ``path`` and rename it into place: a process killed
+    midway, or two filling the same key, never leave a half-written model behind."""
+    import shutil
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(path)
+    except OSError:  # another process got there first (the rename found a full directory)
+        if not (path / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

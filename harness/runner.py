@@ -70,6 +70,7 @@ class ModelSession:
 
     def __init__(self, config: RunConfig, dtype: torch.dtype, log=print):
         self.name, self.dtype, self.log = config.model, dtype, log
+        self.cache_dir = config.cache_dir
         models.resolve(config.model)  # a missing model fails before anything is loaded
         self.config = models.load_config(config.model)
         self.arch = architecture_for(self.config.model_type)
@@ -87,7 +88,7 @@ class ModelSession:
     @functools.cached_property
     def dense(self) -> tuple[torch.nn.Module, ParameterCount]:
         self.log(f"loading {self.name} ({self.dtype}) ...")
-        model = models.load_model(self.name, self.dtype)[0]
+        model = models.load_model(self.name, self.dtype, self.cache_dir)[0]
         counted = count_parameters(ModelAdapter(model))
         from harness.export import export_ratio, is_compressed_dir, read_metadata
 
@@ -102,7 +103,7 @@ class ModelSession:
         model = self.dense[0]
         if sum(p.numel() for p in model.parameters()) < COPY_LIMIT:
             return copy.deepcopy(model)
-        return models.load_model(self.name, self.dtype)[0]
+        return models.load_model(self.name, self.dtype, self.cache_dir)[0]
 
 
 # --- stages ---------------------------------------------------------------------------------

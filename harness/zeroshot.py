@@ -2,7 +2,10 @@
 
 The model is wrapped in lm-eval's own Hugging Face class (``HFLM``); scoring is lm-eval's,
 not ours. The pruning papers report PIQA, ARC-Easy, ARC-Challenge, HellaSwag, WinoGrande, BoolQ
-and OpenBookQA (acc and acc_norm as lm-eval defines them) and their average.
+and OpenBookQA and their average. Every record keeps lm-eval's ``acc`` and ``acc_norm`` per
+task (and ``acc:avg``, the mean acc); ``zeroshot:TASK`` is the figure the SliceGPT and
+IntraSlice papers print, acc_norm where lm-eval defines it and acc elsewhere (SliceGPT's
+``run_lm_eval.py`` takes ``acc_norm`` if present, else ``acc``), and ``zeroshot:avg`` their mean.
 
 Offline: when ``DATA_DIR/zeroshot/<task>.jsonl`` exists (``--data-dir`` or
 ``HARNESS_DATA_DIR``), the task runs from it: lm-eval's own task config for that task, with
@@ -77,7 +80,8 @@ def _task_manager():
 def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], device: torch.device,
                       limit: int | None = None, batch_size: int = 8,
                       data_dir: str | Path | None = None) -> tuple[dict[str, float], dict]:
-    """(metrics, details): "acc:piqa", "acc_norm:piqa", ..., "acc:avg"; and what ran, from where."""
+    """(metrics, details): "acc:piqa", "acc_norm:piqa", "zeroshot:piqa", ..., "acc:avg",
+    "zeroshot:avg"; and what ran, from where."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -89,7 +93,7 @@ def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], devic
                                       bootstrap_iters=0, verbosity="ERROR", task_manager=_task_manager())
     finally:
         model.to("cpu")
-    metrics, accs = {}, []
+    metrics, accs, papers = {}, [], []
     for task in tasks:
         result = out["results"][task]
         for name in ("acc", "acc_norm"):
@@ -97,8 +101,14 @@ def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], devic
             if value is not None:
                 metrics[f"{name}:{task}"] = float(value)
         accs.append(metrics.get(f"acc:{task}"))
+        paper = metrics.get(f"acc_norm:{task}", metrics.get(f"acc:{task}"))
+        if paper is not None:
+            metrics[f"zeroshot:{task}"] = paper
+        papers.append(paper)
     if accs and None not in accs:
         metrics["acc:avg"] = sum(accs) / len(accs)
+    if papers and None not in papers:
+        metrics["zeroshot:avg"] = sum(papers) / len(papers)
     details = {"lm_eval": getattr(lm_eval, "__version__", None) or _version("lm_eval"), "limit": limit,
                "tasks": {t: (str(local_task_file(t, data_dir)) if local_task_file(t, data_dir) else "hub")
                          for t in tasks}}
@@ -118,7 +128,8 @@ class ZeroShot(Evaluator):
     """``zeroshot:TASK[,TASK...]``: lm-eval's accuracy on each task, and their average."""
 
     name = "zeroshot"
-    description = "zero-shot accuracy through lm-evaluation-harness (acc, acc_norm, average acc)"
+    description = ("zero-shot accuracy through lm-evaluation-harness (acc, acc_norm, and the papers' "
+                   "acc_norm-else-acc per task and average)")
     metric_prefixes = ("acc", "acc_norm")
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:

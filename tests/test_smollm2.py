@@ -7,6 +7,7 @@ windows of 1024 tokens): enough to check orderings the papers establish, not to 
 import copy
 
 import pytest
+import torch
 from conftest import SHARED_DATA, needs_smollm2
 
 from harness.adapters import ModelAdapter
@@ -101,3 +102,20 @@ def test_slicegpt_rises_with_slicing_and_equals_dense_at_zero(results, smollm2):
     p30 = results("slicegpt", Target(0.0, options={"slicing": 0.3}))[0]
     assert dense < p15 < p30
 
+
+
+def test_dequantised_gguf_cache_gives_the_same_model(smollm2, tmp_path):
+    """The second load reads the cached safetensors: same weights, same tying, same tokenizer."""
+    from harness.models import dequantized_cache, load_model, resolve
+
+    model, tokenizer = load_model(cache_dir=tmp_path)
+    cached_dir = dequantized_cache(resolve("smollm2-135m-instruct"), torch.float32, tmp_path)
+    assert (cached_dir / "model.safetensors").is_file()
+    again, tokenizer_again = load_model(cache_dir=tmp_path)
+    state, state_again = smollm2[0].state_dict(), again.state_dict()
+    assert state.keys() == state_again.keys() and all(torch.equal(state[k], state_again[k]) for k in state)
+    assert again.lm_head.weight is again.model.embed_tokens.weight  # still tied
+    assert again.config.to_diff_dict() == model.config.to_diff_dict()
+    text = "Compression keeps the model's tokenizer: naïve café, 12345."
+    assert tokenizer_again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert list(tmp_path.joinpath("models").iterdir()) == [cached_dir]  # no staging left behind
