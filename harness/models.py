@@ -158,7 +158,9 @@ def load_config(name: str = DEFAULT_MODEL) -> PretrainedConfig:
         raise ModelNotFound(f"could not load model {name!r}: {error}") from error
 
 
-def load_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+def load_tokenizer(name: str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; a GGUF file's from its dequantised copy in ``cache_dir`` when
+    ``load_model`` has made one (converting a 150k-token GGUF vocabulary takes seconds)."""
     from transformers import AutoTokenizer
 
     from harness.export import is_compressed_dir
@@ -166,6 +168,11 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     if is_compressed_dir(name):
         return AutoTokenizer.from_pretrained(name)
     source = resolve(name)
+    cached = dequantized_cache(source, torch.float32, cache_dir)  # any dtype's copy holds the same tokenizer
+    if cached is not None:
+        for copy in sorted(cached.parent.glob(cached.name.rsplit("-", 1)[0] + "-*")):
+            if (copy / "tokenizer_config.json").is_file():
+                return AutoTokenizer.from_pretrained(copy)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     return AutoTokenizer.from_pretrained(source.path, **kwargs)
 

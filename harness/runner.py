@@ -83,7 +83,7 @@ class ModelSession:
 
     @functools.cached_property
     def tokenizer(self):
-        return models.load_tokenizer(self.name)
+        return models.load_tokenizer(self.name, self.cache_dir)
 
     @functools.cached_property
     def dense(self) -> tuple[torch.nn.Module, ParameterCount]:

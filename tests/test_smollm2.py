@@ -106,7 +106,7 @@ def test_slicegpt_rises_with_slicing_and_equals_dense_at_zero(results, smollm2):
 
 def test_dequantised_gguf_cache_gives_the_same_model(smollm2, tmp_path):
     """The second load reads the cached safetensors: same weights, same tying, same tokenizer."""
-    from harness.models import dequantized_cache, load_model, resolve
+    from harness.models import dequantized_cache, load_model, load_tokenizer, resolve
 
     model, tokenizer = load_model(cache_dir=tmp_path)
     cached_dir = dequantized_cache(resolve("smollm2-135m-instruct"), torch.float32, tmp_path)
@@ -118,4 +118,5 @@ def test_dequantised_gguf_cache_gives_the_same_model(smollm2, tmp_path):
     assert again.config.to_diff_dict() == model.config.to_diff_dict()
     text = "Compression keeps the model's tokenizer: naïve café, 12345."
     assert tokenizer_again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert load_tokenizer(cache_dir=tmp_path)(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert list(tmp_path.joinpath("models").iterdir()) == [cached_dir]  # no staging left behind
