@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="output directory")
     board.add_argument("--sort", help="metric to rank by (default: first perplexity)")
     board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
+    board.add_argument("--metrics", type=_names, help="metric columns to show, as globs "
+                       "(e.g. 'ppl:*,zeroshot:*'; default: every metric the records hold)")
+    board.add_argument("--deltas", type=_names, help="metrics that get a Δ-vs-dense column, as globs "
+                       "(default: every shown metric; '' for none)")
     board.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
     board.add_argument("--skip-corrupt", action="store_true",
                        help="leave out record files that cannot be read (default: refuse, naming them)")
@@ -293,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.leaderboard import write_leaderboards
 
             for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots,
-                                           skip_corrupt=args.skip_corrupt):
+                                           skip_corrupt=args.skip_corrupt, metrics=args.metrics,
+                                           deltas=args.deltas):
                 print(path)
             return 0
         from harness.results import completed

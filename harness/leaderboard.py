@@ -7,6 +7,7 @@ The protocol (calibration, evaluation, device, versions) is printed above each t
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pandas as pd
@@ -40,10 +41,19 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def matching(names: list[str], patterns: list[str] | None) -> list[str]:
+    """``names`` that match any glob in ``patterns`` ("zeroshot:*"), all of them for None."""
+    return names if patterns is None else [n for n in names if any(fnmatch(n, p) for p in patterns)]
+
+
 def build_table(frame: pd.DataFrame, sort: str | None = None,
-                higher_is_better: dict[str, bool] | None = None) -> pd.DataFrame:
-    """One model's table: dense first, Δ columns, ranks by ``sort`` in its metric's direction."""
-    metrics = [c for c in frame.columns if ":" in c]
+                higher_is_better: dict[str, bool] | None = None,
+                metrics: list[str] | None = None, deltas: list[str] | None = None) -> pd.DataFrame:
+    """One model's table: dense first, Δ columns, ranks by ``sort`` in its metric's direction.
+    ``metrics`` and ``deltas`` are globs choosing the metric columns and the ones with a Δ."""
+    shown = matching([c for c in frame.columns if ":" in c], metrics)
+    frame = frame[[c for c in frame.columns if ":" not in c or c in shown]]
+    metrics = shown
     sort = sort or (metrics[0] if metrics else "ratio")
     if sort not in frame.columns:
         raise ValueError(f"cannot sort by {sort!r}; columns: {', '.join(frame.columns)}")
@@ -55,7 +65,7 @@ def build_table(frame: pd.DataFrame, sort: str | None = None,
     rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
     rest.insert(0, "rank", rest.groupby(["target"])[sort].rank(ascending=ascending, method="min"))
     table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
-    for metric in metrics:
+    for metric in matching(metrics, deltas):
         if len(dense):
             table[f"Δ {metric}"] = table[metric] - dense[metric].iloc[0]
     ordered = ["rank", "method", "kind", "pattern", "target", "ratio", "model ratio"]
@@ -109,7 +119,8 @@ def protocol_header(records: list[Record]) -> str:
 
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
-                       plots: bool = True, skip_corrupt: bool = False) -> list[Path]:
+                       plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
+                       deltas: list[str] | None = None) -> list[Path]:
     registry = registry or default_registry()
     records = load_records(results_dir, skip_corrupt)
     if not records:
@@ -131,7 +142,7 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         if not ok:
             continue
         better = directions(ok)
-        table = build_table(records_frame(ok), sort, better)
+        table = build_table(records_frame(ok), sort, better, metrics, deltas)
         table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
         header = protocol_header(ok)
         unreachable = [r for r in failed if r.status == "unreachable"]

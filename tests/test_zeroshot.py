@@ -68,3 +68,10 @@ def test_zeroshot_columns_through_the_cli(tiny_model_dir, data_dir, task_dir, tm
     assert records[1].eval["zeroshot"]["limit"] == 4 and records[1].details["zeroshot"]["lm_eval"]
     md = next(p for p in write_leaderboards(tmp_path / "res", tmp_path / "lb") if p.suffix == ".md").read_text()
     assert "acc:avg" in md and "first 4 examples each (subsampled)" in md
+    # the papers' table: perplexity and the zero-shot figures, a Δ column only for the average
+    paths = write_leaderboards(tmp_path / "res", tmp_path / "papers", metrics=["ppl:*", "zeroshot:*"],
+                               deltas=["ppl:*", "zeroshot:avg"], plots=False)
+    header = next(p for p in paths if p.suffix == ".csv").read_text().splitlines()[0].split(",")
+    metric_columns = [c for c in header if ":" in c]
+    assert metric_columns == ["ppl:wikitext2", "Δ ppl:wikitext2", "zeroshot:piqa", "zeroshot:arc_easy",
+                              "zeroshot:avg", "Δ zeroshot:avg"]
