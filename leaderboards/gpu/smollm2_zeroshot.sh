@@ -5,9 +5,11 @@
 #   1. carry [.device/whl, .device/data, .device/zs]  bash leaderboards/gpu/on_device.sh stash
 #   2. carry [.device/p1]                             bash leaderboards/gpu/on_device.sh stash
 #   3. carry [.device/p2]                             bash leaderboards/gpu/on_device.sh stash && bash leaderboards/gpu/smollm2_zeroshot.sh
-# Resumable: records stay in $store/smollm2-zs while the machine is warm, and every call returns
-# them all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/).
+# Resumable: records stay in $store/smollm2-zs while the machine is warm; each step returns them
+# all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/). A
+# call stops at CALL_S seconds (default 570), cutting at most the cell in flight; rerun to go on.
 set -euo pipefail
+start=$(date +%s)
 store=/tmp/dev
 if [ ! -e "$store/zs/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/zs/whl/*.whl
@@ -18,11 +20,15 @@ source <(bash leaderboards/gpu/on_device.sh env)
 export HF_DATASETS_OFFLINE=1
 out=$store/smollm2-zs
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
-common=(--model "$SMOLLM2" --dtype float16 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
-keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" --exclude models -C "$store" smollm2-zs; }
-# one method at a time, so a call cut by its time limit has returned what it finished
-for method in dense intraslice slicegpt wanda sparsegpt magnitude; do
-  harness run "${common[@]}" --methods "$method" --ratios 0.3,0.5 || true; keep
-done
-harness run "${common[@]}" --methods magnitude,wanda,sparsegpt --pattern 2:4 || true; keep
-harness run "${common[@]}" --methods besa --ratios 0.3,0.5 || true; keep
+common=(--model "$SMOLLM2" --dtype float16 --calib wikitext2:128x2048 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
+keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" -C "$store" smollm2-zs; }
+step() {  # one harness run, cut at the call's deadline; records returned after it either way
+  local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
+  if (( left < 20 )); then echo "smollm2_zeroshot: call time spent; rerun to continue"; keep; exit 0; fi
+  timeout "$left" harness run "${common[@]}" "$@" || echo "smollm2_zeroshot: step ended with $? ($*)"
+  keep
+}
+step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.3
+step --methods magnitude,wanda,sparsegpt --pattern 2:4
+step --methods intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.5
+step --methods besa --ratios 0.3,0.5
