@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local (default): cells one after another here; ray: one Ray task per cell")
     ray.add_argument("--ray-address", help="join this cluster (auto, ray://host:10001); default: start a local one")
     ray.add_argument("--retries", type=int, help="times Ray reruns a cell whose worker died (default 1)")
-    ray.add_argument("--ray-gpus", type=int, help="whole GPUs per cell (default: 1 if the cluster has GPUs)")
+    ray.add_argument("--ray-gpus", type=float, help="GPUs per cell (default: 1 if the cluster has GPUs); a "
+                     "fraction (0.25) lets quality cells share a GPU; speed cells always get a whole one")
     ray.add_argument("--ray-memory-gb", type=float, help="CPU memory a cell reserves (offloaded weights)")
     ray.add_argument("--ray-accelerator", help="GPU type every cell runs on, e.g. H100 (speed cells are "
                                                "pinned to the first task's GPU type anyway)")

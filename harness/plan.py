@@ -57,7 +57,7 @@ class RunConfig:
     executor: str = "local"  # "local": one after another here; "ray": one Ray task per cell
     ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:10001": join one
     retries: int = 1  # Ray: times a cell whose worker died (OOM, node loss) is run again
-    ray_gpus: int | None = None  # Ray: whole GPUs per cell (None: 1 when the cluster has GPUs, else 0)
+    ray_gpus: float | None = None  # Ray: GPUs per cell, fractions share one (None: 1 when the cluster has GPUs, else 0)
     ray_memory_gb: float | None = None  # Ray: CPU memory a cell reserves (block-offloaded weights)
     ray_accelerator: str | None = None  # Ray: GPU type every cell must run on, e.g. "H100"
 

@@ -16,15 +16,18 @@ Identity: a record's file name holds the hash of everything that defines its res
 rest, failed ones included. A cell whose worker dies (OOM, node loss, a crash) is retried
 ``--retries`` times by Ray, then recorded as failed with the error; the sweep goes on.
 
-Resources per cell: ``--ray-gpus`` whole GPUs (default 1 when the cluster has GPUs and the
-device is not "cpu"), ``--ray-memory-gb`` CPU memory (block-offloaded weights live there),
-``--ray-accelerator`` a GPU type. A whole GPU per cell means a speed cell never shares its
-GPU; speed cells are also pinned to the GPU type the first task ran on, so one table never
-mixes GPU types (the GPU model is in every record).
+Resources per cell: ``--ray-gpus`` GPUs (default 1 when the cluster has GPUs and the device
+is not "cpu"; a fraction such as 0.25 lets four quality cells share one GPU, which a small
+model's zero-shot scoring, bound by lm-eval's per-request Python work, leaves mostly idle),
+``--ray-memory-gb`` CPU memory (block-offloaded weights live there), ``--ray-accelerator`` a
+GPU type. A cell that measures speed always takes at least one whole GPU, so it never shares
+its GPU with another cell, and is pinned to the GPU type the first task ran on, so one table
+never mixes GPU types (the GPU model is in every record).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -91,6 +94,17 @@ def _runtime_env() -> dict:
     return {"env_vars": {k: os.environ[k] for k in keep}} if keep else {}
 
 
+def cell_resources(options: dict, speed: bool, first_accelerator: str | None) -> dict:
+    """A cell's Ray options: the sweep's, except that a speed cell gets whole GPUs to itself
+    (a timing beside another cell's work is not a measurement) on the first task's GPU type."""
+    options = dict(options)
+    if speed and options.get("num_gpus"):
+        options["num_gpus"] = max(1, math.ceil(options["num_gpus"]))
+        if "accelerator_type" not in options and first_accelerator:
+            options["accelerator_type"] = first_accelerator  # one GPU type per table
+    return options
+
+
 def run_on_ray(config: RunConfig, log=print) -> list[Record]:
     try:
         import ray
@@ -122,9 +136,7 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
                 records.append(load_record(Path(cell["path"])))
                 log(f"{cell['method']} @ {cell['label']}: done ({Path(cell['path']).name})")
                 continue
-            cell_options = dict(options)
-            if cell["speed"] and gpus and not config.ray_accelerator and manifest["accelerator"]:
-                cell_options["accelerator_type"] = manifest["accelerator"]  # one GPU type per table
+            cell_options = cell_resources(options, cell["speed"], manifest["accelerator"])
             running[remote_cell.options(**cell_options).remote(config, cell["index"], ids_ref, manifest_ref)] = cell
         pending = list(running)
         with tqdm(total=len(pending), desc="cells", disable=None, leave=False) as bar:

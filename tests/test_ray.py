@@ -30,7 +30,8 @@ def cluster(tmp_path_factory):
     from harness.plugins import default_registry
 
     default_registry.cache_clear()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    # one GPU *resource* (no device behind it) so that fractional --ray-gpus can be scheduled
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield flags
     ray.shutdown()
     for k, v in old.items():
@@ -73,6 +74,27 @@ def test_ray_grid_equals_the_sequential_run(cluster, tiny_tokenizer_dir, data_di
         print(f"{arch}: sequential {middle - start:.1f} s, ray {time.perf_counter() - middle:.1f} s")
         assert len(distributed) == 3 and all(r.ok for r in distributed)
         assert table(distributed) == table(sequential)
+
+
+def test_quality_cells_share_a_gpu_and_speed_cells_never_do():
+    from harness.ray_executor import cell_resources
+
+    shared = {"num_gpus": 0.25, "max_retries": 1}
+    assert cell_resources(shared, speed=False, first_accelerator="H200") == shared
+    assert cell_resources(shared, speed=True, first_accelerator="H200") == {
+        "num_gpus": 1, "max_retries": 1, "accelerator_type": "H200"}
+    assert cell_resources({"num_gpus": 2}, speed=True, first_accelerator=None) == {"num_gpus": 2}
+    assert cell_resources({"num_gpus": 1.5, "accelerator_type": "H100"}, speed=True, first_accelerator="H200") == {
+        "num_gpus": 2, "accelerator_type": "H100"}  # the user's GPU type wins
+    assert cell_resources({"num_gpus": 0}, speed=True, first_accelerator="H200") == {"num_gpus": 0}  # CPU cluster
+
+
+def test_fractional_gpus_give_the_sequential_records(cluster, tiny_model_dir, data_dir, tmp_path):
+    """Half a GPU per cell: two cells at a time on the cluster's one GPU, same records."""
+    quiet = lambda *a: None  # noqa: E731
+    sequential = run(grid(tiny_model_dir, data_dir, tmp_path, "seq"), log=quiet)
+    shared = run(grid(tiny_model_dir, data_dir, tmp_path, "half", executor="ray", ray_gpus=0.5), log=quiet)
+    assert all(r.ok for r in shared) and table(shared) == table(sequential)
 
 
 def test_cell_identity_is_stable_and_follows_every_knob(tiny_model_dir, data_dir, tmp_path):
