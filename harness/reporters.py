@@ -16,7 +16,8 @@ from harness.results import write_json_atomic
 
 def markdown_text(table: pd.DataFrame, header: str) -> str:
     protocol = "\n".join(f"- {line}" for line in header.splitlines())
-    body = tabulate(table, headers="keys", tablefmt="github", showindex=False,
+    cells = table.astype(object).where(table.notna(), None)  # a metric a row did not measure: blank
+    body = tabulate(cells, headers="keys", tablefmt="github", showindex=False,
                     floatfmt=".4g", missingval="")
     return f"{protocol}\n\n{body}\n"
 
