@@ -7,6 +7,8 @@
 # call limit), so at most the cell in flight is lost; the next call (or, from committed records
 # copied back into $store/qwen, the next session) continues.
 #   CALL_S=570 bash leaderboards/gpu/qwen_sweep.sh [STAGE ...]   stages: zeroshot ppl speed besa (default: all)
+# Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
+# with `on_device.sh stash`, and run with RAY_GPUS=0.25.
 set -euo pipefail
 start=$(date +%s)
 store=/tmp/dev
@@ -27,10 +29,14 @@ out=$store/qwen
 common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 keep() { tar czf "${OUT:-/tmp}/qwen-records.tgz" -C "$store" qwen; }
+# RAY_GPUS=0.25 (with .device/raya and .device/rayb stashed): quality cells four to a GPU through
+# `--executor ray` (lm-eval's per-request Python work leaves a small model's GPU mostly idle)
+parallel=()
+if [ -n "${RAY_GPUS:-}" ]; then bash leaderboards/gpu/on_device.sh ray; parallel=(--executor ray --ray-gpus "$RAY_GPUS"); fi
 step() {  # one harness run, cut at the call's deadline; records returned after it either way
   local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
   if (( left < 20 )); then echo "qwen_sweep: call time spent; rerun to continue"; keep; exit 0; fi
-  timeout "$left" harness run "${common[@]}" "$@" || echo "qwen_sweep: step ended with $? ($*)"
+  timeout "$left" harness run "${common[@]}" "${parallel[@]}" "$@" || echo "qwen_sweep: step ended with $? ($*)"
   keep
 }
 for stage in ${@:-zeroshot ppl speed besa}; do

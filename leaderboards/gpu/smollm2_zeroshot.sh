@@ -8,6 +8,8 @@
 # Resumable: records stay in $store/smollm2-zs while the machine is warm; each step returns them
 # all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/). A
 # call stops at CALL_S seconds (default 570), cutting at most the cell in flight; rerun to go on.
+# Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
+# with `on_device.sh stash`, and run with RAY_GPUS=0.25.
 set -euo pipefail
 start=$(date +%s)
 store=/tmp/dev
@@ -22,10 +24,14 @@ out=$store/smollm2-zs
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 common=(--model "$SMOLLM2" --dtype float16 --calib wikitext2:128x2048 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
 keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" -C "$store" smollm2-zs; }
+# RAY_GPUS=0.25 (with .device/raya and .device/rayb stashed): quality cells four to a GPU through
+# `--executor ray` (lm-eval's per-request Python work leaves a small model's GPU mostly idle)
+parallel=()
+if [ -n "${RAY_GPUS:-}" ]; then bash leaderboards/gpu/on_device.sh ray; parallel=(--executor ray --ray-gpus "$RAY_GPUS"); fi
 step() {  # one harness run, cut at the call's deadline; records returned after it either way
   local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
   if (( left < 20 )); then echo "smollm2_zeroshot: call time spent; rerun to continue"; keep; exit 0; fi
-  timeout "$left" harness run "${common[@]}" "$@" || echo "smollm2_zeroshot: step ended with $? ($*)"
+  timeout "$left" harness run "${common[@]}" "${parallel[@]}" "$@" || echo "smollm2_zeroshot: step ended with $? ($*)"
   keep
 }
 step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.3
