@@ -104,13 +104,14 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool | None = None, log=print) -> list[dict]:
+                compile: bool | None = None, profile: bool = False, log=print) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
     here, minutes apart, on the same device. Methods that support ``pattern`` (2:4, 4:8)
     run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
     searched until its speedup in the first spec's phase is S (``harness.speedmatch``).
+    ``profile`` adds each row's top kernels (``throughput.profile_step``).
     """
     import copy
 
@@ -135,7 +136,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
-    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile)
+    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile, profile=profile)
 
     def make_model():
         return copy.deepcopy(dense_model)
@@ -160,8 +161,10 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
                "peak_tflops": peak / 1e12 if peak else None}
+        if "profile" in result:
+            out["profile"] = result["profile"]
         out.update(extra or {})
-        log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype")}, default=str))
+        log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype", "profile")}, default=str))
         return out
 
     def add_rows(method, target, extra=None):  # one probe model, every spec measured on it
@@ -169,7 +172,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             ratio, results = 0.0, dense
         else:
             ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count,
-                                         compile=compile)
+                                         compile=compile, profile=profile)
         rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
 
     rows = []
@@ -196,4 +199,10 @@ def format_speed_rows(rows: list[dict]) -> str:
             "kv_gib", "peak_gib", "roofline", "peak_frac", "compile_s", "sparse_kernels"]
     if any("match" in r for r in rows):
         cols[1:1] = ["match", "reached"]
-    return tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")
+    table = tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")
+    for r in rows:  # --profile: where each row's step time goes
+        if r.get("profile"):
+            ops = [[p["op"], p["ms_per_step"], p["share"], p["calls_per_step"]] for p in r["profile"]]
+            table += (f"\n\n{r['method']} {r['pattern']} {r['phase']}: top kernels per step\n\n"
+                      + tabulate(ops, headers=["kernel / op", "ms", "share", "calls"], tablefmt="github", floatfmt=".3g"))
+    return table

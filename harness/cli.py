@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
                        help="time eager blocks in a CUDA graph instead of the compiled step (default on a GPU: "
                             "torch.compile, then the graph: the baseline a serving engine reaches)")
+    speed.add_argument("--profile", action="store_true",
+                       help="also print each row's top kernels per step (torch.profiler, outside the CUDA graph)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--dtype", default="float16")
@@ -258,7 +260,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match, args.compile)
+                           args.match, args.compile, args.profile)
         print(format_speed_rows(rows))
         if args.json:
             write_json_atomic(args.json, rows)

@@ -62,14 +62,15 @@ class SearchResult:
 
 def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
                 specs: list[SpeedSpec], device: torch.device, sparse_kernels: bool = True,
-                dense_count: ParameterCount | None = None, compile: bool | None = None) -> tuple[float | None, dict[str, dict]]:
+                dense_count: ParameterCount | None = None, compile: bool | None = None,
+                profile: bool = False) -> tuple[float | None, dict[str, dict]]:
     """``method``'s shapes at ``target`` on a fresh model from ``make_model``: their measured
     ratio (when ``dense_count`` is given) and tokens/s for every spec."""
     model = make_model()
     adapter = ModelAdapter(model)
     method.shape_probe(adapter, target)
     ratio = measure_ratio(dense_count, adapter).ratio if dense_count is not None else None
-    results = measure_model(adapter, target.pattern, specs, device, sparse_kernels, compile)
+    results = measure_model(adapter, target.pattern, specs, device, sparse_kernels, compile, profile)
     del model, adapter
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -209,8 +209,37 @@ def time_steps(run, device: torch.device, warmup: int, repeats: int) -> list[flo
     return times
 
 
+def profile_step(run, device: torch.device, steps: int = 3, top: int = 12) -> list[dict]:
+    """Where one step's time goes: the ``top`` kernels (GPU) or operators' self time (CPU) by
+    total time over ``steps`` calls of ``run``, each with its ms per step, share and calls."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        if cuda:
+            torch.cuda.synchronize(device)
+    timed = []
+    for event in prof.key_averages():
+        if cuda:  # kernels only (an operator's row would count its kernels again)
+            if event.device_type != DeviceType.CUDA:
+                continue
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        else:
+            us = event.self_cpu_time_total
+        if us > 0:
+            timed.append((event.key, us, event.count))
+    total = sum(us for _, us, _ in timed) or 1.0
+    timed.sort(key=lambda row: -row[1])
+    return [{"op": key[:120], "ms_per_step": us / 1e3 / steps, "share": us / total, "calls_per_step": count / steps}
+            for key, us, count in timed[:top]]
+
+
 def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
-            warmup: int = 5, cuda_graph: bool = True, compile: bool | None = None) -> dict:
+            warmup: int = 5, cuda_graph: bool = True, compile: bool | None = None, profile: bool = False) -> dict:
     """Throughput of one phase; the model must already sit on ``device`` in eval mode.
 
     ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
@@ -218,7 +247,8 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     serving engine reaches. ``None`` (the default) compiles on a GPU and not on a CPU (where
     inductor builds C++ for minutes and nobody serves from). ``COMPILE_MODE`` is inductor's
     default mode: max-autotune took over 5 minutes for three phases of two models; the
-    compile time is recorded (``compile_s``).
+    compile time is recorded (``compile_s``). ``profile`` adds ``profile_step``'s table of the
+    compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
     compile = device.type == "cuda" if compile is None else compile
     if device.type == "cuda":
@@ -250,6 +280,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
                 graph_error = f"{type(error).__name__}: {error}"[:300]
                 torch.cuda.synchronize(device)
         times = time_steps(run, device, warmup, repeats)
+        ops = profile_step(compiled, device) if profile else None
     seconds = statistics.median(times)
     result = {
         "phase": spec.phase, "batch": spec.batch, "length": spec.length,
@@ -261,6 +292,8 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+    if ops is not None:
+        result["profile"] = ops
     if graph_error:
         result["cuda_graph_error"] = graph_error
     if compile_error:
@@ -327,8 +360,13 @@ class SemiStructuredLinear(nn.Module):
     """A linear layer on a semi-structured sparse weight; inputs are flattened to 2-D first
     (the sparse tensor implements matrix products, not the batched ones a 3-D input needs).
 
-    cuSPARSELt returns the product transposed (a column-major view); every elementwise op
-    after it would then read memory with a stride, so the output is made contiguous here.
+    cuSPARSELt computes W·xᵀ (the sparse operand comes first), so y = x·Wᵀ is its result
+    transposed. Unless told otherwise (torch ≤ 2.12 does not tell it), it writes W·xᵀ
+    row-major and y comes back as a column-major view; every elementwise op after it would
+    read with a stride, and making y contiguous costs a full copy of the output (≈6 % of a
+    7B MLP product at prefill). The weight is therefore marked ``fuse_transpose_cusparselt``:
+    cuSPARSELt writes y row-major itself and ``contiguous()`` below is free (torch ≥ 2.13
+    fuses the transpose on its own; elsewhere the call still guarantees the layout).
     """
 
     def __init__(self, linear: nn.Linear):
@@ -336,7 +374,10 @@ class SemiStructuredLinear(nn.Module):
 
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        weight = to_sparse_semi_structured(linear.weight.detach())
+        if hasattr(weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
+            weight.fuse_transpose_cusparselt = True
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,7 +407,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True, compile: bool | None = None) -> dict[str, dict]:
+                  sparse_kernels: bool = True, compile: bool | None = None, profile: bool = False) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``; a 2:4 model first moves to sparse kernels.
 
     The conversion is one-way (semi-structured weights cannot go back to the CPU), so the
@@ -376,7 +417,7 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
     kernels = None
     if sparse_kernels and pattern == "2:4" and device.type == "cuda":
         kernels = to_semi_structured(adapter)
-    return {spec.label: {**measure(adapter, spec, device, compile=compile), "sparse_kernels": kernels}
+    return {spec.label: {**measure(adapter, spec, device, compile=compile, profile=profile), "sparse_kernels": kernels}
             for spec in specs}
 
 

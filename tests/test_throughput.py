@@ -87,3 +87,49 @@ def test_static_cache_writes_where_positions_point():
     k, v = cache.update(torch.ones(1, 2, 1, 3), torch.full((1, 2, 1, 5), 2.0), layer_idx=0)
     assert k.shape == (1, 2, 6, 3) and v.shape == (1, 2, 6, 5)
     assert k[0, :, 4].eq(1).all() and k[0, :, :4].eq(0).all() and v[0, :, 4].eq(2).all()
+
+
+def test_profile_names_where_a_step_spends_its_time():
+    """The profile's table is the step's own operators: the matrix products lead a prefill,
+    shares are fractions of the profiled total, and measure() attaches it only on request."""
+    from harness.throughput import profile_step
+
+    adapter = ModelAdapter(tiny_model("llama3"))
+    cpu = torch.device("cpu")
+    step = ServingStep.for_spec(adapter, SpeedSpec("prefill", 4, 64), cpu)
+    ops = profile_step(step, cpu, steps=2, top=5)
+    assert 1 <= len(ops) <= 5 and all(0 < op["share"] <= 1 for op in ops)
+    assert sum(op["share"] for op in ops) <= 1 + 1e-9
+    assert [op["ms_per_step"] for op in ops] == sorted((op["ms_per_step"] for op in ops), reverse=True)
+    assert any("mm" in op["op"] or "linear" in op["op"] for op in ops[:3]), ops
+    assert "profile" not in measure(adapter, SpeedSpec("decode", 1, 8), cpu, repeats=2, warmup=1)
+    assert measure(adapter, SpeedSpec("decode", 1, 8), cpu, repeats=2, warmup=1, profile=True)["profile"]
+
+
+def test_bench_speed_command_prints_rows_and_profiles(capsys):
+    from harness.cli import main
+
+    assert main(["bench", "speed", "--shape", "smollm2-135m", "--layers", "2", "--methods", "dense,magnitude",
+                 "--phases", "prefill@1x32", "--ratio", "0.3", "--pattern", "unstructured", "--device", "cpu",
+                 "--no-compile", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| dense" in out and "| magnitude" in out
+    assert "dense unstructured prefill@1x32: top kernels per step" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")
+@pytest.mark.parametrize("bias", [False, True])
+def test_semi_structured_linear_equals_the_masked_dense_product(bias):
+    """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major."""
+    from harness.throughput import SemiStructuredLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    sparse = SemiStructuredLinear(linear)
+    for tokens in (1, 7, 64, 300):  # decode, padded and unpadded prefill sizes
+        x = torch.randn(2, tokens, 512, device="cuda", dtype=torch.float16)
+        y = sparse(x)
+        assert y.shape == (2, tokens, 256) and y.is_contiguous()
+        torch.testing.assert_close(y, linear(x), rtol=2e-2, atol=2e-2)
