@@ -54,3 +54,21 @@ def test_a_missing_row_fails(tmp_path, capsys):
         path.unlink()
     assert main(["check", str(fresh), "--against", str(STORED)]) == 1
     assert "MISSING" in capsys.readouterr().out
+
+
+def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
+    """The Qwen2.5-0.5B leaderboard (perplexity + zero-shot columns) gates its own records, and a
+    zero-shot average that dropped 3 % (higher is better) fails the check."""
+    stored = BOARDS / "qwen2.5-0.5b-h200" / "tmp-dev-qwen.json"
+    fresh = tmp_path / "fresh"
+    shutil.copytree(BOARDS / "records" / "qwen2.5-0.5b-h200", fresh)
+    assert main(["check", str(fresh), "--against", str(stored)]) == 0
+    assert "harness check: OK" in capsys.readouterr().out
+    (path,) = fresh.glob("*__intraslice__0.3__*.json")
+    record = json.loads(path.read_text())
+    record["metrics"]["zeroshot:avg"] *= 0.97
+    path.write_text(json.dumps(record))
+    assert main(["check", str(fresh), "--against", str(stored)]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if "| intraslice" in line and "zeroshot:avg" in line)
+    assert "WORSE" in line and "-3.00%" in line
