@@ -26,6 +26,8 @@ fi
 export PYTHONPATH=$store/site HARNESS_DATA_DIR=$store/data HARNESS_CACHE_DIR=$store/cache PYTHONUNBUFFERED=1 \
        TOKENIZERS_PARALLELISM=false HF_DATASETS_OFFLINE=1
 out=$store/qwen
+committed=leaderboards/records/qwen2.5-0.5b-h200  # a new machine resumes from what earlier sessions committed
+if [ ! -d "$out" ] && [ -d "$committed" ]; then mkdir -p "$out" && cp "$committed"/*.json "$out"/; fi
 common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 keep() { tar czf "${OUT:-/tmp}/qwen-records.tgz" -C "$store" qwen; }

@@ -21,6 +21,8 @@ fi
 source <(bash leaderboards/gpu/on_device.sh env)
 export HF_DATASETS_OFFLINE=1
 out=$store/smollm2-zs
+committed=leaderboards/records/smollm2-zeroshot-h200  # a new machine resumes from committed records
+if [ ! -d "$out" ] && [ -d "$committed" ]; then mkdir -p "$out" && cp "$committed"/*.json "$out"/; fi
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 common=(--model "$SMOLLM2" --dtype float16 --calib wikitext2:128x2048 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
 keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" -C "$store" smollm2-zs; }
