@@ -104,14 +104,15 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool | None = None, profile: bool = False, log=print) -> list[dict]:
+                compile: bool | None = None, profile: bool = False, fuse: bool = True, log=print) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
     here, minutes apart, on the same device. Methods that support ``pattern`` (2:4, 4:8)
     run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
     searched until its speedup in the first spec's phase is S (``harness.speedmatch``).
-    ``profile`` adds each row's top kernels (``throughput.profile_step``).
+    ``profile`` adds each row's top kernels (``throughput.profile_step``); ``fuse=False`` runs
+    q/k/v and gate/up as separate products (``harness.fusion``) in every model.
     """
     import copy
 
@@ -136,7 +137,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
-    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile, profile=profile)
+    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile, profile=profile, fuse=fuse)
 
     def make_model():
         return copy.deepcopy(dense_model)
@@ -157,6 +158,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "roofline": roofline(result, bandwidth), "peak_frac": peak_fraction(result, peak),
                "cuda_graph": result["cuda_graph"],
                "compiled": result["compiled"], "compile_s": result.get("compile_s"),
+               "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
@@ -172,7 +174,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             ratio, results = 0.0, dense
         else:
             ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count,
-                                         compile=compile, profile=profile)
+                                         compile=compile, profile=profile, fuse=fuse)
         rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
 
     rows = []
@@ -183,7 +185,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             if method.kind == "reference":
                 continue
             found = match_speedup(method, target_for(method, 0.0), goal, make_model, base, device,
-                                  sparse_kernels, compile, log)
+                                  sparse_kernels, compile, log, fuse=fuse)
             add_rows(method, target_for(method, found.ratio),
                      {"match": goal.label, "reached": found.reached, "probes": found.probes})
         return rows

@@ -28,6 +28,7 @@ dense kernels and is honestly ≈ 1.0× (the zeros are still multiplied).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
@@ -41,6 +42,7 @@ from torch import nn
 from harness import hookimpl
 from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
+from harness.fusion import FusionError, check_one_product_per_step, fused_groups, fused_projections
 
 #: torch.compile mode of the serving step (see ``measure``).
 COMPILE_MODE = "default"
@@ -257,8 +259,11 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         torch.cuda.reset_peak_memory_stats(device)
     repeats = repeats or (20 if spec.phase == "prefill" else 100)
     with torch.no_grad():
+        for group in fused_groups(adapter.model):
+            group.counting, group.products = True, 0
         step = ServingStep.for_spec(adapter, spec, device)
         step()  # allocates the cache (prefill) and checks the step runs
+        fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
         compiled, compile_error, compile_s = step, None, None
         if compile:
             try:
@@ -286,7 +291,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "phase": spec.phase, "batch": spec.batch, "length": spec.length,
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
-        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None,
+        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
         "compile_mode": COMPILE_MODE if compile else None, "compile_s": compile_s, "weights_bytes": weight_bytes(adapter.model),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -386,39 +391,57 @@ class SemiStructuredLinear(nn.Module):
 
 
 def to_semi_structured(adapter: ModelAdapter) -> dict:
-    """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16).
+    """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16);
+    a fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
 
     Returns how many linears were converted, and why others were not (shape limits of the
     kernels, dtype). The model must sit on a CUDA device.
     """
     converted, skipped = 0, {}
+
+    def convert(linear: nn.Linear, put) -> None:
+        nonlocal converted
+        if not is_two_four(linear.weight):
+            skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
+            return
+        try:
+            put(SemiStructuredLinear(linear))
+            converted += 1
+        except Exception as error:  # e.g. a dimension the kernels do not tile
+            reason = f"{type(error).__name__}: {str(error)[:80]}"
+            skipped[reason] = skipped.get(reason, 0) + 1
+
     for block in adapter.blocks:
         for role, linear in adapter.linears(block).items():
-            if not is_two_four(linear.weight):
-                skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
-                continue
-            try:
-                adapter.replace_linear(block, role, SemiStructuredLinear(linear))
-                converted += 1
-            except Exception as error:  # e.g. a dimension the kernels do not tile
-                reason = f"{type(error).__name__}: {str(error)[:80]}"
-                skipped[reason] = skipped.get(reason, 0) + 1
+            if isinstance(linear, nn.Linear):  # not a FusedMember: its group is converted below
+                convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new))
+    for group in fused_groups(adapter.model):
+        convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
     return {"converted": converted, "skipped": skipped}
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True, compile: bool | None = None, profile: bool = False) -> dict[str, dict]:
-    """Every spec's throughput of a model on ``device``; a 2:4 model first moves to sparse kernels.
+                  sparse_kernels: bool = True, compile: bool | None = None, profile: bool = False,
+                  fuse: bool = True) -> dict[str, dict]:
+    """Every spec's throughput of a model on ``device``, its shared-input linears fused as a
+    serving engine stores them (``harness.fusion``; ``fuse=False`` to compare); a 2:4 model
+    moves to sparse kernels first.
 
-    The conversion is one-way (semi-structured weights cannot go back to the CPU), so the
-    model is for measuring only afterwards.
+    The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
+    a 2:4 model is for measuring only afterwards; the fusion is undone on return.
     """
     adapter.model.to(device)
-    kernels = None
-    if sparse_kernels and pattern == "2:4" and device.type == "cuda":
-        kernels = to_semi_structured(adapter)
-    return {spec.label: {**measure(adapter, spec, device, compile=compile, profile=profile), "sparse_kernels": kernels}
-            for spec in specs}
+    with fused_projections(adapter) if fuse else contextlib.nullcontext([]):
+        kernels = None
+        if sparse_kernels and pattern == "2:4" and device.type == "cuda":
+            kernels = to_semi_structured(adapter)
+        try:
+            return {spec.label: {**measure(adapter, spec, device, compile=compile, profile=profile),
+                                 "sparse_kernels": kernels} for spec in specs}
+        except FusionError as error:  # measure unfused rather than triple a product
+            failure = str(error)
+    results = measure_model(adapter, pattern, specs, device, sparse_kernels, compile, profile, fuse=False)
+    return {label: {**result, "fusion_error": failure} for label, result in results.items()}
 
 
 # --- the speed evaluation ----------------------------------------------------------------------

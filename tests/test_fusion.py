@@ -1,0 +1,96 @@
+"""Serving-time fusion of shared-input linears (harness/fusion.py): the fused step computes
+what the model computes, one product per group per step, leaves no state behind that would
+make torch.compile recompile, and is undone exactly."""
+
+import pytest
+import torch
+from conftest import synthetic_calibration, tiny_model
+
+from harness.adapters import ModelAdapter
+from harness.fusion import (
+    FusedMember,
+    FusionError,
+    SharedInputGroup,
+    check_one_product_per_step,
+    fused_groups,
+    fused_projections,
+)
+from harness.method import Target
+from harness.plugins import default_registry
+from harness.throughput import ServingStep, SpeedSpec, measure_model, weight_bytes
+
+CPU = torch.device("cpu")
+
+
+def step_outputs(adapter):
+    return [ServingStep.for_spec(adapter, SpeedSpec.parse(s), CPU)() for s in ("prefill@2x10", "decode@2x12")]
+
+
+def check_fused_equals_unfused(model, groups_per_block):
+    adapter = ModelAdapter(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference, nbytes = step_outputs(adapter), weight_bytes(model)
+    with fused_projections(adapter) as groups:
+        assert len(groups) == groups_per_block * len(adapter.blocks)
+        assert weight_bytes(model) == nbytes  # the stacked weights replace the parts, not add to them
+        fused = step_outputs(adapter)
+        assert check_one_product_per_step(model, steps=3) == len(groups)  # prefill 1 + decode prompt 1 + step 1
+    for got, want in zip(fused, reference):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not fused_groups(model) and not any(isinstance(m, FusedMember) for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("arch, groups_per_block", [
+    ("llama3", 2), ("qwen2", 2), ("mistral", 2), ("gemma2", 2), ("gemma3", 2),
+    ("phi2", 1),  # q, k, v and fc1 read one LayerNorm output: one group of four
+    ("phi3", 0),  # already stores qkv and gate_up fused
+])
+def test_fused_step_equals_the_model_on_every_architecture(arch, groups_per_block):
+    check_fused_equals_unfused(tiny_model(arch), groups_per_block)
+
+
+@pytest.mark.parametrize("method", ["intraslice", "slicegpt", "wanda"])
+def test_fused_step_equals_the_model_on_compressed_models(method):
+    model = tiny_model("llama3")
+    default_registry().method(method).compress(ModelAdapter(model), synthetic_calibration(), Target(0.3))
+    check_fused_equals_unfused(model, 2)
+
+
+def test_members_that_do_not_share_an_input_are_caught():
+    linears = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 6)]
+    group = SharedInputGroup(linears)
+    q, k = (FusedMember(group, i, 8, lin.out_features) for i, lin in enumerate(linears))
+    model = torch.nn.ModuleDict({"group": group})
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(torch.cat([q(x), k(x)], -1), torch.cat([linears[0](x), linears[1](x)], -1))
+    assert check_one_product_per_step(model) == 1
+    group.counting, group.products = True, 0
+    q(x), k(x.clone())  # k reads another tensor: two products, the second one's rows thrown away
+    with pytest.raises(FusionError, match="2 products"):
+        check_one_product_per_step(model, steps=1)
+
+
+def test_compiled_fused_step_compiles_once():
+    """State of the groups is the same at the start of every step: dynamo never recompiles."""
+    import torch._dynamo
+
+    adapter = ModelAdapter(tiny_model("qwen2"))
+    with fused_projections(adapter):
+        step = ServingStep.for_spec(adapter, SpeedSpec.parse("decode@1x8"), CPU)
+        step()
+        check_one_product_per_step(adapter.model, steps=2)
+        torch._dynamo.reset()
+        compiled = torch.compile(step, backend="eager", dynamic=False)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            outputs = [compiled() for _ in range(4)]
+    assert all(torch.equal(o, outputs[0]) for o in outputs)
+
+
+def test_measure_model_fuses_and_reports_it():
+    adapter = ModelAdapter(tiny_model("llama3"))
+    fused = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU)["decode@1x8"]
+    plain = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU, fuse=False)["decode@1x8"]
+    assert fused["fused_groups"] == 2 * len(adapter.blocks) and plain["fused_groups"] == 0
+    assert "fusion_error" not in fused and fused["weights_bytes"] == plain["weights_bytes"]
