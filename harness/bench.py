@@ -104,7 +104,7 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool | None = None, profile: bool = False, fuse: bool = True, log=print) -> list[dict]:
+                compile: bool | str | None = None, profile: bool = False, fuse: bool = True, log=print) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken

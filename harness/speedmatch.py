@@ -62,7 +62,7 @@ class SearchResult:
 
 def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
                 specs: list[SpeedSpec], device: torch.device, sparse_kernels: bool = True,
-                dense_count: ParameterCount | None = None, compile: bool | None = None,
+                dense_count: ParameterCount | None = None, compile: bool | str | None = None,
                 profile: bool = False, fuse: bool = True) -> tuple[float | None, dict[str, dict]]:
     """``method``'s shapes at ``target`` on a fresh model from ``make_model``: their measured
     ratio (when ``dense_count`` is given) and tokens/s for every spec."""
@@ -124,7 +124,7 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
 
 def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
                   dense_tokens_per_s: float, device: torch.device, sparse_kernels: bool = True,
-                  compile: bool | None = None, log=print, fuse: bool = True) -> SearchResult:
+                  compile: bool | str | None = None, log=print, fuse: bool = True) -> SearchResult:
     """The one speed-match service (``harness run --match`` and ``harness bench speed --match``):
     ``method``'s ratio whose shape probe runs ``goal.speedup`` × dense in ``goal.spec``.
     ``target`` gives the pattern and the method's options; its ratio is what is searched."""

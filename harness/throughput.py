@@ -241,7 +241,7 @@ def profile_step(run, device: torch.device, steps: int = 3, top: int = 12) -> li
 
 
 def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
-            warmup: int = 5, cuda_graph: bool = True, compile: bool | None = None, profile: bool = False) -> dict:
+            warmup: int = 5, cuda_graph: bool = True, compile: bool | str | None = None, profile: bool = False) -> dict:
     """Throughput of one phase; the model must already sit on ``device`` in eval mode.
 
     ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
@@ -249,10 +249,12 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     serving engine reaches. ``None`` (the default) compiles on a GPU and not on a CPU (where
     inductor builds C++ for minutes and nobody serves from). ``COMPILE_MODE`` is inductor's
     default mode: max-autotune took over 5 minutes for three phases of two models; the
-    compile time is recorded (``compile_s``). ``profile`` adds ``profile_step``'s table of the
+    compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
+    (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph). ``profile`` adds ``profile_step``'s table of the
     compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
-    compile = device.type == "cuda" if compile is None else compile
+    mode = compile if isinstance(compile, str) else COMPILE_MODE
+    compile = device.type == "cuda" if compile is None else bool(compile)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -272,7 +274,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
                 # each new model and shape as a recompile of one function and, past its limit
                 # (8), silently run the rest eagerly: start each measurement from a clean slate.
                 torch._dynamo.reset()
-                compiled = torch.compile(step, mode=COMPILE_MODE, dynamic=False)
+                compiled = torch.compile(step, mode=mode, dynamic=False)
                 compiled()
                 compile_s = time.perf_counter() - start
             except Exception as error:  # report it and measure the eager step
@@ -292,7 +294,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
         "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
-        "compile_mode": COMPILE_MODE if compile else None, "compile_s": compile_s, "weights_bytes": weight_bytes(adapter.model),
+        "compile_mode": mode if compile else None, "compile_s": compile_s, "weights_bytes": weight_bytes(adapter.model),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -421,7 +423,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True, compile: bool | None = None, profile: bool = False,
+                  sparse_kernels: bool = True, compile: bool | str | None = None, profile: bool = False,
                   fuse: bool = True) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``, its shared-input linears fused as a
     serving engine stores them (``harness.fusion``; ``fuse=False`` to compare); a 2:4 model

@@ -133,3 +133,20 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias):
         y = sparse(x)
         assert y.shape == (2, tokens, 256) and y.is_contiguous()
         torch.testing.assert_close(y, linear(x), rtol=2e-2, atol=2e-2)
+
+
+def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
+    seen = []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        seen.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    adapter = ModelAdapter(tiny_model("llama3"))
+    spec, cpu = SpeedSpec.parse("decode@1x8"), torch.device("cpu")
+    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile="max-autotune-no-cudagraphs")
+    assert seen == ["max-autotune-no-cudagraphs"] and result["compile_mode"] == "max-autotune-no-cudagraphs"
+    assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_mode"] == "default"
+    assert measure(adapter, spec, cpu, repeats=2, warmup=1)["compile_mode"] is None  # CPU default: eager
+    assert seen == ["max-autotune-no-cudagraphs", "default"]
