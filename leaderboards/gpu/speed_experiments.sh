@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 18's experiments on the 7B shape in one device call (random weights: nothing to carry
+# but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
+# dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
+# JSON rows land in $OUT. Call: carry [.device/whl]
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
+#   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
+set -euo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-/tmp/dev/site}
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || true
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
+  python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$out/$name.json" 2>&1 | grep -v "it/s\]$" || true; }
+for experiment in ${@:-decode prefill24}; do
+  case $experiment in
+    decode)     # dense decode@1x512 against the roofline: unfused, fused, fused + autotuned products
+      bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
+      bench decode-fused --methods dense --phases decode@1x512 --profile
+      bench decode-autotune --methods dense --phases decode@1x512 --compile-mode max-autotune-no-cudagraphs ;;
+    prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels
+      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
+      bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
+    full)       # the tables of leaderboards/gpu/ (issue 18, item 4), once the defaults are settled
+      bench speed-full --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
+          --phases decode@1x512,decode@16x512,prefill@8x2048
+      bench match-full --methods dense,slicegpt,intraslice,sparsegpt --match speedup:1.25 --phases prefill@8x2048 ;;
+  esac
+done
