@@ -478,7 +478,9 @@ class Speed(Evaluator):
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
         compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
-        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile,
+        # "fused": shared-input linears run as one product (harness.fusion); part of the record's
+        # identity, so rows measured before fusion are not resumed as if measured the same way
+        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile, "fused": True,
                                      "sparse_kernels": context.config.sparse_kernels} for s in specs}
         return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))
 
