@@ -2,7 +2,7 @@
 # Issue 17 on the GPU machine: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised once into
 # the cache), full protocol (128 × 2048 calibration, all WikiText-2 test windows of 2048), float16.
 # Parts first: see prepare_qwen.sh. Records persist in $store/qwen while the machine is warm and
-# a run resumes from them; each step returns them all under $OUT/qwen-records.tgz. A call stops
+# a run resumes from them; each step returns them all under $OUT/qwen-records.tgz (sweep_steps.sh). A call stops
 # starting steps, and cuts the step in flight, at CALL_S seconds (default 570, inside the 600 s
 # call limit), so at most the cell in flight is lost; the next call (or, from committed records
 # copied back into $store/qwen, the next session) continues.
@@ -25,22 +25,11 @@ if [ ! -e "$store/zs/.installed" ]; then
 fi
 export PYTHONPATH=$store/site HARNESS_DATA_DIR=$store/data HARNESS_CACHE_DIR=$store/cache PYTHONUNBUFFERED=1 \
        TOKENIZERS_PARALLELISM=false HF_DATASETS_OFFLINE=1
-out=$store/qwen
-committed=leaderboards/records/qwen2.5-0.5b-h200  # a new machine resumes from what earlier sessions committed
-if [ ! -d "$out" ] && [ -d "$committed" ]; then mkdir -p "$out" && cp "$committed"/*.json "$out"/; fi
+name=qwen committed=leaderboards/records/qwen2.5-0.5b-h200
+source leaderboards/gpu/sweep_steps.sh
+sweep_begin
 common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
-keep() { tar czf "${OUT:-/tmp}/qwen-records.tgz" -C "$store" qwen; }
-# RAY_GPUS=0.25 (with .device/raya and .device/rayb stashed): quality cells four to a GPU through
-# `--executor ray` (lm-eval's per-request Python work leaves a small model's GPU mostly idle)
-parallel=()
-if [ -n "${RAY_GPUS:-}" ]; then bash leaderboards/gpu/on_device.sh ray; parallel=(--executor ray --ray-gpus "$RAY_GPUS"); fi
-step() {  # one harness run, cut at the call's deadline; records returned after it either way
-  local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
-  if (( left < 20 )); then echo "qwen_sweep: call time spent; rerun to continue"; keep; exit 0; fi
-  timeout "$left" harness run "${common[@]}" "${parallel[@]}" "$@" || echo "qwen_sweep: step ended with $? ($*)"
-  keep
-}
 for stage in ${@:-zeroshot ppl speed besa}; do
   case $stage in
     zeroshot)  # dense, and r = 0.3 and 2:4 with the 7 zero-shot tasks as well

@@ -20,22 +20,11 @@ if [ ! -e "$store/zs/.installed" ]; then
 fi
 source <(bash leaderboards/gpu/on_device.sh env)
 export HF_DATASETS_OFFLINE=1
-out=$store/smollm2-zs
-committed=leaderboards/records/smollm2-zeroshot-h200  # a new machine resumes from committed records
-if [ ! -d "$out" ] && [ -d "$committed" ]; then mkdir -p "$out" && cp "$committed"/*.json "$out"/; fi
+name=smollm2-zs committed=leaderboards/records/smollm2-zeroshot-h200
+source leaderboards/gpu/sweep_steps.sh
+sweep_begin
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 common=(--model "$SMOLLM2" --dtype float16 --calib wikitext2:128x2048 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
-keep() { tar czf "${OUT:-/tmp}/smollm2-zs-records.tgz" -C "$store" smollm2-zs; }
-# RAY_GPUS=0.25 (with .device/raya and .device/rayb stashed): quality cells four to a GPU through
-# `--executor ray` (lm-eval's per-request Python work leaves a small model's GPU mostly idle)
-parallel=()
-if [ -n "${RAY_GPUS:-}" ]; then bash leaderboards/gpu/on_device.sh ray; parallel=(--executor ray --ray-gpus "$RAY_GPUS"); fi
-step() {  # one harness run, cut at the call's deadline; records returned after it either way
-  local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
-  if (( left < 20 )); then echo "smollm2_zeroshot: call time spent; rerun to continue"; keep; exit 0; fi
-  timeout "$left" harness run "${common[@]}" "${parallel[@]}" "$@" || echo "smollm2_zeroshot: step ended with $? ($*)"
-  keep
-}
 step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.3
 step --methods magnitude,wanda,sparsegpt --pattern 2:4
 step --methods intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.5
