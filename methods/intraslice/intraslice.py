@@ -283,7 +283,8 @@ def value_bases(RR: torch.Tensor, deleted: list[int], groups: list[int], num_hea
 
 
 # --- folding into a sliced block ------------------------------------------------------------
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    """A frozen nn.Linear holding ``weight`` (and ``bias``), on ``like``'s device and dtype."""
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
                     device=like.weight.device, dtype=like.weight.dtype)
     new.weight.data.copy_(weight)
@@ -336,12 +337,12 @@ def slice_attention(model: ModelAdapter, block: nn.Module, deleted: list[int], p
         old = linears["qkv"]
         weight = torch.cat([q[0], k[0], v[0]])
         bias = None if old.bias is None else torch.cat([q[1], k[1], v[1]])
-        model.replace_linear(block, "qkv", _linear(weight, bias, old))
+        model.replace_linear(block, "qkv", linear_from(weight, bias, old))
     else:
         for role, (W, b) in zip(("q", "k", "v"), (q, k, v)):
-            model.replace_linear(block, role, _linear(W, b, linears[role]))
+            model.replace_linear(block, role, linear_from(W, b, linears[role]))
     o = linears["o"]
-    model.replace_linear(block, "o", _linear(w_o, o.bias, o))
+    model.replace_linear(block, "o", linear_from(w_o, o.bias, o))
     kv_of_head = [groups.index(h // per) for h in heads]
     kept_pairs = None  # (kept groups × pairs) frequency indices, or None: every pair
     if pairs is not None:
@@ -423,9 +424,9 @@ def slice_mlp(model: ModelAdapter, block: nn.Module, kept: torch.Tensor, new_dow
         rows = kept
         if role in model.arch.fused:  # gate_up: the same neurons of every stacked part
             rows = torch.cat([kept + part.start for part in model.fused_rows(role, lin).values()])
-        model.replace_linear(block, role, _linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
+        model.replace_linear(block, role, linear_from(lin.weight[rows], None if lin.bias is None else lin.bias[rows], lin))
     down = linears["down"]
-    model.replace_linear(block, "down", _linear(new_down, down.bias, down))
+    model.replace_linear(block, "down", linear_from(new_down, down.bias, down))
 
 
 def _nonzeros(lin: nn.Linear) -> float:

@@ -57,6 +57,9 @@ from harness.method import CompressionReport, Knob, Method
 from harness.targets import block_parameters, count_parameters
 
 from .intraslice import (
+    linear_from,
+)
+from .intraslice import (
     slice_mlp as fold_mlp_channels,  # gate/up rows and down columns of kept channels
 )
 
@@ -159,16 +162,6 @@ def refit_down(w_down: torch.Tensor, cov: torch.Tensor, keep: torch.Tensor, ridg
 
 
 # --- folding into the weights --------------------------------------------------------------
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=old.weight.device, dtype=old.weight.dtype)
-    new.weight.data.copy_(weight)
-    if bias is not None:
-        new.bias.data.copy_(bias)
-    new.weight.requires_grad_(False)
-    return new
-
-
 @torch.no_grad()
 def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor) -> None:
     """Fold per-group bases (G × head_dim × k) into the value and output projections; value heads become k wide."""
@@ -179,13 +172,13 @@ def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor)
     o = linears["o"]
     W_o = o.weight.detach().double().view(o.out_features, G, H // G, hd)
     new_o = torch.einsum("dgph,ghk->dgpk", W_o, bases.to(dtype)).reshape(o.out_features, H * k)
-    model.replace_linear(block, "o", _linear_like(o, new_o, o.bias))
+    model.replace_linear(block, "o", linear_from(new_o, o.bias, o))
     if "v" in linears:
         v = linears["v"]
         W_v = v.weight.double().view(G, hd, -1)
         new_v = torch.einsum("ghk,ghd->gkd", bases.to(dtype), W_v).reshape(G * k, -1)
         b_v = None if v.bias is None else torch.einsum("ghk,gh->gk", bases.to(dtype), v.bias.double().view(G, hd)).reshape(-1)
-        model.replace_linear(block, "v", _linear_like(v, new_v, b_v))
+        model.replace_linear(block, "v", linear_from(new_v, b_v, v))
     else:  # a fused qkv projection (Phi-3): fold into its value rows
         qkv = linears["qkv"]
         W = qkv.weight.double()
@@ -196,7 +189,7 @@ def fold_value_basis(model: ModelAdapter, block: nn.Module, bases: torch.Tensor)
         if qkv.bias is not None:
             b = qkv.bias.double()
             bias = torch.cat([b[:qk_rows], torch.einsum("ghk,gh->gk", bases.to(dtype), b[qk_rows:].view(G, hd)).reshape(-1)])
-        model.replace_linear(block, "qkv", _linear_like(qkv, torch.cat([W[:qk_rows], new_v]), bias))
+        model.replace_linear(block, "qkv", linear_from(torch.cat([W[:qk_rows], new_v]), bias, qkv))
     attention = model.attention(block)
     if isinstance(attention, SlimValueAttention):
         attention.v_dim = k
