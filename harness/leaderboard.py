@@ -113,7 +113,7 @@ def protocol_header(records: list[Record]) -> str:
         "quantised checkpoint); r counts nonzeros removed, so N:M rows, which keep N of every M elements, "
         f"measure r below 1 − N/M (2:4 with no kept zero: {1 - 0.5 / (1 - zeros):.4f})"]
     return "\n".join([
-        f"model: {records[0].model} ({records[0].architecture}, {distinct(lambda r: r.dtype)})",
+        f"model: {records[0].model} ({records[0].architecture}-family adapter row, {distinct(lambda r: r.dtype)})",
         "ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
         f"calibration: {distinct(calib)}",
         f"evaluation: {distinct(evals)}",
