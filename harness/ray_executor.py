@@ -89,8 +89,9 @@ def _failed(cell: dict, error: BaseException) -> Record:
 
 
 def _runtime_env() -> dict:
-    """What workers on other nodes need from this process's environment."""
-    keep = [k for k in os.environ if k.startswith("HARNESS_") or k in ("PYTHONPATH", "HF_HOME")]
+    """What workers on other nodes need from this process's environment: the harness's own
+    settings, the Hugging Face ones (cache paths, offline switches) and the import path."""
+    keep = [k for k in os.environ if k.startswith(("HARNESS_", "HF_")) or k in ("PYTHONPATH", "TOKENIZERS_PARALLELISM")]
     return {"env_vars": {k: os.environ[k] for k in keep}} if keep else {}
 
 

@@ -151,3 +151,14 @@ def test_two_writers_of_one_cache_key_leave_one_valid_file(tmp_path):
     files = list((tmp_path / "calibration").iterdir())
     assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary left behind
     assert torch.equal(torch.load(files[0], weights_only=True)["input_ids"], torch.arange(4096).view(2, 2048))
+
+
+def test_workers_get_the_harness_and_hugging_face_settings(monkeypatch):
+    from harness.ray_executor import _runtime_env
+
+    for key, value in {"HARNESS_CACHE_DIR": "/c", "HF_DATASETS_OFFLINE": "1", "HF_HOME": "/h",
+                       "PYTHONPATH": "/site", "UNRELATED_SECRET": "x"}.items():
+        monkeypatch.setenv(key, value)
+    env = _runtime_env()["env_vars"]
+    assert {"HARNESS_CACHE_DIR", "HF_DATASETS_OFFLINE", "HF_HOME", "PYTHONPATH"} <= set(env)
+    assert "UNRELATED_SECRET" not in env
