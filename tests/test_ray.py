@@ -162,3 +162,28 @@ def test_workers_get_the_harness_and_hugging_face_settings(monkeypatch):
     env = _runtime_env()["env_vars"]
     assert {"HARNESS_CACHE_DIR", "HF_DATASETS_OFFLINE", "HF_HOME", "PYTHONPATH"} <= set(env)
     assert "UNRELATED_SECRET" not in env
+
+
+def test_zero_shot_cells_on_shared_gpus_give_the_sequential_records(cluster, tiny_model_dir, data_dir, tmp_path):
+    """What the device sweeps do with RAY_GPUS=0.25: lm-eval scoring in Ray workers, two cells
+    to a GPU, the same accuracies as the sequential run."""
+    import json
+    import shutil
+
+    tasks = data_dir.parent / (data_dir.name + "-with-tasks")
+    shutil.copytree(data_dir, tasks, dirs_exist_ok=True)
+    (tasks / "zeroshot").mkdir(exist_ok=True)
+    with open(tasks / "zeroshot" / "piqa.jsonl", "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"goal": f"prune block {i}", "sol1": "the weight", "sol2": "the speed",
+                                "label": i % 2}) + "\n")
+    quiet = lambda *a: None  # noqa: E731
+
+    def config(out, **extra):
+        return grid(tiny_model_dir, tasks, tmp_path, out, evals=["ppl:wikitext2", "zeroshot:piqa"], **extra)
+
+    sequential = run(config("seq"), log=quiet)
+    shared = run(config("half", executor="ray", ray_gpus=0.5), log=quiet)
+    assert all(r.ok for r in shared)
+    accuracy = lambda records: {(r.method, r.label): r.metrics["zeroshot:piqa"] for r in records}  # noqa: E731
+    assert accuracy(shared) == accuracy(sequential) and table(shared) == table(sequential)
