@@ -381,10 +381,9 @@ class SemiStructuredLinear(nn.Module):
 
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = to_sparse_semi_structured(linear.weight.detach())
-        if hasattr(weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
-            weight.fuse_transpose_cusparselt = True
-        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        if hasattr(self.weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
+            self.weight.fuse_transpose_cusparselt = True
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
