@@ -6,7 +6,7 @@
 # starting steps, and cuts the step in flight, at CALL_S seconds (default 570, inside the 600 s
 # call limit), so at most the cell in flight is lost; the next call (or, from committed records
 # copied back into $store/qwen, the next session) continues.
-#   CALL_S=570 bash leaderboards/gpu/qwen_sweep.sh [STAGE ...]   stages: zeroshot ppl speed besa (default: all)
+#   CALL_S=570 bash leaderboards/gpu/qwen_sweep.sh [STAGE ...]   stages: zeroshot ppl speed (default: all)
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
 # with `on_device.sh stash`, and run with RAY_GPUS=0.25.
 set -euo pipefail
@@ -30,18 +30,15 @@ source leaderboards/gpu/sweep_steps.sh
 sweep_begin
 common=(--model "$store/qwen.gguf" --dtype float16 --calib wikitext2:128x2048 --out "$out")
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
-for stage in ${@:-zeroshot ppl speed besa}; do
+for stage in ${@:-zeroshot ppl speed}; do
   case $stage in
     zeroshot)  # dense, and r = 0.3 and 2:4 with the 7 zero-shot tasks as well
-      step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot"
+      step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude,besa --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot"
       step --methods wanda,sparsegpt,magnitude --pattern 2:4 --eval ppl:wikitext2 --eval "$zeroshot" ;;
     ppl)       # every method at r = 0.2 and 0.5, the sparsity methods at 4:8
-      step --methods intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.2,0.5
+      step --methods intraslice,slicegpt,wanda,sparsegpt,magnitude,besa --ratios 0.2,0.5
       step --methods magnitude,wanda,sparsegpt --pattern 4:8 ;;
     speed)     # structured methods at a matched measured speedup of 1.2x, quality measured there
       step --methods intraslice,slicegpt --match speedup:1.2 --phase prefill@8x2048 --eval ppl:wikitext2 ;;
-    besa)      # BESA last: it trains per block
-      step --methods besa --ratios 0.3 --eval ppl:wikitext2 --eval "$zeroshot"
-      step --methods besa --ratios 0.2,0.5 ;;
   esac
 done

@@ -25,7 +25,6 @@ source leaderboards/gpu/sweep_steps.sh
 sweep_begin
 zeroshot=zeroshot:piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa
 common=(--model "$SMOLLM2" --dtype float16 --calib wikitext2:128x2048 --out "$out" --eval ppl:wikitext2 --eval "$zeroshot")
-step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.3
+# every cell of a target type in one run: with RAY_GPUS they run side by side
+step --methods dense,intraslice,slicegpt,wanda,sparsegpt,magnitude,besa --ratios 0.3,0.5
 step --methods magnitude,wanda,sparsegpt --pattern 2:4
-step --methods intraslice,slicegpt,wanda,sparsegpt,magnitude --ratios 0.5
-step --methods besa --ratios 0.3,0.5
