@@ -8,6 +8,8 @@
 # Resumable: records stay in $store/smollm2-zs while the machine is warm; each step returns them
 # all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/). A
 # call stops at CALL_S seconds (default 570), cutting at most the cell in flight; rerun to go on.
+# Table: harness leaderboard leaderboards/records/smollm2-zeroshot-h200 --out leaderboards/smollm2-zeroshot-h200 \
+#            --metrics 'ppl:*,zeroshot:*' --deltas 'ppl:*,zeroshot:avg'
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
 # with `on_device.sh stash`, and run with RAY_GPUS=0.25.
 set -euo pipefail
