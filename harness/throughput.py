@@ -128,6 +128,12 @@ class ServingStep:
     static cache of ``cache.length`` positions; the additive mask lets position i see
     positions ≤ i (and, in a sliding-window layer, only the last ``window`` of them). Each
     layer type gets its own mask and rotary table, as the model's own forward gives them.
+
+    Where that mask says nothing SDPA cannot say itself, no mask is passed, as a serving
+    engine passes none: a prefill from position 0 that fills the cache is plain causal
+    attention (SDPA's ``is_causal``: the flash kernel, not a masked one reading an L×L
+    mask), and a decode step that sees every cached position needs no mask at all. Only
+    SDPA-style implementations get this (eager attention would then attend everywhere).
     """
 
     def __init__(self, adapter: ModelAdapter, batch: int, first: int, tokens: int,
@@ -138,11 +144,18 @@ class ServingStep:
         self.input_ids = torch.randint(0, adapter.embeddings.num_embeddings, (batch, tokens),
                                        device=device, generator=generator)
         dtype, keys = adapter.dtype, torch.arange(cache.length, device=device)[None, :]
+        implicit_masks = getattr(adapter.config, "_attn_implementation", None) in (
+            "sdpa", "flash_attention_2", "flash_attention_3")
+        causal = torch.ones(tokens, cache.length, dtype=torch.bool, device=device).tril()
         self.masks = {}
         for layer_type in set(adapter.layer_types):
             allowed = keys <= self.positions[:, None]
             if layer_type == "sliding_attention" and adapter.sliding_window:
                 allowed &= keys > self.positions[:, None] - adapter.sliding_window
+            if implicit_masks and ((tokens == 1 and bool(allowed.all())) or
+                                   (first == 0 and tokens == cache.length and torch.equal(allowed, causal))):
+                self.masks[layer_type] = None
+                continue
             mask = torch.zeros(1, 1, tokens, cache.length, dtype=dtype, device=device)
             self.masks[layer_type] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
@@ -477,9 +490,11 @@ class Speed(Evaluator):
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
         compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
-        # "fused": shared-input linears run as one product (harness.fusion); part of the record's
-        # identity, so rows measured before fusion are not resumed as if measured the same way
+        # "fused": shared-input linears run as one product (harness.fusion); "implicit_masks": SDPA's
+        # causal kernel instead of explicit masks where they say nothing more (ServingStep). Part of
+        # the record's identity, so rows measured before either are not resumed as if measured so
         spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile, "fused": True,
+                                     "implicit_masks": True,
                                      "sparse_kernels": context.config.sparse_kernels} for s in specs}
         return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))
 

@@ -44,6 +44,9 @@ def test_steps_equal_the_full_forward_on_structured_models(method):
     ratio = 0.1 if method == "intraslice-vo" else 0.3  # VO paths alone hold ~1/4 of the parameters
     default_registry().method(method).compress(ModelAdapter(model), synthetic_calibration(), Target(ratio))
     decode = check_steps(model)
+    model.set_attn_implementation("sdpa")  # unmasked steps (causal prefill, full-cache decode) too
+    assert check_steps(model).masks == {"full_attention": None}
+    model.set_attn_implementation("eager")
     if method == "intraslice-vo":  # the value cache is as narrow as the value heads
         adapter = ModelAdapter(model)
         widths = [decode.cache.values[i].shape[-1] for i in range(len(adapter.blocks))]
@@ -150,3 +153,24 @@ def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_mode"] == "default"
     assert measure(adapter, spec, cpu, repeats=2, warmup=1)["compile_mode"] is None  # CPU default: eager
     assert seen == ["max-autotune-no-cudagraphs", "default"]
+
+
+def test_sdpa_steps_pass_no_mask_where_causal_says_it_all(any_arch):
+    """With SDPA, prefill from position 0 runs SDPA's own causal kernel and a decode step that
+    sees the whole cache runs unmasked (as serving engines do), and both still equal the full
+    forward; eager attention keeps explicit masks, as does a sliding window shorter than the cache."""
+    model = tiny_model(any_arch)
+    try:
+        model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError) as error:  # an architecture without SDPA support
+        pytest.skip(str(error))
+    adapter = ModelAdapter(model)
+    decode = check_steps(model)
+    prefill = ServingStep.for_spec(adapter, SpeedSpec("prefill", 2, 10), torch.device("cpu"))
+    window = adapter.sliding_window
+    for step, length in ((prefill, 10), (decode, 12)):
+        for layer_type, mask in step.masks.items():
+            windowed = layer_type == "sliding_attention" and window and window < length
+            assert (mask is not None) == bool(windowed), (layer_type, step.masks)
+    eager = ServingStep.for_spec(ModelAdapter(tiny_model(any_arch)), SpeedSpec("prefill", 2, 10), torch.device("cpu"))
+    assert all(mask is not None for mask in eager.masks.values())
