@@ -10,6 +10,7 @@ mid-write leaves no partial file behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +39,20 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> Path:
+    """Call ``fill(directory)`` on a temporary directory beside ``path``, then rename it to
+    ``path``. When another writer got there first, its complete directory is kept."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        fill(staging)
+        staging.rename(path)
+    except OSError:  # the rename found a full directory: another writer's finished copy
+        if not path.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

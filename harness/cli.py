@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "torch.compile, then the graph: the baseline a serving engine reaches)")
     speed.add_argument("--profile", action="store_true",
                        help="also print each row's top kernels per step (torch.profiler, outside the CUDA graph)")
-    speed.add_argument("--compile-mode", help="inductor mode of the compiled step (default: 'default'; e.g. "
+    speed.add_argument("--compile-mode", dest="compile", help="inductor mode of the compiled step (default: 'default'; e.g. "
                        "max-autotune-no-cudagraphs to autotune the products; the CUDA graph is ours either way)")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
@@ -264,8 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match, args.compile_mode if args.compile is not False and args.compile_mode else args.compile,
-                           args.profile, args.fuse)
+                           args.match, args.compile, args.profile, args.fuse)
         print(format_speed_rows(rows))
         if args.json:
             write_json_atomic(args.json, rows)

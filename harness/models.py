@@ -234,25 +234,9 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, ca
                             "(packed quantized weights?)")
     model.eval()
     model.config.use_cache = False
-    if cached is not None:
-        _save_atomically(model, tokenizer, cached)
+    if cached is not None:  # atomic: a process killed midway, or two filling one key, leave no half model
+        from harness.atomic import atomic_write_dir
+
+        atomic_write_dir(cached, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     return model, tokenizer
 
-
-def _save_atomically(model: PreTrainedModel, tokenizer, path: Path) -> None:
-    """Write the dequantised model beside ``path`` and rename it into place: a process killed
-    midway, or two filling the same key, never leave a half-written model behind."""
-    import shutil
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.rename(path)
-    except OSError:  # another process got there first (the rename found a full directory)
-        if not (path / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

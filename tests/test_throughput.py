@@ -153,6 +153,11 @@ def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_mode"] == "default"
     assert measure(adapter, spec, cpu, repeats=2, warmup=1)["compile_mode"] is None  # CPU default: eager
     assert seen == ["max-autotune-no-cudagraphs", "default"]
+    from harness.cli import build_parser  # the command line hands the mode to the same argument
+
+    speed = ["bench", "speed", "--compile-mode", "max-autotune-no-cudagraphs"]
+    assert build_parser().parse_args(speed).compile == "max-autotune-no-cudagraphs"
+    assert build_parser().parse_args(["bench", "speed", "--no-compile"]).compile is False
 
 
 def test_sdpa_steps_pass_no_mask_where_causal_says_it_all(any_arch):
