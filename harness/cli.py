@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--skip-corrupt", action="store_true",
                        help="leave out record files that cannot be read (default: refuse, naming them)")
 
-    sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins")
+    sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins "
+                   "(exit status 1 if one failed to load or lacks a package it runs on)")
 
     export = sub.add_parser(
         "export", help="write a compressed model as safetensors + config (+ shape plan) that loads without pickle",
@@ -210,26 +211,34 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_plugins() -> int:
-    from harness.plugins import default_registry
+    from harness.plugins import default_registry, missing_requirements
 
     registry = default_registry()
+    broken = 0
     for info in registry.plugins:
         status = f"FAILED: {info.error}" if info.error else "ok"
+        broken += bool(info.error)
         print(f"{info.name:<14} {info.origin}  [{status}]")
         for name in info.methods:
             m = registry.methods[name]
             archs = ",".join(m.architectures) if m.architectures else "all"
             print(f"    method  {name:<12} {m.kind:<16} patterns={','.join(m.patterns)} "
                   f"architectures={archs}  {m.description}")
+            if missing := missing_requirements(m):
+                broken += 1
+                print(f"        MISSING: {', '.join(missing)} (pip install {' '.join(missing)})")
             for knob, spec in m.knobs.items():
                 print(f"        -o {name}.{knob}={spec.type.__name__} (default {spec.default!r})  {spec.help}")
         for name in info.datasets:
             print(f"    dataset {name:<12} {registry.datasets[name].description}")
         for name in info.evaluations:
             print(f"    eval    {name + ':ARGS':<12} {registry.evaluations[name].description}")
+            if missing := missing_requirements(registry.evaluations[name]):
+                broken += 1
+                print(f"        MISSING: {', '.join(missing)} (pip install {' '.join(missing)})")
         for name in info.reporters:
             print(f"    format  {name}")
-    return 0
+    return 1 if broken else 0  # a preflight: `harness plugins` fails where a run would
 
 
 def cmd_export(source: Path, out: Path) -> int:

@@ -76,6 +76,8 @@ class Evaluator:
     order: ClassVar[int] = 0
     #: Metric name prefixes this evaluator produces besides its own name ("NAME:...").
     metric_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Modules it imports when it runs, as ``{module: pip requirement}`` (see ``Method.requires``).
+    requires: ClassVar[dict[str, str]] = {}
 
     def higher_is_better(self, metric: str) -> bool:
         """Which way ``metric`` improves (the leaderboard's ranking, ``check``'s verdict)."""

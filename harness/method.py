@@ -123,6 +123,10 @@ class Method:
     ablation_of: ClassVar[str | None] = None
     #: One line for ``harness plugins``.
     description: ClassVar[str] = ""
+    #: Modules the method imports when it runs, beyond the harness's own, as
+    #: ``{module: pip requirement}``. The harness imports them before any work starts, so a
+    #: grid missing one fails at once with the pip line, not when that cell comes up.
+    requires: ClassVar[dict[str, str]] = {}
     #: The method's own options: name -> ``Knob`` (type, default, help). The harness refuses
     #: any other ``-o METHOD.NAME`` before work starts, and ``harness plugins`` lists them.
     knobs: ClassVar[dict[str, Knob]] = {}

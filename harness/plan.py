@@ -17,7 +17,7 @@ import torch
 from harness import models
 from harness.evaluation import Evaluator, parse_evals
 from harness.method import Method, Target, implied_ratio
-from harness.plugins import Registry
+from harness.plugins import Registry, require_installed
 from harness.speedmatch import SpeedTarget
 from harness.targets import validate_ratio
 
@@ -103,6 +103,7 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     for method in methods:
         options = config.options.get(method.name, {})
         method.check_options(options)  # a misspelt knob is refused, not silently ignored
+        require_installed(method)  # before any cell starts, not when this one comes up
         if method.kind == "reference":  # dense: one row, nothing removed
             plans.append(Plan(method, Target(0.0, "unstructured", options)))
             continue
@@ -141,5 +142,6 @@ def plan_evaluations(config: RunConfig, registry: Registry) -> list[tuple[Evalua
         evals["speed"] = [config.match_phase] + [a for a in evals.get("speed", []) if a != config.match_phase]
     chosen = [(registry.evaluation(name), args) for name, args in evals.items()]
     for evaluator, args in chosen:
+        require_installed(evaluator)
         evaluator.check(args, registry)
     return sorted(chosen, key=lambda pair: pair[0].order)

@@ -7,6 +7,7 @@ skipped; the others still load.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,32 @@ class Registry:
 
 class UnknownName(ValueError):
     pass
+
+
+class MissingRequirement(ValueError):
+    pass
+
+
+def missing_requirements(plugin: Method | Evaluator) -> list[str]:
+    """The pip requirements of ``plugin.requires`` whose module does not import here.
+
+    Importing (not just finding) the module catches a broken install too, e.g. a package
+    present without one of its own dependencies."""
+    missing = []
+    for module, requirement in plugin.requires.items():
+        try:
+            importlib.import_module(module)
+        except Exception:
+            missing.append(requirement)
+    return missing
+
+
+def require_installed(plugin: Method | Evaluator) -> None:
+    """Raise ``MissingRequirement`` naming the pip line, if ``plugin`` lacks a module it runs on."""
+    if missing := missing_requirements(plugin):
+        kind = "method" if isinstance(plugin, Method) else "evaluation"
+        raise MissingRequirement(f"{kind} {plugin.name!r} needs {', '.join(missing)}, which is not "
+                                 f"installed here: pip install {' '.join(missing)}")
 
 
 def _validate_method(method: Method) -> None:

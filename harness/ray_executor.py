@@ -18,7 +18,8 @@ rest, failed ones included. A cell whose worker dies (OOM, node loss, a crash) i
 
 Resources per cell: ``--ray-gpus`` GPUs (default 1 when the cluster has GPUs and the device
 is not "cpu"; a fraction such as 0.25 lets four quality cells share one GPU, which a small
-model's zero-shot scoring, bound by lm-eval's per-request Python work, leaves mostly idle),
+model's zero-shot scoring, bound by lm-eval's per-request Python work, leaves mostly idle; such
+a cell's allocations are capped at its fraction of the GPU's memory, ``cap_gpu_memory``),
 ``--ray-memory-gb`` CPU memory (block-offloaded weights live there), ``--ray-accelerator`` a
 GPU type. A cell that measures speed always takes at least one whole GPU, so it never shares
 its GPU with another cell, and is pinned to the GPU type the first task ran on, so one table
@@ -51,10 +52,22 @@ def _node_accelerator() -> str | None:
     return None
 
 
-def first_task(config: RunConfig):
+def cap_gpu_memory(gpus: float | None) -> None:
+    """A cell given a fraction of a GPU keeps its allocations within that fraction of the GPU's
+    memory, so cells sharing a GPU cannot starve one another: on reaching its cap the caching
+    allocator frees its own cached blocks before it reports out of memory (which zero-shot
+    scoring answers by halving its batch)."""
+    import torch
+
+    if gpus and gpus < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpus)
+
+
+def first_task(config: RunConfig, gpus: float | None = None):
     """Calibration ids, and the manifest of cells (dense rows already run here)."""
     from harness.runner import new_record, prepare_sweep, reusable, run_cell
 
+    cap_gpu_memory(gpus)
     sweep = prepare_sweep(config, log=_quiet)
     cells = []
     for index, plan in enumerate(sweep.plans):
@@ -71,10 +84,11 @@ def first_task(config: RunConfig):
     return ids, {"cells": cells, "accelerator": _node_accelerator()}
 
 
-def cell_task(config: RunConfig, index: int, calibration_ids, _after_first) -> str:
-    """One cell, in a worker; returns its record's path."""
+def cell_task(config: RunConfig, index: int, calibration_ids, _after_first, gpus: float | None = None) -> str:
+    """One cell, in a worker given ``gpus`` GPUs; returns its record's path."""
     from harness.runner import prepare_sweep, run_cell
 
+    cap_gpu_memory(gpus)
     sweep = prepare_sweep(config, log=_quiet, calibration_ids=calibration_ids)
     plan = sweep.plans[index]
     run_cell(sweep, plan, _quiet)
@@ -128,7 +142,7 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
             options["accelerator_type"] = config.ray_accelerator
         log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
             f"{gpus} GPU(s) per cell")
-        ids_ref, manifest_ref = ray.remote(first_task).options(num_returns=2, **options).remote(config)
+        ids_ref, manifest_ref = ray.remote(first_task).options(num_returns=2, **options).remote(config, gpus)
         manifest = ray.get(manifest_ref)  # the dense rows are done: every other cell may start
         records, running = [], {}
         remote_cell = ray.remote(cell_task)
@@ -138,7 +152,8 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
                 log(f"{cell['method']} @ {cell['label']}: done ({Path(cell['path']).name})")
                 continue
             cell_options = cell_resources(options, cell["speed"], manifest["accelerator"])
-            running[remote_cell.options(**cell_options).remote(config, cell["index"], ids_ref, manifest_ref)] = cell
+            running[remote_cell.options(**cell_options).remote(
+                config, cell["index"], ids_ref, manifest_ref, cell_options.get("num_gpus"))] = cell
         pending = list(running)
         with tqdm(total=len(pending), desc="cells", disable=None, leave=False) as bar:
             while pending:

@@ -131,6 +131,7 @@ class ZeroShot(Evaluator):
     description = ("zero-shot accuracy through lm-evaluation-harness (acc, acc_norm, and the papers' "
                    "acc_norm-else-acc per task and average)")
     metric_prefixes = ("acc", "acc_norm")
+    requires = {"lm_eval": "lm-eval"}
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         return Prepared({"zeroshot": {"tasks": list(args), "limit": context.config.zeroshot_limit}}, list(args))
@@ -140,8 +141,19 @@ class ZeroShot(Evaluator):
         # ~66k short scoring requests for the 7 tasks: a GPU wants far larger batches than the
         # calibration's (lm-eval pads per batch; scores do not depend on the batch size)
         batch = max(config.batch_size, GPU_BATCH) if context.device.type == "cuda" else config.batch_size
-        metrics, details = evaluate_zeroshot(model.model, context.tokenizer(), prepared.state, context.device,
-                                             config.zeroshot_limit, batch, config.data_dir)
+        while True:
+            try:
+                metrics, details = evaluate_zeroshot(model.model, context.tokenizer(), prepared.state,
+                                                     context.device, config.zeroshot_limit, batch, config.data_dir)
+                break
+            except torch.cuda.OutOfMemoryError:
+                # A batch's float32 log-probabilities are batch × length × vocabulary × 4 bytes
+                # (64 × 600 × 49,152: 7.6 GiB): halve it. lm-eval scores its longest requests
+                # first, so a batch that fits the first one fits them all, and a retry fails fast.
+                if batch == 1:
+                    raise
+                batch //= 2
+                torch.cuda.empty_cache()
         details["batch_size"] = batch
         return EvalResult(metrics, details)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.plugins import load_plugins
+from harness.plugins import MissingRequirement, load_plugins
 from harness.runner import RunConfig, run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -50,6 +50,24 @@ PLUGIN_SOURCE = textwrap.dedent('''
         register(RandomPrune())
 ''')
 
+NEEDS_MORE_SOURCE = textwrap.dedent('''
+    """A method whose optimiser package is not installed (as BESA without prodigyopt)."""
+    from harness import hookimpl
+    from harness.method import Method
+
+    class NeedsMore(Method):
+        name = "needs-more"
+        kind = "unstructured"
+        requires = {"no_such_optimiser_xyz": "no-such-optimiser"}
+
+        def compress(self, model, calibration, target):
+            import no_such_optimiser_xyz  # noqa: F401  (where a method would import it)
+
+    @hookimpl
+    def register_methods(register):
+        register(NeedsMore())
+''')
+
 
 def install_fake_distribution(root: Path, dist: str, module: str, source: str) -> None:
     """What `pip install` leaves behind: a module and a dist-info with an entry point."""
@@ -66,6 +84,7 @@ def third_party(tmp_path, monkeypatch):
     root.mkdir()
     install_fake_distribution(root, "harness_random_prune", "harness_random_prune", PLUGIN_SOURCE)
     install_fake_distribution(root, "harness_broken", "harness_broken", "raise ImportError('no such kernel')\n")
+    install_fake_distribution(root, "harness_needs_more", "harness_needs_more", NEEDS_MORE_SOURCE)
     install_fake_distribution(root, "my_harness_plugin", "my_harness_plugin", readme_plugin_example())
     install_fake_distribution(root, "my_harness_eval", "my_harness_eval", readme_plugin_example("evaluation-example"))
     monkeypatch.syspath_prepend(str(root))
@@ -76,7 +95,7 @@ def test_third_party_plugin_is_listed_and_broken_one_reported(third_party):
     env = {**os.environ, "PYTHONPATH": f"{third_party}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = subprocess.run([sys.executable, "-m", "harness.cli", "plugins"], capture_output=True,
                          text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # the broken plugin fails the listing, as a preflight
     assert "harness_random_prune==0.3" in out.stdout
     assert "random-prune" in out.stdout
     assert "harness_broken" in out.stdout and "FAILED: ImportError: no such kernel" in out.stdout
@@ -134,3 +153,27 @@ def test_readme_evaluation_example_works(third_party, tiny_model_dir, data_dir, 
     assert heavy.metrics["agree:top1"] < 1.0 and heavy.higher_is_better == {"ppl:wikitext2": False, "agree:top1": True}
     write_leaderboards(tmp_path / "results", tmp_path / "boards", sort="agree:top1", registry=registry, plots=False)
     assert "agree:top1" in next((tmp_path / "boards").glob("*.md")).read_text()
+
+
+def test_missing_requirement_is_listed_and_refused_before_any_cell(third_party, tiny_model_dir, data_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{third_party}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plugins"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert "MISSING: no-such-optimiser (pip install no-such-optimiser)" in out.stdout
+    assert "besa" in out.stdout and "MISSING: prodigyopt" not in out.stdout  # installed here
+    results = tmp_path / "results"
+    with pytest.raises(MissingRequirement, match="method 'needs-more' needs no-such-optimiser.*pip install"):
+        run(RunConfig(model=str(tiny_model_dir), methods=["dense", "needs-more"], ratios=[0.4],
+                      calibration="wikitext2:4x32", eval_windows=2, eval_length=32, out=results,
+                      data_dir=str(data_dir), cache_dir=tmp_path / "cache"),
+            registry=load_plugins(), log=lambda *a: None)
+    assert not list(results.glob("*.json"))  # refused before the dense cell, not after it
+
+
+def test_evaluation_requirements_are_checked(monkeypatch):
+    from harness.plugins import missing_requirements
+    from harness.zeroshot import ZeroShot
+
+    assert missing_requirements(ZeroShot()) == []  # lm-eval is a dependency of the project
+    monkeypatch.setattr(ZeroShot, "requires", {"lm_eval_not_here": "lm-eval"})
+    assert missing_requirements(ZeroShot()) == ["lm-eval"]

@@ -89,6 +89,22 @@ def test_quality_cells_share_a_gpu_and_speed_cells_never_do():
     assert cell_resources({"num_gpus": 0}, speed=True, first_accelerator="H200") == {"num_gpus": 0}  # CPU cluster
 
 
+def test_a_cell_on_a_fraction_of_a_gpu_caps_its_memory_there(monkeypatch):
+    import torch
+
+    from harness.ray_executor import cap_gpu_memory
+
+    caps = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction: caps.append(fraction))
+    for gpus in (0.25, 0.125, 1, 2, 0, None):
+        cap_gpu_memory(gpus)
+    assert caps == [0.25, 0.125]  # whole GPUs (and CPU cells) are not capped
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cap_gpu_memory(0.25)  # a GPU resource with no device behind it (a CPU test cluster)
+    assert caps == [0.25, 0.125]
+
+
 def test_fractional_gpus_give_the_sequential_records(cluster, tiny_model_dir, data_dir, tmp_path):
     """Half a GPU per cell: two cells at a time on the cluster's one GPU, same records."""
     quiet = lambda *a: None  # noqa: E731

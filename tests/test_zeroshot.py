@@ -75,3 +75,34 @@ def test_zeroshot_columns_through_the_cli(tiny_model_dir, data_dir, task_dir, tm
     metric_columns = [c for c in header if ":" in c]
     assert metric_columns == ["ppl:wikitext2", "Δ ppl:wikitext2", "zeroshot:piqa", "zeroshot:arc_easy",
                               "zeroshot:avg", "Δ zeroshot:avg"]
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits(monkeypatch):
+    """Cells sharing a GPU: lm-eval's first (longest) batch may not fit; the same scores come
+    from a smaller batch, and the record says which batch ran. Below 1 the error stands."""
+    from types import SimpleNamespace
+
+    from harness import zeroshot
+
+    tried = []
+
+    def fake_evaluate(model, tokenizer, tasks, device, limit, batch_size, data_dir):
+        tried.append(batch_size)
+        if batch_size > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.56 GiB")
+        return {"zeroshot:piqa": 0.5}, {"lm_eval": "x"}
+
+    monkeypatch.setattr(zeroshot, "evaluate_zeroshot", fake_evaluate)
+    context = SimpleNamespace(config=SimpleNamespace(batch_size=8, zeroshot_limit=None, data_dir=None),
+                              device=torch.device("cuda"), tokenizer=lambda: None)
+    prepared = SimpleNamespace(state=["piqa"])
+    result = zeroshot.ZeroShot().evaluate(prepared, SimpleNamespace(model=None), None, context)
+    assert tried == [64, 32, 16]
+    assert result.details["batch_size"] == 16 and result.metrics == {"zeroshot:piqa": 0.5}
+
+    def always_oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("no memory at all")
+
+    monkeypatch.setattr(zeroshot, "evaluate_zeroshot", always_oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        zeroshot.ZeroShot().evaluate(prepared, SimpleNamespace(model=None), None, context)

