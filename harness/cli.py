@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also print each row's top kernels per step (torch.profiler, outside the CUDA graph)")
     speed.add_argument("--compile-mode", dest="compile", help="inductor mode of the compiled step (default: 'default'; e.g. "
                        "max-autotune-no-cudagraphs to autotune the products; the CUDA graph is ours either way)")
+    speed.add_argument("--compile-scope", choices=["step", "blocks"], default="step",
+                       help="what inductor compiles: the whole step as one graph (default), or each decoder block "
+                            "on its own (blocks of one shape share one compiled graph: compile time follows the "
+                            "distinct block shapes, not the depth)")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
@@ -270,6 +274,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.runner import resolve_device
 
     if args.bench == "speed":
+        from harness import throughput
+
+        throughput.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,

@@ -139,6 +139,8 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias):
 
 
 def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
+    from harness import throughput
+
     seen = []
 
     def fake_compile(fn, mode=None, dynamic=None):
@@ -149,15 +151,22 @@ def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     adapter = ModelAdapter(tiny_model("llama3"))
     spec, cpu = SpeedSpec.parse("decode@1x8"), torch.device("cpu")
     result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile="max-autotune-no-cudagraphs")
-    assert seen == ["max-autotune-no-cudagraphs"] and result["compile_mode"] == "max-autotune-no-cudagraphs"
+    assert seen == ["max-autotune-no-cudagraphs"]
+    assert result["compile_mode"] == "max-autotune-no-cudagraphs" and result["compile_scope"] == "step"
     assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_mode"] == "default"
-    assert measure(adapter, spec, cpu, repeats=2, warmup=1)["compile_mode"] is None  # CPU default: eager
+    eager = measure(adapter, spec, cpu, repeats=2, warmup=1)  # CPU default: eager
+    assert eager["compile_mode"] is None and eager["compile_scope"] is None
     assert seen == ["max-autotune-no-cudagraphs", "default"]
+    monkeypatch.setattr(throughput, "COMPILE_SCOPE", "blocks")  # regional: one compile per block
+    assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_scope"] == "blocks"
+    assert seen == ["max-autotune-no-cudagraphs", "default"] + ["default"] * len(adapter.blocks)
     from harness.cli import build_parser  # the command line hands the mode to the same argument
 
     speed = ["bench", "speed", "--compile-mode", "max-autotune-no-cudagraphs"]
     assert build_parser().parse_args(speed).compile == "max-autotune-no-cudagraphs"
     assert build_parser().parse_args(["bench", "speed", "--no-compile"]).compile is False
+    assert build_parser().parse_args(speed).compile_scope == "step"
+    assert build_parser().parse_args(speed + ["--compile-scope", "blocks"]).compile_scope == "blocks"
 
 
 def test_sdpa_steps_pass_no_mask_where_causal_says_it_all(any_arch):
@@ -179,3 +188,39 @@ def test_sdpa_steps_pass_no_mask_where_causal_says_it_all(any_arch):
             assert (mask is not None) == bool(windowed), (layer_type, step.masks)
     eager = ServingStep.for_spec(ModelAdapter(tiny_model(any_arch)), SpeedSpec("prefill", 2, 10), torch.device("cpu"))
     assert all(mask is not None for mask in eager.masks.values())
+
+
+@pytest.mark.parametrize("scope", ["blocks", "step"])
+def test_compiled_step_equals_the_eager_one_and_blocks_are_restored(monkeypatch, scope):
+    """Dynamo for real (inductor's code generation aside): every block of a model deeper than
+    dynamo's default recompile limit (8) is compiled, none falls back to eager silently, the
+    logits equal the eager step's, and the blocks are eager again afterwards."""
+    from conftest import tiny_config
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    from harness.throughput import compiled_step
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: real_compile(
+        fn, backend="eager", dynamic=dynamic))
+    config = tiny_config("llama3")
+    config.num_hidden_layers = 10
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    adapter = ModelAdapter(model)
+    step = ServingStep.for_spec(adapter, SpeedSpec("decode", 2, 12), torch.device("cpu"))
+    expected = step()
+    counters.clear()
+    with compiled_step(step, "default", scope) as run:
+        for _ in range(2):  # the second call replays what the first compiled
+            torch.testing.assert_close(run(), expected)
+    frames = counters["frames"]["ok"]
+    assert frames >= (10 if scope == "blocks" else 1), dict(counters["frames"])
+    assert all(block._compiled_call_impl is None for block in adapter.blocks)
+    counters.clear()
+    torch.testing.assert_close(step(), expected)
+    assert counters["frames"]["ok"] == 0  # eager again: nothing traced
+    with pytest.raises(ValueError, match="compile scope"):
+        with compiled_step(step, "default", "model"):
+            pass

@@ -2,7 +2,9 @@
 # Issue 18's experiments on the 7B shape in one device call (random weights: nothing to carry
 # but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
 # dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
-# JSON rows land in $OUT. Call: carry [.device/whl]
+# JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
+# call holds about 8 rows, so run `decode prefill24` in one call, then `full-decode` and `full-prefill` in one each.
+# Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
 set -euo pipefail
@@ -13,16 +15,28 @@ bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
   python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$out/$name.json" 2>&1 | grep -v "it/s\]$" || true; }
 for experiment in ${@:-decode prefill24}; do
   case $experiment in
-    decode)     # dense decode@1x512 against the roofline: unfused, fused, fused + autotuned products
-      bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
+    decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
+                # where the time goes; regional compile (speed and compile time against the step's);
+                # autotuned products, compiled per block to keep autotuning to the distinct shapes
       bench decode-fused --methods dense --phases decode@1x512 --profile
-      bench decode-autotune --methods dense --phases decode@1x512 --compile-mode max-autotune-no-cudagraphs ;;
+      bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
+      bench decode-autotune --methods dense --phases decode@1x512 --compile-scope blocks \
+          --compile-mode max-autotune-no-cudagraphs ;;
+    scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
+      bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
+          --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
     prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels
-      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
+      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile ;;
+    unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
+      bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
-    full)       # the tables of leaderboards/gpu/ (issue 18, item 4), once the defaults are settled
-      bench speed-full --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
-          --phases decode@1x512,decode@16x512,prefill@8x2048
+    full-decode)   # the tables of leaderboards/gpu/ (issue 18, item 4), once the defaults are settled:
+                   # 8 rows, one call
+      bench speed-decode --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
+          --phases decode@1x512,decode@16x512 ;;
+    full-prefill)  # 4 rows and the matched-speedup search, one call
+      bench speed-prefill --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
+          --phases prefill@8x2048
       bench match-full --methods dense,slicegpt,intraslice,sparsegpt --match speedup:1.25 --phases prefill@8x2048 ;;
   esac
 done
