@@ -225,7 +225,7 @@ def test_speed_rows_carry_the_hardware_fractions(config, registry, monkeypatch):
     config.evals = ["speed:decode@1x16,prefill@1x16"]
     (dense,) = run(config, registry, log=quiet)
     decode, prefill = (dense.details["speed"][k] for k in ("decode@1x16", "prefill@1x16"))
-    expected = (decode["weights_bytes"] + decode["kv_cache_bytes"]) / 1e11 / (decode["step_ms"] / 1e3)
+    expected = (decode["decode_read_bytes"] + decode["kv_cache_bytes"]) / 1e11 / (decode["step_ms"] / 1e3)
     assert dense.metrics["roofline:decode@1x16"] == pytest.approx(expected)
     assert dense.metrics["peak:prefill@1x16"] == pytest.approx(prefill["flops"] / (prefill["step_ms"] / 1e3) / 1e12)
     assert "roofline:prefill@1x16" not in dense.metrics and "peak:decode@1x16" not in dense.metrics

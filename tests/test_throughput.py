@@ -63,6 +63,26 @@ def test_kv_cache_bytes_are_the_analytic_size():
     assert result["tokens_per_s"] == pytest.approx(3 / (result["step_ms"] / 1e3))
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_decode_step_reads_every_weight_but_the_untouched_embedding_rows(tied):
+    """The roofline's bytes: an untied input embedding is read one row per token, not whole;
+    a tied one is read whole by the LM head."""
+    from conftest import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from harness.throughput import decode_read_bytes, weight_bytes
+
+    config = tiny_config("llama3")
+    config.tie_word_embeddings = tied
+    adapter = ModelAdapter(AutoModelForCausalLM.from_config(config))
+    table = adapter.embeddings.weight
+    assert (adapter.lm_head.weight is table) == tied
+    expected = weight_bytes(adapter.model) - (0 if tied else table.numel() * table.element_size())
+    assert decode_read_bytes(adapter) == expected
+    result = measure(adapter, SpeedSpec.parse("decode@1x8"), torch.device("cpu"), repeats=2, warmup=1)
+    assert result["decode_read_bytes"] == expected
+
+
 def test_prefill_tokens_per_step():
     result = measure(ModelAdapter(tiny_model("llama2")), SpeedSpec.parse("prefill@2x16"), torch.device("cpu"),
                      repeats=3, warmup=1)
