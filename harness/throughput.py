@@ -463,19 +463,18 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16);
     a fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
 
-    Returns how many linears were converted, and why others were not (shape limits of the
-    kernels, dtype). The model must sit on a CUDA device.
+    Returns how many linears of the model now run on sparse kernels (converted by this call or
+    an earlier one: after a failed fusion check the unfused re-measure converts the rest), and
+    why others were not (shape limits of the kernels, dtype). The model must sit on a CUDA device.
     """
-    converted, skipped = 0, {}
+    skipped = {}
 
     def convert(linear: nn.Linear, put) -> None:
-        nonlocal converted
         if not is_two_four(linear.weight):
             skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
             return
         try:
             put(SemiStructuredLinear(linear))
-            converted += 1
         except Exception as error:  # e.g. a dimension the kernels do not tile
             reason = f"{type(error).__name__}: {str(error)[:80]}"
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -486,6 +485,7 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
                 convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new))
     for group in fused_groups(adapter.model):
         convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
+    converted = sum(isinstance(module, SemiStructuredLinear) for module in adapter.model.modules())
     return {"converted": converted, "skipped": skipped}
 
 

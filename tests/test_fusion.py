@@ -94,3 +94,29 @@ def test_measure_model_fuses_and_reports_it():
     plain = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU, fuse=False)["decode@1x8"]
     assert fused["fused_groups"] == 2 * len(adapter.blocks) and plain["fused_groups"] == 0
     assert "fusion_error" not in fused and fused["weights_bytes"] == plain["weights_bytes"]
+
+
+def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
+    """A failed fusion check after the 2:4 conversion re-measures unfused; the record must then
+    count every linear on sparse kernels (o/down from the first pass, q/k/v/gate/up from the
+    second), not only the second pass's. The kernels are GPU-only: a stand-in wraps the linear."""
+    from harness import throughput
+    from harness.sparsity import prune_mask
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x):
+            return self.linear(x)
+
+    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    adapter = ModelAdapter(tiny_model("llama3"))
+    with torch.no_grad():
+        for _, linear in adapter.named_linears():
+            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    blocks = len(adapter.blocks)
+    with fused_projections(adapter):
+        assert throughput.to_semi_structured(adapter)["converted"] == 4 * blocks  # qkv, o, gate/up, down
+    assert throughput.to_semi_structured(adapter)["converted"] == 7 * blocks  # unfused: all seven
