@@ -52,7 +52,9 @@ class TimedCalibration(Calibration):
 
 def bench_compress(shape: str, methods: list[str], n: int, length: int, pattern: str = "unstructured",
                    ratio: float = 0.5, layers: int | None = None, device: str = "cuda",
-                   dtype: torch.dtype = torch.float16, batch_size: int = 8, log=print) -> list[dict]:
+                   dtype: torch.dtype = torch.float16, batch_size: int = 8, log=print, on_rows=None) -> list[dict]:
+    """Compression time of each method on a random model of ``shape`` (``n`` × ``length``
+    calibration tokens, block by block). ``on_rows`` as in ``bench_speed``."""
     registry = default_registry()
     device = torch.device(device)
     full_layers = SHAPES[shape]["num_hidden_layers"]
@@ -73,7 +75,8 @@ def bench_compress(shape: str, methods: list[str], n: int, length: int, pattern:
         method.compress(ModelAdapter(model), calibration, target)
         _sync(device)
         total = time.perf_counter() - start
-        per_block = calibration.block_seconds
+        # a method that never walks the calibration blocks (magnitude) times as one piece
+        per_block = calibration.block_seconds or [total / layers]
         row = {
             "shape": shape, "method": name, "pattern": pattern, "ratio": target.ratio,
             "calibration": f"{n}x{length}", "blocks_run": layers, "blocks_full": full_layers,
@@ -86,6 +89,8 @@ def bench_compress(shape: str, methods: list[str], n: int, length: int, pattern:
         }
         log(json.dumps(row))
         rows.append(row)
+        if on_rows:
+            on_rows(rows)
         del model, calibration
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -104,7 +109,8 @@ def format_rows(rows: list[dict]) -> str:
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool | str | None = None, profile: bool = False, fuse: bool = True, log=print) -> list[dict]:
+                compile: bool | str | None = None, profile: bool = False, fuse: bool = True, log=print,
+                on_rows=None) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
@@ -112,7 +118,9 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
     searched until its speedup in the first spec's phase is S (``harness.speedmatch``).
     ``profile`` adds each row's top kernels (``throughput.profile_step``); ``fuse=False`` runs
-    q/k/v and gate/up as separate products (``harness.fusion``) in every model.
+    q/k/v and gate/up as separate products (``harness.fusion``) in every model. ``on_rows`` is
+    called with the rows so far after each method's (the CLI writes its JSON there, so a run
+    cut short keeps the rows it measured).
     """
     import copy
 
@@ -177,6 +185,8 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
             ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count,
                                          compile=compile, profile=profile, fuse=fuse)
         rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
+        if on_rows:
+            on_rows(rows)
 
     rows = []
     if match:

@@ -280,19 +280,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match, args.compile, args.profile, args.fuse)
+                           args.match, args.compile, args.profile, args.fuse,
+                           on_rows=(lambda rows: write_json_atomic(args.json, rows)) if args.json else None)
         print(format_speed_rows(rows))
-        if args.json:
-            write_json_atomic(args.json, rows)
         return 0
 
     n, length = (int(x) for x in args.calib.lower().split("x"))
     device = resolve_device(args.device)
     rows = bench_compress(args.shape, args.methods, n, length, args.pattern, args.ratio, args.layers,
-                          str(device), pick_dtype(args.dtype, str(device)), args.batch_size)
+                          str(device), pick_dtype(args.dtype, str(device)), args.batch_size,
+                          on_rows=(lambda rows: write_json_atomic(args.json, rows)) if args.json else None)
     print(format_rows(rows))
-    if args.json:
-        write_json_atomic(args.json, rows)
     return 0
 
 

@@ -244,3 +244,40 @@ def test_compiled_step_equals_the_eager_one_and_blocks_are_restored(monkeypatch,
     with pytest.raises(ValueError, match="compile scope"):
         with compiled_step(step, "default", "model"):
             pass
+
+
+def test_bench_speed_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
+    """The JSON is rewritten (atomically) after each method, so a run that dies on a later
+    method (or is killed at a deadline) leaves the rows it measured."""
+    import json
+
+    from harness import speedmatch
+    from harness.cli import main
+
+    real_probe = speedmatch.probe_speed
+
+    def probe_or_die(method, *args, **kwargs):
+        if method.name == "wanda":
+            raise RuntimeError("the GPU went away")
+        return real_probe(method, *args, **kwargs)
+
+    monkeypatch.setattr(speedmatch, "probe_speed", probe_or_die)
+    out = tmp_path / "rows.json"
+    with pytest.raises(RuntimeError, match="went away"):
+        main(["bench", "speed", "--shape", "smollm2-135m", "--layers", "1", "--methods", "dense,magnitude,wanda",
+              "--phases", "decode@1x8", "--ratio", "0.3", "--pattern", "unstructured", "--device", "cpu",
+              "--no-compile", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["dense", "magnitude"]
+
+
+def test_bench_compress_writes_its_rows_as_it_goes(tmp_path):
+    import json
+
+    from harness.cli import main
+
+    out = tmp_path / "compress.json"
+    assert main(["bench", "compress", "--shape", "smollm2-135m", "--layers", "1", "--methods", "magnitude,wanda",
+                 "--calib", "2x16", "--device", "cpu", "--dtype", "float32", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["magnitude", "wanda"]
