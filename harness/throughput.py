@@ -459,6 +459,34 @@ class SemiStructuredLinear(nn.Module):
         return out.contiguous().view(*x.shape[:-1], self.out_features)
 
 
+def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
+    """Give every cuSPARSELt weight the algorithm cuSPARSELt times fastest for its product at
+    ``tokens`` rows of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the
+    fastest on every LLM shape (pytorch/pytorch#115178 found another one faster on large-weight,
+    small-activation products), and the best one depends on the token count, so each phase is
+    tuned before it is measured. One search per distinct (shape, bias) serves every block.
+    Returns ``{"OUTxIN@TOKENS": alg_id}``; the CUTLASS backend has nothing to choose."""
+    chosen: dict[str, int] = {}
+    tuned = []
+    for module in adapter.model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, SemiStructuredLinear) or getattr(weight, "packed", None) is None \
+                or not hasattr(weight, "alg_id_cusparselt"):
+            continue
+        key = f"{module.out_features}x{module.in_features}@{tokens}" + ("+bias" if module.bias is not None else "")
+        if key not in chosen:
+            # the product nn.functional.linear runs: the weight times the input transposed
+            # (rows padded to the kernels' multiple), written row-major (see SemiStructuredLinear)
+            rows = -(-tokens // 16) * 16
+            probe = torch.randn(rows, module.in_features, dtype=weight.dtype, device=weight.packed.device)
+            found = torch._cslt_sparse_mm_search(weight.packed, probe.t(), bias=module.bias, transpose_result=True)
+            chosen[key] = int(found[0] if isinstance(found, tuple) else found)
+        tuned.append((weight, chosen[key]))
+    for weight, alg_id in tuned:  # only once every search has succeeded: all tuned, or none
+        weight.alg_id_cusparselt = alg_id
+    return chosen
+
+
 def to_semi_structured(adapter: ModelAdapter) -> dict:
     """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16);
     a fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
@@ -497,7 +525,9 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
     moves to sparse kernels first.
 
     The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
-    a 2:4 model is for measuring only afterwards; the fusion is undone on return.
+    a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
+    spec, every sparse product gets cuSPARSELt's fastest algorithm at that spec's token count
+    (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.alg_ids``).
     """
     adapter.model.to(device)
     with fused_projections(adapter) if fuse else contextlib.nullcontext([]):
@@ -505,8 +535,16 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
         if sparse_kernels and pattern == "2:4" and device.type == "cuda":
             kernels = to_semi_structured(adapter)
         try:
-            return {spec.label: {**measure(adapter, spec, device, compile=compile, profile=profile),
-                                 "sparse_kernels": kernels} for spec in specs}
+            results = {}
+            for spec in specs:
+                if kernels and kernels["converted"]:
+                    try:
+                        kernels = {**kernels, "alg_ids": tune_sparse_kernels(adapter, spec.tokens_per_step)}
+                    except Exception as error:  # an optimisation: measure on the algorithms as they are, say why
+                        kernels = {**kernels, "alg_ids": None, "alg_search_error": f"{type(error).__name__}: {error}"[:200]}
+                results[spec.label] = {**measure(adapter, spec, device, compile=compile, profile=profile),
+                                       "sparse_kernels": kernels}
+            return results
         except FusionError as error:  # measure unfused rather than triple a product
             failure = str(error)
     results = measure_model(adapter, pattern, specs, device, sparse_kernels, compile, profile, fuse=False)

@@ -120,3 +120,42 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
     with fused_projections(adapter):
         assert throughput.to_semi_structured(adapter)["converted"] == 4 * blocks  # qkv, o, gate/up, down
     assert throughput.to_semi_structured(adapter)["converted"] == 7 * blocks  # unfused: all seven
+
+
+def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch):
+    """cuSPARSELt's algorithm search runs once per distinct (shape, bias) at the phase's token
+    count, and every sparse weight of that shape gets the winner (a CPU stand-in for the
+    GPU-only weight and search)."""
+    from harness import throughput
+    from harness.sparsity import prune_mask
+
+    class StandInWeight:
+        def __init__(self, weight):
+            self.packed, self.dtype, self.alg_id_cusparselt = weight, weight.dtype, 0
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.in_features, self.out_features, self.bias = linear.in_features, linear.out_features, linear.bias
+            self.weight = StandInWeight(linear.weight.detach())
+
+    searches = []
+
+    def search(packed, dense, bias=None, transpose_result=False):
+        assert dense.shape == (packed.shape[1], 16) and transpose_result  # 3 tokens padded to 16 rows
+        searches.append(tuple(packed.shape))
+        return len(searches)  # a distinct winner per search
+
+    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm_search", search, raising=False)
+    adapter = ModelAdapter(tiny_model("llama3"))
+    with torch.no_grad():
+        for _, linear in adapter.named_linears():
+            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    with fused_projections(adapter):
+        throughput.to_semi_structured(adapter)
+        chosen = throughput.tune_sparse_kernels(adapter, tokens=3)
+        weights = [m.weight for m in adapter.model.modules() if isinstance(m, StandIn)]
+    assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
+    assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
+    assert len(weights) == 4 * len(adapter.blocks) and {w.alg_id_cusparselt for w in weights} == {1, 2, 3, 4}

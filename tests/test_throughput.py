@@ -158,6 +158,24 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias):
         torch.testing.assert_close(y, linear(x), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")
+def test_a_tuned_sparse_algorithm_computes_the_same_product():
+    from types import SimpleNamespace
+
+    from harness.throughput import SemiStructuredLinear, tune_sparse_kernels
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 256, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    sparse = SemiStructuredLinear(linear)
+    for tokens in (1, 300):
+        chosen = tune_sparse_kernels(SimpleNamespace(model=torch.nn.Sequential(sparse)), tokens)
+        assert list(chosen) == [f"256x512@{tokens}+bias"]
+        x = torch.randn(tokens, 512, device="cuda", dtype=torch.float16)
+        torch.testing.assert_close(sparse(x), linear(x), rtol=2e-2, atol=2e-2)
+
+
 def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     from harness import throughput
 
