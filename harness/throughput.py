@@ -294,10 +294,12 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
     if scope != "blocks":
         raise ValueError(f"compile scope must be 'blocks' or 'step', got {scope!r}")
     blocks = list(step.adapter.blocks)
-    limits = {"recompile_limit": len(blocks) + 8}
-    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+    config = torch._dynamo.config
+    limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    limits = {limit_name: len(blocks) + 8}
+    if hasattr(config, "fail_on_recompile_limit_hit"):
         limits["fail_on_recompile_limit_hit"] = True
-    with torch._dynamo.config.patch(**limits):
+    with config.patch(**limits):
         for block in blocks:
             block.compile(mode=mode, dynamic=False)
         try:
