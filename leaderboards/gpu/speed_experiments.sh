@@ -3,7 +3,8 @@
 # but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
 # dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
 # JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
-# call holds about 8 rows, so run `decode prefill24` in one call, then `full-decode` and `full-prefill` in one each.
+# call holds about 8 rows, so run `prefill24 decode` in one call (autotuning last: it compiles longest), then
+# `full-decode` and `full-prefill` in one each.
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -13,7 +14,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
   python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$out/$name.json" 2>&1 | grep -v "it/s\]$" || true; }
-for experiment in ${@:-decode prefill24}; do
+for experiment in ${@:-prefill24 decode}; do
   case $experiment in
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
                 # where the time goes; regional compile (speed and compile time against the step's);
