@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what inductor compiles: the whole step as one graph (default), or each decoder block "
                             "on its own (blocks of one shape share one compiled graph: compile time follows the "
                             "distinct block shapes, not the depth)")
+    speed.add_argument("--inductor", metavar="KEY=VALUE", action="append", type=_inductor_option, default=[],
+                       help="an inductor setting while the step compiles (torch._inductor.config; repeatable), "
+                            "e.g. coordinate_descent_tuning=true as gpt-fast sets it")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
@@ -212,6 +215,23 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for method, knob, value in args.option_list:
         options.setdefault(method, {})[knob] = value
     return RunConfig(**values)
+
+
+def _inductor_option(text: str) -> tuple[str, object]:
+    """``"coordinate_descent_tuning=true"`` → ``("coordinate_descent_tuning", True)``, checked
+    against inductor's own settings."""
+    from torch._inductor import config as inductor_config
+
+    key, sep, raw = text.partition("=")
+    if not sep or key not in inductor_config.get_config_copy():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of torch._inductor.config's settings, "
+                                         f"got {text!r}")
+    for parse in (int, float):
+        try:
+            return key, parse(raw)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def cmd_plugins() -> int:
@@ -277,6 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from harness import throughput
 
         throughput.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
+        throughput.INDUCTOR_OPTIONS = dict(args.inductor)
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,

@@ -51,6 +51,9 @@ COMPILE_MODE = "default"
 #: block on its own (PyTorch's regional compilation: less compile time; its GPU speed against
 #: "step" is measured by leaderboards/gpu/speed_experiments.sh before it may become the default).
 COMPILE_SCOPE = "step"
+#: Inductor settings patched in while a step compiles (``torch._inductor.config`` names, e.g.
+#: gpt-fast's ``coordinate_descent_tuning``); set by ``harness bench speed --inductor``.
+INDUCTOR_OPTIONS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -288,11 +291,19 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
     # dynamo would guard each new model and shape as a recompile of one function: start each
     # measurement from a clean slate.
     torch._dynamo.reset()
-    if scope == "step":
-        yield torch.compile(step, mode=mode, dynamic=False)
-        return
-    if scope != "blocks":
+    if scope not in ("step", "blocks"):
         raise ValueError(f"compile scope must be 'blocks' or 'step', got {scope!r}")
+    from torch._inductor import config as inductor_config
+
+    with inductor_config.patch(INDUCTOR_OPTIONS):  # compiles happen on calls, inside
+        if scope == "step":
+            yield torch.compile(step, mode=mode, dynamic=False)
+        else:
+            yield from _compiled_blocks(step, mode)
+
+
+def _compiled_blocks(step: ServingStep, mode: str):
+    """``compiled_step``'s block scope: each block compiled in place, back to eager on exit."""
     blocks = list(step.adapter.blocks)
     config = torch._dynamo.config
     limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
@@ -361,7 +372,8 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
         "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
-        "compile_mode": mode if compile else None, "compile_scope": scope if compile else None, "compile_s": compile_s,
+        "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
+        "inductor_options": dict(INDUCTOR_OPTIONS) if compile and INDUCTOR_OPTIONS else None, "compile_s": compile_s,
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

@@ -299,3 +299,35 @@ def test_bench_compress_writes_its_rows_as_it_goes(tmp_path):
                  "--calib", "2x16", "--device", "cpu", "--dtype", "float32", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["magnitude", "wanda"]
+
+
+def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
+    """`--inductor KEY=VALUE` reaches torch._inductor.config during compilation (when inductor
+    reads it), is undone afterwards, lands in the record, and bad keys are refused."""
+    import argparse
+
+    from torch._inductor import config as inductor_config
+
+    from harness import throughput
+    from harness.cli import _inductor_option, build_parser
+
+    seen = []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        def run(*args, **kwargs):
+            seen.append(inductor_config.coordinate_descent_tuning)
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(throughput, "INDUCTOR_OPTIONS", {"coordinate_descent_tuning": True})
+    before = inductor_config.coordinate_descent_tuning
+    adapter = ModelAdapter(tiny_model("llama3"))
+    result = measure(adapter, SpeedSpec.parse("decode@1x8"), torch.device("cpu"), repeats=2, warmup=1, compile=True)
+    assert seen and all(seen) and inductor_config.coordinate_descent_tuning == before is False
+    assert result["inductor_options"] == {"coordinate_descent_tuning": True}
+    args = build_parser().parse_args(["bench", "speed", "--inductor", "coordinate_descent_tuning=true",
+                                      "--inductor", "max_autotune_gemm_backends=TRITON"])
+    assert args.inductor == [("coordinate_descent_tuning", True), ("max_autotune_gemm_backends", "TRITON")]
+    with pytest.raises(argparse.ArgumentTypeError):
+        _inductor_option("no_such_setting=1")

@@ -18,9 +18,11 @@ for experiment in ${@:-prefill24 decode}; do
   case $experiment in
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
                 # where the time goes; regional compile (speed and compile time against the step's);
-                # autotuned products, compiled per block to keep autotuning to the distinct shapes
+                # gpt-fast's inductor setting (tuned reductions and pointwise kernels); autotuned
+                # products, compiled per block to keep autotuning to the distinct shapes
       bench decode-fused --methods dense --phases decode@1x512 --profile
       bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
+      bench decode-cdt --methods dense --phases decode@1x512 --inductor coordinate_descent_tuning=true
       bench decode-autotune --methods dense --phases decode@1x512 --compile-scope blocks \
           --compile-mode max-autotune-no-cudagraphs ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
