@@ -298,6 +298,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         throughput.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
         throughput.INDUCTOR_OPTIONS = dict(args.inductor)
+        from harness.plan import DEFAULT_CACHE
+
+        throughput.use_compile_cache(DEFAULT_CACHE)
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,

@@ -31,10 +31,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 import re
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -300,6 +302,16 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
             yield torch.compile(step, mode=mode, dynamic=False)
         else:
             yield from _compiled_blocks(step, mode)
+
+
+def use_compile_cache(cache_dir: str | Path | None) -> None:
+    """Keep inductor's caches (compiled graphs, Triton kernels, autotuning results) under
+    ``cache_dir/inductor`` instead of /tmp: a rerun of the same measurement on the same
+    machine reads its compiled step back rather than compiling it again, and Ray workers with a
+    shared ``--cache-dir`` share it. A ``TORCHINDUCTOR_CACHE_DIR`` the user set wins; call it
+    before the process first compiles (inductor fixes its directory then)."""
+    if cache_dir is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir).expanduser().resolve() / "inductor"))
 
 
 def _compiled_blocks(step: ServingStep, mode: str):
@@ -597,6 +609,8 @@ class Speed(Evaluator):
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
         compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
+        if compile:
+            use_compile_cache(context.config.cache_dir)
         # "fused": shared-input linears run as one product (harness.fusion); "implicit_masks": SDPA's
         # causal kernel instead of explicit masks where they say nothing more (ServingStep). Part of
         # the record's identity, so rows measured before either are not resumed as if measured so

@@ -331,3 +331,16 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
     assert args.inductor == [("coordinate_descent_tuning", True), ("max_autotune_gemm_backends", "TRITON")]
     with pytest.raises(argparse.ArgumentTypeError):
         _inductor_option("no_such_setting=1")
+
+
+def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from harness.throughput import use_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that the test's own setting is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    use_compile_cache(tmp_path / "cache")
+    assert cache_dir() == str(tmp_path / "cache" / "inductor")  # where inductor now writes
+    use_compile_cache(tmp_path / "elsewhere")  # the first setting (or the user's) wins
+    assert cache_dir() == str(tmp_path / "cache" / "inductor")
