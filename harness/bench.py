@@ -214,6 +214,12 @@ def format_speed_rows(rows: list[dict]) -> str:
     if any("match" in r for r in rows):
         cols[1:1] = ["match", "reached"]
     table = tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")
+    compile_s: dict[str, float] = {}  # what a user waits for: a method's compiles over every phase
+    for r in rows:
+        if r.get("compile_s"):
+            compile_s[r["method"]] = compile_s.get(r["method"], 0.0) + r["compile_s"]
+    if compile_s:
+        table += "\n\ncompile s per method, all phases: " + ", ".join(f"{m} {s:.1f}" for m, s in compile_s.items())
     for r in rows:  # --profile: where each row's step time goes
         if r.get("profile"):
             ops = [[p["op"], p["ms_per_step"], p["share"], p["calls_per_step"]] for p in r["profile"]]

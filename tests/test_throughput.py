@@ -344,3 +344,13 @@ def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch
     assert cache_dir() == str(tmp_path / "cache" / "inductor")  # where inductor now writes
     use_compile_cache(tmp_path / "elsewhere")  # the first setting (or the user's) wins
     assert cache_dir() == str(tmp_path / "cache" / "inductor")
+
+
+def test_the_speed_table_sums_each_methods_compile_time():
+    from harness.bench import format_speed_rows
+
+    rows = [{"method": "dense", "pattern": "unstructured", "phase": p, "compile_s": s}
+            for p, s in (("decode@1x512", 35.5), ("prefill@8x2048", 24.0))]
+    rows.append({"method": "sparsegpt", "pattern": "2:4", "phase": "decode@1x512", "compile_s": 40.0})
+    assert format_speed_rows(rows).endswith("compile s per method, all phases: dense 59.5, sparsegpt 40.0")
+    assert "compile s per method" not in format_speed_rows([{**rows[0], "compile_s": None}])
