@@ -12,8 +12,11 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-/tmp/dev/site}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || true
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
-  python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$out/$name.json" 2>&1 | grep -v "it/s\]$" || true; }
+# BENCH_ARGS (e.g. "--compile-scope blocks") is added to every run: the settings the experiments chose
+bench() { local name=$1; shift; echo "== $name: harness bench speed $* ${BENCH_ARGS:-}"
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+  python3 -m harness.cli bench speed --shape llama-2-7b "$@" ${BENCH_ARGS:-} --json "$out/$name.json" 2>&1 \
+    | grep -v "it/s\]$" || true; }
 for experiment in ${@:-prefill24 decode}; do
   case $experiment in
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
