@@ -237,6 +237,11 @@ def _inductor_option(text: str) -> tuple[str, object]:
 def cmd_plugins() -> int:
     from harness.plugins import default_registry, missing_requirements
 
+    def print_missing(plugin) -> bool:
+        if missing := missing_requirements(plugin):
+            print(f"        MISSING: {', '.join(missing)} (pip install {' '.join(missing)})")
+        return bool(missing)
+
     registry = default_registry()
     broken = 0
     for info in registry.plugins:
@@ -248,18 +253,14 @@ def cmd_plugins() -> int:
             archs = ",".join(m.architectures) if m.architectures else "all"
             print(f"    method  {name:<12} {m.kind:<16} patterns={','.join(m.patterns)} "
                   f"architectures={archs}  {m.description}")
-            if missing := missing_requirements(m):
-                broken += 1
-                print(f"        MISSING: {', '.join(missing)} (pip install {' '.join(missing)})")
+            broken += print_missing(m)
             for knob, spec in m.knobs.items():
                 print(f"        -o {name}.{knob}={spec.type.__name__} (default {spec.default!r})  {spec.help}")
         for name in info.datasets:
             print(f"    dataset {name:<12} {registry.datasets[name].description}")
         for name in info.evaluations:
             print(f"    eval    {name + ':ARGS':<12} {registry.evaluations[name].description}")
-            if missing := missing_requirements(registry.evaluations[name]):
-                broken += 1
-                print(f"        MISSING: {', '.join(missing)} (pip install {' '.join(missing)})")
+            broken += print_missing(registry.evaluations[name])
         for name in info.reporters:
             print(f"    format  {name}")
     return 1 if broken else 0  # a preflight: `harness plugins` fails where a run would
