@@ -170,6 +170,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "compile_s": result.get("compile_s"),
                "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
+               "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
                "sparse_alg_ids": (result.get("sparse_kernels") or {}).get("alg_ids"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,

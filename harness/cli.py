@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--ratio", type=float, default=0.25, help="ratio for methods without --pattern")
     speed.add_argument("--pattern", default="2:4", help="N:M pattern for the methods that support it")
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
+    speed.add_argument("--sparse-backend", choices=["cusparselt", "cutlass"], default="cusparselt",
+                       help="torch's 2:4 kernels: cuSPARSELt (default; algorithms tuned per phase) or CUTLASS")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
@@ -299,6 +301,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         throughput.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
         throughput.INDUCTOR_OPTIONS = dict(args.inductor)
+        import torch.sparse  # torch converts to CUTLASS's layout when told to, else cuSPARSELt's where it has it
+
+        torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
         from harness.plan import DEFAULT_CACHE
 
         throughput.use_compile_cache(DEFAULT_CACHE)

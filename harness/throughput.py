@@ -496,9 +496,8 @@ def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
     tuned = []
     for module in adapter.model.modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(module, SemiStructuredLinear) or getattr(weight, "packed", None) is None \
-                or not hasattr(weight, "alg_id_cusparselt"):
-            continue
+        if not isinstance(module, SemiStructuredLinear) or getattr(weight, "BACKEND", None) != "cusparselt":
+            continue  # CUTLASS's weights (same class tree, same attributes) have no algorithms to choose
         key = f"{module.out_features}x{module.in_features}@{tokens}" + ("+bias" if module.bias is not None else "")
         if key not in chosen:
             # the product nn.functional.linear runs: the weight times the input transposed
@@ -539,8 +538,9 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
                 convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new))
     for group in fused_groups(adapter.model):
         convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
-    converted = sum(isinstance(module, SemiStructuredLinear) for module in adapter.model.modules())
-    return {"converted": converted, "skipped": skipped}
+    sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
+    backends = sorted({getattr(getattr(module, "weight", None), "BACKEND", "?") for module in sparse})  # cusparselt|cutlass
+    return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped}
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,

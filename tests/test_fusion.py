@@ -130,6 +130,8 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch)
     from harness.sparsity import prune_mask
 
     class StandInWeight:
+        BACKEND = "cusparselt"
+
         def __init__(self, weight):
             self.packed, self.dtype, self.alg_id_cusparselt = weight, weight.dtype, 0
 
@@ -159,3 +161,27 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch)
     assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
     assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
     assert len(weights) == 4 * len(adapter.blocks) and {w.alg_id_cusparselt for w in weights} == {1, 2, 3, 4}
+    for weight in weights:  # CUTLASS weights carry the same attributes but nothing to search
+        weight.BACKEND = "cutlass"
+    assert throughput.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
+
+
+def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypatch):
+    from harness import throughput
+    from harness.cli import build_parser
+    from harness.sparsity import prune_mask
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.weight = type("W", (), {"BACKEND": "cutlass"})()
+
+    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    adapter = ModelAdapter(tiny_model("llama3"))
+    with torch.no_grad():
+        for _, linear in adapter.named_linears():
+            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    kernels = throughput.to_semi_structured(adapter)
+    assert kernels["backend"] == "cutlass" and kernels["converted"] == 7 * len(adapter.blocks)
+    assert build_parser().parse_args(["bench", "speed"]).sparse_backend == "cusparselt"
+    assert build_parser().parse_args(["bench", "speed", "--sparse-backend", "cutlass"]).sparse_backend == "cutlass"

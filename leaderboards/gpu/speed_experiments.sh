@@ -3,8 +3,8 @@
 # but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
 # dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
 # JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
-# call holds about 8 rows, so run `prefill24 decode` in one call (autotuning last: it compiles longest), then
-# `full-decode`, `full-prefill` and `full-match` in a call each (full-prefill fits beside a short one).
+# call holds about 8 rows: run `prefill24` (4 rows) and `decode` (5 rows, autotuning last: it compiles
+# longest) in a call each, then `full-decode`, `full-prefill` and `full-match` in a call each.
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -19,7 +19,7 @@ bench() { local name=$1; shift; echo "== $name: harness bench speed $* ${BENCH_A
   timeout "${BENCH_S:-240}" python3 -m harness.cli bench speed --shape llama-2-7b "$@" ${BENCH_ARGS:-} \
     --json "$out/$name.json" 2>&1 \
     | grep -v "it/s\]$" || true; }
-for experiment in ${@:-prefill24 decode}; do
+for experiment in ${@:-prefill24}; do
   case $experiment in
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
                 # where the time goes; regional compile (speed and compile time against the step's);
@@ -38,8 +38,11 @@ for experiment in ${@:-prefill24 decode}; do
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
-    prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels
-      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile ;;
+    prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels: cuSPARSELt
+                # (algorithms tuned for the phase), then CUTLASS
+      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
+      bench prefill-2-4-cutlass --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 \
+          --sparse-backend cutlass ;;
     unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
       bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
