@@ -208,6 +208,38 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     return rows
 
 
+def speed_header(rows: list[dict]) -> str:
+    """What every row of a speed table was measured against: device, software, the baseline's
+    compile settings and the hardware ceilings that ``roofline`` and ``peak_frac`` divide by."""
+    if not rows:
+        return ""
+    first = rows[0]
+
+    def seen(key):  # the values a column takes, in order, once each (rows logged without it aside)
+        return list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) is not None))
+
+    if first.get("compiled"):
+        options = first.get("inductor_options")
+        baseline = (f"torch.compile (inductor mode {first.get('compile_mode') or 'default'}, "
+                    f"scope {first.get('compile_scope') or 'step'}"
+                    + (f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else "") + ")")
+    else:
+        baseline = "eager blocks"
+    baseline += ", then one CUDA graph per step" if first.get("cuda_graph") else ", no CUDA graph"
+    if first.get("fused_groups"):
+        baseline += "; q/k/v and gate/up fused as serving engines store them"
+    where = ", ".join(filter(None, [", ".join(seen("device")), ", ".join(seen("dtype")),
+                                    "torch " + ", ".join(seen("torch")) if seen("torch") else ""]))
+    lines = [(f"{where}; e" if where else "E") + "very speedup is over dense measured in the same run.",
+             f"Baseline: {baseline}."]
+    if first.get("bandwidth_gbs") or first.get("peak_tflops"):
+        lines.append(f"Ceilings: copy bandwidth {first.get('bandwidth_gbs') or 0:.0f} GB/s (decode `roofline`), "
+                     f"fp16 matmul peak {first.get('peak_tflops') or 0:.0f} TFLOPS (prefill `peak_frac`), measured.")
+    if len(seen("compiled")) > 1 or len(seen("compile_scope")) > 1 or len(seen("inductor_options")) > 1:
+        lines.append("Rows differ in their compile settings: see each row's compile columns.")
+    return "\n".join(lines)
+
+
 def format_speed_rows(rows: list[dict]) -> str:
     from tabulate import tabulate
 
@@ -215,7 +247,8 @@ def format_speed_rows(rows: list[dict]) -> str:
             "kv_gib", "peak_gib", "roofline", "peak_frac", "compile_s", "sparse_kernels"]
     if any("match" in r for r in rows):
         cols[1:1] = ["match", "reached"]
-    table = tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".3g")
+    formats = [",.0f" if c == "tokens_per_s" else ".3g" for c in cols]  # 42,431 tok/s, not 4.24e+04
+    table = tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=formats)
     compile_s: dict[str, float] = {}  # what a user waits for: a method's compiles over every phase
     for r in rows:
         if r.get("compile_s"):

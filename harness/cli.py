@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--batch-size", type=int, default=8)
     comp.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
+    table = bench_sub.add_parser("table", help="print the speed table (with what it was measured against) of the "
+                                 "rows one or more `bench speed --json` runs wrote")
+    table.add_argument("rows", type=Path, nargs="+", help="JSON files written by `harness bench speed --json`")
     speed = bench_sub.add_parser(
         "speed", help="inference throughput of each method's shapes on a random model of a named shape",
         description="Prefill and decode tokens/s as a server sees them (static KV cache, CUDA graph, "
@@ -291,11 +295,21 @@ def cmd_export(source: Path, out: Path) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_compress, bench_speed, format_rows, format_speed_rows
+    from harness.bench import (
+        bench_compress,
+        bench_speed,
+        format_rows,
+        format_speed_rows,
+        speed_header,
+    )
     from harness.models import pick_dtype
     from harness.results import write_json_atomic
     from harness.runner import resolve_device
 
+    if args.bench == "table":
+        rows = [row for path in args.rows for row in json.loads(path.read_text())]
+        print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
+        return 0
     if args.bench == "speed":
         from harness import throughput
 
@@ -312,7 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
                            args.match, args.compile, args.profile, args.fuse,
                            on_rows=(lambda rows: write_json_atomic(args.json, rows)) if args.json else None)
-        print(format_speed_rows(rows))
+        print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
 
     n, length = (int(x) for x in args.calib.lower().split("x"))

@@ -354,3 +354,30 @@ def test_the_speed_table_sums_each_methods_compile_time():
     rows.append({"method": "sparsegpt", "pattern": "2:4", "phase": "decode@1x512", "compile_s": 40.0})
     assert format_speed_rows(rows).endswith("compile s per method, all phases: dense 59.5, sparsegpt 40.0")
     assert "compile s per method" not in format_speed_rows([{**rows[0], "compile_s": None}])
+
+
+def test_a_speed_table_says_what_it_was_measured_against(tmp_path, capsys):
+    import json
+
+    from harness.bench import speed_header
+    from harness.cli import main
+
+    row = {"method": "dense", "pattern": "unstructured", "phase": "decode@1x512", "tokens_per_s": 228.8,
+           "device": "NVIDIA H200", "dtype": "float16", "torch": "2.11.0", "compiled": True,
+           "compile_mode": "default", "compile_scope": "blocks", "inductor_options": {"coordinate_descent_tuning": True},
+           "cuda_graph": True, "fused_groups": 64, "bandwidth_gbs": 4254.0, "peak_tflops": 744.0, "compile_s": 30.0}
+    header = speed_header([row])
+    assert "NVIDIA H200, float16, torch 2.11.0" in header
+    assert "inductor mode default, scope blocks, coordinate_descent_tuning=True" in header
+    assert "one CUDA graph per step" in header and "fused" in header and "4254 GB/s" in header
+    assert "Rows differ" not in header
+    eager = {**row, "compiled": False, "phase": "prefill@8x2048", "tokens_per_s": 42430.9}
+    assert "Rows differ in their compile settings" in speed_header([row, eager])
+    assert speed_header([eager]).splitlines()[1].startswith("Baseline: eager blocks, then one CUDA graph")
+    files = []
+    for name, rows in (("decode", [row]), ("prefill", [eager])):  # two calls' rows, one table
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(rows))
+    assert main(["bench", "table", *map(str, files)]) == 0
+    out = capsys.readouterr().out
+    assert "| decode@1x512" in out and "| prefill@8x2048" in out and "42,431" in out
