@@ -311,16 +311,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
     if args.bench == "speed":
-        from harness import throughput
+        from harness import compilation
 
-        throughput.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
-        throughput.INDUCTOR_OPTIONS = dict(args.inductor)
+        compilation.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
+        compilation.INDUCTOR_OPTIONS = dict(args.inductor)
         import torch.sparse  # torch converts to CUTLASS's layout when told to, else cuSPARSELt's where it has it
 
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
         from harness.plan import DEFAULT_CACHE
 
-        throughput.use_compile_cache(DEFAULT_CACHE)
+        compilation.use_compile_cache(DEFAULT_CACHE)
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,

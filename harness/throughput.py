@@ -20,7 +20,7 @@ Why decode at a fixed cache length: with a static cache, attention reads all L p
 and cache are read once per step; ``roofline`` compares a decode step with the time the
 device's measured memory bandwidth needs to read them (the HBM roofline).
 
-2:4 sparsity is faster only with sparse kernels: ``to_semi_structured`` swaps every linear
+2:4 sparsity is faster only with sparse kernels: ``harness.sparse_kernels`` swaps every linear
 whose weight is exactly 2:4 along its inputs for torch's semi-structured sparse tensor
 (cuSPARSELt / CUTLASS), so N:M methods run their real kernels. Unstructured sparsity runs
 dense kernels and is honestly ≈ 1.0× (the zeros are still multiplied).
@@ -31,31 +31,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import os
 import re
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness import hookimpl
+from harness import compilation, hookimpl
 from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 from harness.fusion import FusionError, check_one_product_per_step, fused_groups, fused_projections
-
-#: torch.compile mode of the serving step (see ``measure``).
-COMPILE_MODE = "default"
-#: What torch.compile compiles (see ``compiled_step``): "step", the whole serving step as one
-#: graph (the scope every committed GPU figure was measured with), or "blocks", each decoder
-#: block on its own (PyTorch's regional compilation: less compile time; its GPU speed against
-#: "step" is measured by leaderboards/gpu/speed_experiments.sh before it may become the default).
-COMPILE_SCOPE = "step"
-#: Inductor settings patched in while a step compiles (``torch._inductor.config`` names, e.g.
-#: gpt-fast's ``coordinate_descent_tuning``); set by ``harness bench speed --inductor``.
-INDUCTOR_OPTIONS: dict = {}
+from harness.sparse_kernels import to_semi_structured, tune_sparse_kernels
 
 
 @dataclass(frozen=True)
@@ -274,64 +262,6 @@ def profile_step(run, device: torch.device, steps: int = 3, top: int = 12) -> li
             for key, us, count in timed[:top]]
 
 
-@contextlib.contextmanager
-def compiled_step(step: ServingStep, mode: str, scope: str):
-    """``step`` compiled by inductor in ``mode``, ready to run (its first call compiles).
-
-    Scope "blocks" compiles each decoder block where it sits (``nn.Module.compile``) and leaves
-    the glue (embedding, rotary table, logits) eager: blocks of one shape trace to the same graph,
-    so inductor lowers it once and serves the other blocks from its graph cache, and compile time
-    grows with the number of distinct block shapes rather than with depth (on the CPU, 32 small
-    Llama blocks: 29 s instead of 47 s for the whole step). Dynamo still traces every block (HF
-    attention indexes the cache with its ``layer_idx``, a constant per block), so the recompile
-    limit is raised to the depth, and hitting it is an error instead of a silent eager fallback.
-    The CUDA graph captured around the step hides the eager glue's launches either way; what the
-    block scope gives up is fusing one block's last add with the next block's first norm.
-    Scope "step" compiles the whole step as one graph. Blocks are restored on exit.
-    """
-    # Every step shares ServingStep.__call__'s (and every block its class's) code object, so
-    # dynamo would guard each new model and shape as a recompile of one function: start each
-    # measurement from a clean slate.
-    torch._dynamo.reset()
-    if scope not in ("step", "blocks"):
-        raise ValueError(f"compile scope must be 'blocks' or 'step', got {scope!r}")
-    from torch._inductor import config as inductor_config
-
-    with inductor_config.patch(INDUCTOR_OPTIONS):  # compiles happen on calls, inside
-        if scope == "step":
-            yield torch.compile(step, mode=mode, dynamic=False)
-        else:
-            yield from _compiled_blocks(step, mode)
-
-
-def use_compile_cache(cache_dir: str | Path | None) -> None:
-    """Keep inductor's caches (compiled graphs, Triton kernels, autotuning results) under
-    ``cache_dir/inductor`` instead of /tmp: a rerun of the same measurement on the same
-    machine reads its compiled step back rather than compiling it again, and Ray workers with a
-    shared ``--cache-dir`` share it. A ``TORCHINDUCTOR_CACHE_DIR`` the user set wins; call it
-    before the process first compiles (inductor fixes its directory then)."""
-    if cache_dir is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir).expanduser().resolve() / "inductor"))
-
-
-def _compiled_blocks(step: ServingStep, mode: str):
-    """``compiled_step``'s block scope: each block compiled in place, back to eager on exit."""
-    blocks = list(step.adapter.blocks)
-    config = torch._dynamo.config
-    limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
-    limits = {limit_name: len(blocks) + 8}
-    if hasattr(config, "fail_on_recompile_limit_hit"):
-        limits["fail_on_recompile_limit_hit"] = True
-    with config.patch(**limits):
-        for block in blocks:
-            block.compile(mode=mode, dynamic=False)
-        try:
-            yield step
-        finally:
-            for block in blocks:
-                block._compiled_call_impl = None  # what nn.Module.compile set: back to eager
-
-
 def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
             warmup: int = 5, cuda_graph: bool = True, compile: bool | str | None = None, profile: bool = False) -> dict:
     """Throughput of one phase; the model must already sit on ``device`` in eval mode.
@@ -339,13 +269,14 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
     ops around the matrix products) before the CUDA graph is captured: the baseline a
     serving engine reaches. ``None`` (the default) compiles on a GPU and not on a CPU (where
-    inductor builds C++ for minutes and nobody serves from). ``COMPILE_MODE`` is inductor's
+    inductor builds C++ for minutes and nobody serves from). ``compilation.COMPILE_MODE`` is inductor's
     default mode: max-autotune took over 5 minutes for three phases of two models; the
     compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
     (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph). ``profile`` adds ``profile_step``'s table of the
     compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
-    mode, scope = (compile if isinstance(compile, str) else COMPILE_MODE), COMPILE_SCOPE
+    mode = compile if isinstance(compile, str) else compilation.COMPILE_MODE
+    scope, options = compilation.COMPILE_SCOPE, compilation.INDUCTOR_OPTIONS
     compile = device.type == "cuda" if compile is None else bool(compile)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -363,7 +294,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
             if compile:
                 try:
                     start = time.perf_counter()
-                    compiled = stack.enter_context(compiled_step(step, mode, scope))
+                    compiled = stack.enter_context(compilation.compiled_step(step, mode, scope))
                     compiled()
                     compile_s = time.perf_counter() - start
                 except Exception as error:  # report it and measure the eager step
@@ -385,7 +316,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
         "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
         "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
-        "inductor_options": dict(INDUCTOR_OPTIONS) if compile and INDUCTOR_OPTIONS else None, "compile_s": compile_s,
+        "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -447,100 +378,6 @@ def roofline(result: dict, bandwidth: float | None) -> float | None:
         return None
     weights = result.get("decode_read_bytes", result["weights_bytes"])  # rows measured before it existed
     return (weights + result["kv_cache_bytes"]) / bandwidth / (result["step_ms"] / 1e3)
-
-
-# --- 2:4 sparse kernels ----------------------------------------------------------------------
-def is_two_four(weight: torch.Tensor) -> bool:
-    """Every group of 4 consecutive inputs of every row holds at most 2 nonzeros."""
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        return False
-    return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
-
-
-class SemiStructuredLinear(nn.Module):
-    """A linear layer on a semi-structured sparse weight; inputs are flattened to 2-D first
-    (the sparse tensor implements matrix products, not the batched ones a 3-D input needs).
-
-    cuSPARSELt computes W·xᵀ (the sparse operand comes first), so y = x·Wᵀ is its result
-    transposed. Unless told otherwise (torch ≤ 2.12 does not tell it), it writes W·xᵀ
-    row-major and y comes back as a column-major view; every elementwise op after it would
-    read with a stride, and making y contiguous costs a full copy of the output (≈6 % of a
-    7B MLP product at prefill). The weight is therefore marked ``fuse_transpose_cusparselt``:
-    cuSPARSELt writes y row-major itself and ``contiguous()`` below is free (torch ≥ 2.13
-    fuses the transpose on its own; elsewhere the call still guarantees the layout).
-    """
-
-    def __init__(self, linear: nn.Linear):
-        from torch.sparse import to_sparse_semi_structured
-
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
-        if hasattr(self.weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
-            self.weight.fuse_transpose_cusparselt = True
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
-        return out.contiguous().view(*x.shape[:-1], self.out_features)
-
-
-def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
-    """Give every cuSPARSELt weight the algorithm cuSPARSELt times fastest for its product at
-    ``tokens`` rows of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the
-    fastest on every LLM shape (pytorch/pytorch#115178 found another one faster on large-weight,
-    small-activation products), and the best one depends on the token count, so each phase is
-    tuned before it is measured. One search per distinct (shape, bias) serves every block.
-    Returns ``{"OUTxIN@TOKENS": alg_id}``; the CUTLASS backend has nothing to choose."""
-    chosen: dict[str, int] = {}
-    tuned = []
-    for module in adapter.model.modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, SemiStructuredLinear) or getattr(weight, "BACKEND", None) != "cusparselt":
-            continue  # CUTLASS's weights (same class tree, same attributes) have no algorithms to choose
-        key = f"{module.out_features}x{module.in_features}@{tokens}" + ("+bias" if module.bias is not None else "")
-        if key not in chosen:
-            # the product nn.functional.linear runs: the weight times the input transposed
-            # (rows padded to the kernels' multiple), written row-major (see SemiStructuredLinear)
-            rows = -(-tokens // 16) * 16
-            probe = torch.randn(rows, module.in_features, dtype=weight.dtype, device=weight.packed.device)
-            found = torch._cslt_sparse_mm_search(weight.packed, probe.t(), bias=module.bias, transpose_result=True)
-            chosen[key] = int(found[0] if isinstance(found, tuple) else found)
-        tuned.append((weight, chosen[key]))
-    for weight, alg_id in tuned:  # only once every search has succeeded: all tuned, or none
-        weight.alg_id_cusparselt = alg_id
-    return chosen
-
-
-def to_semi_structured(adapter: ModelAdapter) -> dict:
-    """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16);
-    a fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
-
-    Returns how many linears of the model now run on sparse kernels (converted by this call or
-    an earlier one: after a failed fusion check the unfused re-measure converts the rest), and
-    why others were not (shape limits of the kernels, dtype). The model must sit on a CUDA device.
-    """
-    skipped = {}
-
-    def convert(linear: nn.Linear, put) -> None:
-        if not is_two_four(linear.weight):
-            skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
-            return
-        try:
-            put(SemiStructuredLinear(linear))
-        except Exception as error:  # e.g. a dimension the kernels do not tile
-            reason = f"{type(error).__name__}: {str(error)[:80]}"
-            skipped[reason] = skipped.get(reason, 0) + 1
-
-    for block in adapter.blocks:
-        for role, linear in adapter.linears(block).items():
-            if isinstance(linear, nn.Linear):  # not a FusedMember: its group is converted below
-                convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new))
-    for group in fused_groups(adapter.model):
-        convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
-    sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
-    backends = sorted({getattr(getattr(module, "weight", None), "BACKEND", "?") for module in sparse})  # cusparselt|cutlass
-    return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped}
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
@@ -610,12 +447,12 @@ class Speed(Evaluator):
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
         compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
         if compile:
-            use_compile_cache(context.config.cache_dir)
+            compilation.use_compile_cache(context.config.cache_dir)
         # "fused": shared-input linears run as one product (harness.fusion); "implicit_masks": SDPA's
         # causal kernel instead of explicit masks where they say nothing more (ServingStep). Part of
         # the record's identity, so rows measured before either are not resumed as if measured so
         spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile,
-                                     "compile_scope": COMPILE_SCOPE if compile else None, "fused": True,
+                                     "compile_scope": compilation.COMPILE_SCOPE if compile else None, "fused": True,
                                      "implicit_masks": True,
                                      "sparse_kernels": context.config.sparse_kernels} for s in specs}
         return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))

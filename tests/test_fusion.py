@@ -100,7 +100,7 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
     """A failed fusion check after the 2:4 conversion re-measures unfused; the record must then
     count every linear on sparse kernels (o/down from the first pass, q/k/v/gate/up from the
     second), not only the second pass's. The kernels are GPU-only: a stand-in wraps the linear."""
-    from harness import throughput
+    from harness import sparse_kernels
     from harness.sparsity import prune_mask
 
     class StandIn(torch.nn.Module):
@@ -111,22 +111,22 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
         def forward(self, x):
             return self.linear(x)
 
-    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
     adapter = ModelAdapter(tiny_model("llama3"))
     with torch.no_grad():
         for _, linear in adapter.named_linears():
             linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
     blocks = len(adapter.blocks)
     with fused_projections(adapter):
-        assert throughput.to_semi_structured(adapter)["converted"] == 4 * blocks  # qkv, o, gate/up, down
-    assert throughput.to_semi_structured(adapter)["converted"] == 7 * blocks  # unfused: all seven
+        assert sparse_kernels.to_semi_structured(adapter)["converted"] == 4 * blocks  # qkv, o, gate/up, down
+    assert sparse_kernels.to_semi_structured(adapter)["converted"] == 7 * blocks  # unfused: all seven
 
 
 def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch):
     """cuSPARSELt's algorithm search runs once per distinct (shape, bias) at the phase's token
     count, and every sparse weight of that shape gets the winner (a CPU stand-in for the
     GPU-only weight and search)."""
-    from harness import throughput
+    from harness import sparse_kernels
     from harness.sparsity import prune_mask
 
     class StandInWeight:
@@ -148,26 +148,26 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch)
         searches.append(tuple(packed.shape))
         return len(searches)  # a distinct winner per search
 
-    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
     monkeypatch.setattr(torch, "_cslt_sparse_mm_search", search, raising=False)
     adapter = ModelAdapter(tiny_model("llama3"))
     with torch.no_grad():
         for _, linear in adapter.named_linears():
             linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
     with fused_projections(adapter):
-        throughput.to_semi_structured(adapter)
-        chosen = throughput.tune_sparse_kernels(adapter, tokens=3)
+        sparse_kernels.to_semi_structured(adapter)
+        chosen = sparse_kernels.tune_sparse_kernels(adapter, tokens=3)
         weights = [m.weight for m in adapter.model.modules() if isinstance(m, StandIn)]
     assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
     assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
     assert len(weights) == 4 * len(adapter.blocks) and {w.alg_id_cusparselt for w in weights} == {1, 2, 3, 4}
     for weight in weights:  # CUTLASS weights carry the same attributes but nothing to search
         weight.BACKEND = "cutlass"
-    assert throughput.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
+    assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
 
 
 def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypatch):
-    from harness import throughput
+    from harness import sparse_kernels
     from harness.cli import build_parser
     from harness.sparsity import prune_mask
 
@@ -176,12 +176,12 @@ def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypat
             super().__init__()
             self.weight = type("W", (), {"BACKEND": "cutlass"})()
 
-    monkeypatch.setattr(throughput, "SemiStructuredLinear", StandIn)
+    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
     adapter = ModelAdapter(tiny_model("llama3"))
     with torch.no_grad():
         for _, linear in adapter.named_linears():
             linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
-    kernels = throughput.to_semi_structured(adapter)
+    kernels = sparse_kernels.to_semi_structured(adapter)
     assert kernels["backend"] == "cutlass" and kernels["converted"] == 7 * len(adapter.blocks)
     assert build_parser().parse_args(["bench", "speed"]).sparse_backend == "cusparselt"
     assert build_parser().parse_args(["bench", "speed", "--sparse-backend", "cutlass"]).sparse_backend == "cutlass"

@@ -11,8 +11,8 @@ from conftest import logits_of, synthetic_calibration, tiny_model
 from harness.adapters import ModelAdapter
 from harness.method import Target
 from harness.plugins import default_registry
+from harness.sparse_kernels import is_two_four
 from harness.targets import count_parameters, measure_ratio
-from harness.throughput import is_two_four
 
 
 def shapes(model):

@@ -13,8 +13,9 @@ from conftest import synthetic_calibration, tiny_model
 from harness.adapters import ModelAdapter
 from harness.method import Target
 from harness.plugins import default_registry
+from harness.sparse_kernels import is_two_four
 from harness.sparsity import prune_mask
-from harness.throughput import ServingStep, SpeedSpec, StaticKVCache, is_two_four, measure
+from harness.throughput import ServingStep, SpeedSpec, StaticKVCache, measure
 
 
 def full_forward_last(model, ids):
@@ -144,7 +145,7 @@ def test_bench_speed_command_prints_rows_and_profiles(capsys):
 @pytest.mark.parametrize("bias", [False, True])
 def test_semi_structured_linear_equals_the_masked_dense_product(bias):
     """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major."""
-    from harness.throughput import SemiStructuredLinear
+    from harness.sparse_kernels import SemiStructuredLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
@@ -162,7 +163,7 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias):
 def test_a_tuned_sparse_algorithm_computes_the_same_product():
     from types import SimpleNamespace
 
-    from harness.throughput import SemiStructuredLinear, tune_sparse_kernels
+    from harness.sparse_kernels import SemiStructuredLinear, tune_sparse_kernels
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, device="cuda", dtype=torch.float16)
@@ -177,7 +178,7 @@ def test_a_tuned_sparse_algorithm_computes_the_same_product():
 
 
 def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
-    from harness import throughput
+    from harness import compilation
 
     seen = []
 
@@ -195,7 +196,7 @@ def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     eager = measure(adapter, spec, cpu, repeats=2, warmup=1)  # CPU default: eager
     assert eager["compile_mode"] is None and eager["compile_scope"] is None
     assert seen == ["max-autotune-no-cudagraphs", "default"]
-    monkeypatch.setattr(throughput, "COMPILE_SCOPE", "blocks")  # regional: one compile per block
+    monkeypatch.setattr(compilation, "COMPILE_SCOPE", "blocks")  # regional: one compile per block
     assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_scope"] == "blocks"
     assert seen == ["max-autotune-no-cudagraphs", "default"] + ["default"] * len(adapter.blocks)
     from harness.cli import build_parser  # the command line hands the mode to the same argument
@@ -237,7 +238,7 @@ def test_compiled_step_equals_the_eager_one_and_blocks_are_restored(monkeypatch,
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
-    from harness.throughput import compiled_step
+    from harness.compilation import compiled_step
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: real_compile(
@@ -308,7 +309,7 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
 
     from torch._inductor import config as inductor_config
 
-    from harness import throughput
+    from harness import compilation
     from harness.cli import _inductor_option, build_parser
 
     seen = []
@@ -320,7 +321,7 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(throughput, "INDUCTOR_OPTIONS", {"coordinate_descent_tuning": True})
+    monkeypatch.setattr(compilation, "INDUCTOR_OPTIONS", {"coordinate_descent_tuning": True})
     before = inductor_config.coordinate_descent_tuning
     adapter = ModelAdapter(tiny_model("llama3"))
     result = measure(adapter, SpeedSpec.parse("decode@1x8"), torch.device("cpu"), repeats=2, warmup=1, compile=True)
@@ -336,7 +337,7 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
 def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    from harness.throughput import use_compile_cache
+    from harness.compilation import use_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that the test's own setting is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
