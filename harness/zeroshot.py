@@ -147,8 +147,8 @@ class ZeroShot(Evaluator):
                                                      context.device, config.zeroshot_limit, batch, config.data_dir)
                 break
             except torch.cuda.OutOfMemoryError:
-                # A batch's float32 log-probabilities are batch × length × vocabulary × 4 bytes
-                # (64 × 600 × 49,152: 7.6 GiB): halve it. lm-eval scores its longest requests
+                # A batch's log-probabilities are batch × length × vocabulary values (SmolLM2's
+                # 49,152-token vocabulary, 64 long requests: one 7.56 GiB allocation): halve it. lm-eval scores its longest requests
                 # first, so a batch that fits the first one fits them all, and a retry fails fast.
                 if batch == 1:
                     raise
