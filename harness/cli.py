@@ -310,30 +310,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = [row for path in args.rows for row in json.loads(path.read_text())]
         print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
+    save = (lambda rows: write_json_atomic(args.json, rows)) if args.json else None  # after each method
     if args.bench == "speed":
+        import torch.sparse
+
         from harness import compilation
-
-        compilation.COMPILE_SCOPE = args.compile_scope  # this process measures nothing else
-        compilation.INDUCTOR_OPTIONS = dict(args.inductor)
-        import torch.sparse  # torch converts to CUTLASS's layout when told to, else cuSPARSELt's where it has it
-
-        torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
         from harness.plan import DEFAULT_CACHE
 
+        # settings of this process, which measures nothing else
+        compilation.COMPILE_SCOPE = args.compile_scope
+        compilation.INDUCTOR_OPTIONS = dict(args.inductor)
         compilation.use_compile_cache(DEFAULT_CACHE)
+        # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
+        torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
         device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match, args.compile, args.profile, args.fuse,
-                           on_rows=(lambda rows: write_json_atomic(args.json, rows)) if args.json else None)
+                           args.match, args.compile, args.profile, args.fuse, on_rows=save)
         print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
 
     n, length = (int(x) for x in args.calib.lower().split("x"))
     device = resolve_device(args.device)
     rows = bench_compress(args.shape, args.methods, n, length, args.pattern, args.ratio, args.layers,
-                          str(device), pick_dtype(args.dtype, str(device)), args.batch_size,
-                          on_rows=(lambda rows: write_json_atomic(args.json, rows)) if args.json else None)
+                          str(device), pick_dtype(args.dtype, str(device)), args.batch_size, on_rows=save)
     print(format_rows(rows))
     return 0
 

@@ -49,9 +49,9 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
     # Every step shares ServingStep.__call__'s (and every block its class's) code object, so
     # dynamo would guard each new model and shape as a recompile of one function: start each
     # measurement from a clean slate.
-    torch._dynamo.reset()
     if scope not in ("step", "blocks"):
         raise ValueError(f"compile scope must be 'blocks' or 'step', got {scope!r}")
+    torch._dynamo.reset()
     from torch._inductor import config as inductor_config
 
     with inductor_config.patch(INDUCTOR_OPTIONS):  # compiles happen on calls, inside

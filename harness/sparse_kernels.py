@@ -104,5 +104,5 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     for group in fused_groups(adapter.model):
         convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
     sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
-    backends = sorted({getattr(getattr(module, "weight", None), "BACKEND", "?") for module in sparse})  # cusparselt|cutlass
+    backends = sorted({module.weight.BACKEND for module in sparse})  # "cusparselt" or "cutlass"
     return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped}

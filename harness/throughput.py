@@ -400,13 +400,15 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
         try:
             results = {}
             for spec in specs:
+                spec_kernels = kernels
                 if kernels and kernels["converted"]:
                     try:
-                        kernels = {**kernels, "alg_ids": tune_sparse_kernels(adapter, spec.tokens_per_step)}
+                        spec_kernels = {**kernels, "alg_ids": tune_sparse_kernels(adapter, spec.tokens_per_step)}
                     except Exception as error:  # an optimisation: measure on the algorithms as they are, say why
-                        kernels = {**kernels, "alg_ids": None, "alg_search_error": f"{type(error).__name__}: {error}"[:200]}
+                        spec_kernels = {**kernels, "alg_ids": None,
+                                        "alg_search_error": f"{type(error).__name__}: {error}"[:200]}
                 results[spec.label] = {**measure(adapter, spec, device, compile=compile, profile=profile),
-                                       "sparse_kernels": kernels}
+                                       "sparse_kernels": spec_kernels}
             return results
         except FusionError as error:  # measure unfused rather than triple a product
             failure = str(error)

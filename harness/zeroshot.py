@@ -148,8 +148,9 @@ class ZeroShot(Evaluator):
                 break
             except torch.cuda.OutOfMemoryError:
                 # A batch's log-probabilities are batch × length × vocabulary values (SmolLM2's
-                # 49,152-token vocabulary, 64 long requests: one 7.56 GiB allocation): halve it. lm-eval scores its longest requests
-                # first, so a batch that fits the first one fits them all, and a retry fails fast.
+                # 49,152-token vocabulary, 64 long requests: one 7.56 GiB allocation): halve it.
+                # lm-eval scores its longest requests first, so a batch that fits the first one
+                # fits them all, and a retry fails fast.
                 if batch == 1:
                     raise
                 batch //= 2

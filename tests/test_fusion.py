@@ -107,6 +107,7 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
         def __init__(self, linear):
             super().__init__()
             self.linear = linear
+            self.weight = type("W", (), {"BACKEND": "cusparselt"})()
 
         def forward(self, x):
             return self.linear(x)
