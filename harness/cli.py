@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--pattern", default="2:4", help="N:M pattern for the methods that support it")
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
     speed.add_argument("--sparse-backend", choices=["cusparselt", "cutlass"], default="cusparselt",
-                       help="torch's 2:4 kernels: cuSPARSELt (default; algorithms tuned per phase) or CUTLASS")
+                       help="torch's 2:4 kernels: cuSPARSELt (default; algorithms tuned per phase) or CUTLASS "
+                            "(compute capability 8.x only)")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
@@ -316,14 +317,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         from harness import compilation
         from harness.plan import DEFAULT_CACHE
+        from harness.sparse_kernels import check_sparse_backend
 
+        device = resolve_device(args.device)
+        check_sparse_backend(args.sparse_backend, device)
         # settings of this process, which measures nothing else
         compilation.COMPILE_SCOPE = args.compile_scope
         compilation.INDUCTOR_OPTIONS = dict(args.inductor)
         compilation.use_compile_cache(DEFAULT_CACHE)
         # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
-        device = resolve_device(args.device)
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
                            args.match, args.compile, args.profile, args.fuse, on_rows=save)

@@ -91,7 +91,7 @@ def protocol_header(records: list[Record]) -> str:
         c = r.calibration
         return f"{c['dataset']} {c['n']}×{c['length']} seed {c['seed']} ({c['source']})" if c else None
 
-    def evals(r):
+    def evals(r) -> list[str]:
         parts = []
         for k, v in r.eval.items():
             if k.startswith("speed:"):
@@ -104,7 +104,10 @@ def protocol_header(records: list[Record]) -> str:
             else:
                 parts.append(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
                              + (" (subsampled)" if v["windows"] < v["windows_total"] else ""))
-        return "; ".join(parts)
+        return parts
+
+    # each evaluation once, whichever rows ran it (zero-shot may cover only some rows)
+    evaluations = list(dict.fromkeys(part for r in records for part in evals(r)))
 
     p = records[0].provenance
     zeros = _dense_zero_fraction(records)
@@ -116,7 +119,7 @@ def protocol_header(records: list[Record]) -> str:
         f"model: {records[0].model} ({records[0].architecture}-family adapter row, {distinct(lambda r: r.dtype)})",
         "ratio: r = 1 − P_blocks(compressed)/P_blocks(dense), nonzero parameters of decoder-block linears",
         f"calibration: {distinct(calib)}",
-        f"evaluation: {distinct(evals)}",
+        f"evaluation: {'; '.join(evaluations) or '—'}",
         f"device: {distinct(lambda r: r.provenance['device'])}",
         f"versions: harness {p['harness']}, torch {p['torch']}, transformers {p['transformers']}",
         *notes,

@@ -50,6 +50,18 @@ class SemiStructuredLinear(nn.Module):
         return out.contiguous().view(*x.shape[:-1], self.out_features)
 
 
+def check_sparse_backend(backend: str, device: torch.device) -> None:
+    """Refuse a 2:4 backend the GPU cannot run before anything is built: torch's CUTLASS
+    semi-structured kernels are compiled for compute capability 8.x only (Ampere, Ada); on a
+    Hopper GPU (9.0) their first product fails with ``sparse_semi_structured_mad_op``."""
+    if backend == "cutlass" and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major != 8:
+            raise ValueError(f"--sparse-backend cutlass: torch's CUTLASS 2:4 kernels run on compute capability "
+                             f"8.x only, and {torch.cuda.get_device_name(device)} is {major}.{minor}; "
+                             "use cusparselt (the default)")
+
+
 def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
     """Give every cuSPARSELt weight the algorithm cuSPARSELt times fastest for its product at
     ``tokens`` rows of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the

@@ -186,3 +186,25 @@ def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypat
     assert kernels["backend"] == "cutlass" and kernels["converted"] == 7 * len(adapter.blocks)
     assert build_parser().parse_args(["bench", "speed"]).sparse_backend == "cusparselt"
     assert build_parser().parse_args(["bench", "speed", "--sparse-backend", "cutlass"]).sparse_backend == "cutlass"
+
+
+def test_cutlass_2_4_is_refused_on_a_gpu_it_does_not_run_on(monkeypatch, capsys):
+    """torch's CUTLASS 2:4 kernels are built for compute capability 8.x only (on an H200 the
+    first product fails deep in a compiled step): the command refuses before building anything."""
+    from harness import sparse_kernels
+    from harness.cli import main
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    for capability, refused in (((9, 0), True), ((8, 6), False), ((8, 0), False), ((10, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        if refused:
+            with pytest.raises(ValueError, match=r"8\.x only.*is \d+\.\d"):
+                sparse_kernels.check_sparse_backend("cutlass", torch.device("cuda"))
+        else:
+            sparse_kernels.check_sparse_backend("cutlass", torch.device("cuda"))
+        sparse_kernels.check_sparse_backend("cusparselt", torch.device("cuda"))  # cuSPARSELt: no limit here
+    sparse_kernels.check_sparse_backend("cutlass", torch.device("cpu"))  # nothing to refuse off the GPU
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr("harness.runner.resolve_device", lambda name: torch.device("cuda"))
+    assert main(["bench", "speed", "--sparse-backend", "cutlass", "--methods", "dense"]) == 2
+    assert "8.x only" in capsys.readouterr().err

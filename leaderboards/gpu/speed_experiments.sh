@@ -3,8 +3,9 @@
 # but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
 # dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
 # JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
-# call holds about 8 rows: run `prefill24` (4 rows) and `decode` (5 rows, autotuning last: it compiles
-# longest) in a call each, then `full-decode`, `full-prefill` and `full-match` in a call each.
+# call holds about 8 rows: run `gpu-check` first, then `prefill24` (2 rows) and `decode` (4 rows,
+# autotuning last: it compiles longest) in a call, then `full-decode`, `full-prefill` and
+# `full-match` in a call each.
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -16,19 +17,26 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 bench() { local name=$1; shift; echo "== $name: harness bench speed $* ${BENCH_ARGS:-}"
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
   # a run longer than BENCH_S (default 240 s; the full tables 570 s) is cut: the call goes on to the next
+  # the whole output also lands in $OUT/NAME.log: a failed row's traceback is read there, not in the call's tail
   timeout "${BENCH_S:-240}" python3 -m harness.cli bench speed --shape llama-2-7b "$@" ${BENCH_ARGS:-} \
     --json "$out/$name.json" 2>&1 \
-    | grep -v "it/s\]$" || true; }
+    | grep -v "it/s\]$" | tee "$out/$name.log" || true; }
 for experiment in ${@:-prefill24}; do
   case $experiment in
+    gpu-check)  # first in a call, ~1 min: the GPU-only tests (2:4 products equal the masked dense ones,
+                # tuned algorithms too) and a 2-block 2:4 prefill row, so a broken sparse path shows its
+                # traceback at once (2026-12-03: the 7B 2:4 prefill row failed and its output was lost)
+      python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or tuned_sparse" \
+          2>&1 | tail -15 | tee "$out/gpu-check-tests.log" || true
+      bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile ;;
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
                 # where the time goes; regional compile (speed and compile time against the step's);
-                # gpt-fast's inductor setting (tuned reductions and pointwise kernels); Triton products
-                # with programmatic dependent launch; autotuned
-                # products, compiled per block to keep autotuning to the distinct shapes
+                # Triton products with programmatic dependent launch; autotuned products, compiled
+                # per block to keep autotuning to the distinct shapes
       bench decode-fused --methods dense --phases decode@1x512 --profile
       bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
-      bench decode-cdt --methods dense --phases decode@1x512 --inductor coordinate_descent_tuning=true
+      # (tried 2026-12-03b: coordinate_descent_tuning alone, 226.9 tok/s = 71.9 % against 72.6 %
+      # without it, and compile 71 s instead of 36 s: not a lever)
       # every decode product as an inductor kernel (mul + sum), fusable with its neighbours and
       # launched with Hopper's programmatic dependent launch: fewer, overlapping small kernels
       bench decode-triton-pdl --methods dense --phases decode@1x512 --inductor decompose_mem_bound_mm=true \
@@ -38,11 +46,10 @@ for experiment in ${@:-prefill24}; do
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
-    prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels: cuSPARSELt
-                # (algorithms tuned for the phase), then CUTLASS
-      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
-      bench prefill-2-4-cutlass --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 \
-          --sparse-backend cutlass ;;
+    prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels, on cuSPARSELt
+                # (algorithms tuned for the phase). Not CUTLASS: torch builds its 2:4 kernels for
+                # compute capability 8.x only (H200 is 9.0; `--sparse-backend cutlass` is refused there)
+      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile ;;
     unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
       bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;

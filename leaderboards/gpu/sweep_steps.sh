@@ -17,7 +17,9 @@ keep() { tar czf "${OUT:-/tmp}/$name-records.tgz" -C "$store" "$name"; }
 step() {  # one harness run, cut at the call's deadline (CALL_S, default 570 s); records returned either way
   local left=$(( start + ${CALL_S:-570} - $(date +%s) ))
   if (( left < 20 )); then echo "$name: call time spent; rerun to continue"; keep; exit 0; fi
+  local began=$(date +%s)
   timeout "$left" harness run "${common[@]}" "${parallel[@]}" "$@" || echo "$name: step ended with $? ($*)"
+  echo "$name: step took $(( $(date +%s) - began )) s, call at $(( $(date +%s) - start )) s ($*)"  # where a call's time went
   # a driver cut by the deadline leaves its local Ray cluster running: stop it before the next step
   if (( ${#parallel[@]} )); then python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1 || true; fi
   keep
