@@ -101,9 +101,11 @@ def protocol_header(records: list[Record]) -> str:
                 lm_eval = r.details.get("zeroshot", {}).get("lm_eval") or v.get("lm_eval")
                 parts.append(f"zero-shot (lm-eval {lm_eval}): {', '.join(v['tasks'])}"
                              + (f", first {v['limit']} examples each (subsampled)" if v.get("limit") else ""))
-            else:
+            elif "windows" in v:  # perplexity
                 parts.append(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
                              + (" (subsampled)" if v["windows"] < v["windows_total"] else ""))
+            else:  # a plugin's evaluation: its name and what its record says it ran on
+                parts.append(f"{k} ({', '.join(f'{a} {b}' for a, b in v.items())})" if v else k)
         return parts
 
     # each evaluation once, whichever rows ran it (zero-shot may cover only some rows)

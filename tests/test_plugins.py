@@ -152,7 +152,10 @@ def test_readme_evaluation_example_works(third_party, tiny_model_dir, data_dir, 
     assert dense.metrics["agree:top1"] == 1.0 and dense.eval["agree"] == {"tokens": 64}
     assert heavy.metrics["agree:top1"] < 1.0 and heavy.higher_is_better == {"ppl:wikitext2": False, "agree:top1": True}
     write_leaderboards(tmp_path / "results", tmp_path / "boards", sort="agree:top1", registry=registry, plots=False)
-    assert "agree:top1" in next((tmp_path / "boards").glob("*.md")).read_text()
+    board = next((tmp_path / "boards").glob("*.md")).read_text()
+    assert "agree:top1" in board
+    # the header names every evaluation, a plugin's with what its record says it ran on
+    assert "evaluation: ppl:wikitext2: 1/" in board and "; agree (tokens 64)" in board
 
 
 def test_missing_requirement_is_listed_and_refused_before_any_cell(third_party, tiny_model_dir, data_dir, tmp_path):
