@@ -45,7 +45,7 @@ from harness.plan import (  # noqa: F401  (RunConfig and Plan are part of this m
 )
 from harness.plugins import Registry, default_registry
 from harness.results import SCHEMA_VERSION, Record, load_record, record_path, run_key, write_record
-from harness.speedmatch import match_speedup
+from harness.speedmatch import ProbeMemo, match_speedup
 from harness.targets import (
     ParameterCount,
     check_pattern,
@@ -181,15 +181,17 @@ def reusable(path: Path, config: RunConfig, log=print) -> Record | None:
 
 def compress(plan: Plan, session: ModelSession, calibration: Calibration | None, record: Record,
              prepared: list[tuple[Evaluator, Prepared]], config: RunConfig, device: torch.device,
-             log=print) -> tuple[ModelAdapter, Target]:
+             log=print, probes: Path | None = None) -> tuple[ModelAdapter, Target]:
     """A fresh copy of the dense model, compressed to the plan's target (searched first in
-    matched-speedup mode)."""
+    matched-speedup mode; ``probes``: the file that keeps the search's probes for a rerun)."""
     target = plan.target
     if plan.speed_target and plan.method.kind != "reference":
         dense_speed = next(p.state for e, p in prepared if e.name == "speed")
+        memo = probes and ProbeMemo(probes, {"device": _device_name(device), "torch": torch.__version__,
+                                             "phase": plan.speed_target.spec.label})
         found = match_speedup(plan.method, target, plan.speed_target, session.fresh_copy,
                               dense_speed.tokens_per_s(plan.speed_target.spec.label), device,
-                              config.sparse_kernels, dense_speed.compile, log=log)
+                              config.sparse_kernels, dense_speed.compile, log=log, memo=memo)
         record.match = found.to_dict()
         if not found.reached:
             raise Unreachable(f"best {found.speedup:.3f}x at r={found.ratio:.4f} (target {plan.speed_target.label})")
@@ -288,7 +290,8 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
     log(f"{method.name} @ {plan.label}: compressing ...")
     record = new_record(plan, key, session, calibration, sweep.eval_spec, sweep.registry, device, config.seed)
     try:
-        adapter, target = compress(plan, session, calibration, record, sweep.prepared, config, device, log)
+        adapter, target = compress(plan, session, calibration, record, sweep.prepared, config, device, log,
+                                   probes=probe_memo_path(path))
         measure(adapter, plan, target, session.dense[1], record)
         if config.save_models:  # before speed: a 2:4 model moves to sparse kernels one way
             record.saved_model = str(save_compressed(adapter.model, session.tokenizer,
@@ -306,8 +309,16 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
     record.memory = {"peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                      "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     write_record(path, record)
+    if record.ok or record.status == "unreachable":  # the record holds the search's probes now
+        probe_memo_path(path).unlink(missing_ok=True)
     record.path = path
     return record
+
+
+def probe_memo_path(record_path: Path) -> Path:
+    """Where a matched-speedup search keeps its probes until its record is written (not *.json:
+    a results folder's JSON files are records)."""
+    return record_path.with_name(record_path.stem + ".probes")
 
 
 def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[Record]:

@@ -17,9 +17,11 @@ best speedup it reached. An N:M pattern fixes the ratio, so it gets one probe.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -60,6 +62,36 @@ class SearchResult:
         return asdict(self)
 
 
+class ProbeMemo:
+    """The probes a search has measured, kept in a file beside its cell's record, so that a
+    search cut midway (a deadline, a crash) resumes where it stopped: the search is a
+    deterministic function of its probes, so a rerun retraces the same ratios, reads the ones
+    measured before and measures only the rest. Each speedup was measured against the dense
+    model of its own run; probes from another device or torch version are not reused.
+    The file is JSON lines, one probe a line, appended as it is measured (a line cut by a
+    crash is ignored); the runner deletes it once the cell's record is written."""
+
+    def __init__(self, path: Path, context: dict):
+        self.path, self.context = Path(path), context
+        self.known: dict[float, float] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if entry.get("context") == context:
+                    self.known[round(entry["ratio"], 6)] = entry["speedup"]
+
+    def get(self, ratio: float) -> float | None:
+        return self.known.get(round(ratio, 6))
+
+    def put(self, ratio: float, speedup: float) -> None:
+        self.known[round(ratio, 6)] = speedup
+        with self.path.open("a") as f:  # one short line per probe: appended whole, or ignored on reading
+            f.write(json.dumps({"ratio": ratio, "speedup": speedup, "context": self.context}) + "\n")
+
+
 def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
                 specs: list[SpeedSpec], device: torch.device, sparse_kernels: bool = True,
                 dense_count: ParameterCount | None = None, compile: bool | str | None = None,
@@ -78,15 +110,19 @@ def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], targe
 
 
 def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, pattern_ratio: float | None = None,
-                 r_max: float = 0.6, max_probes: int = 8, log=print) -> SearchResult:
-    """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe)."""
+                 r_max: float = 0.6, max_probes: int = 8, log=print, memo: ProbeMemo | None = None) -> SearchResult:
+    """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe).
+    ``memo`` supplies probes an earlier run measured and keeps the new ones."""
     result = SearchResult(target.speedup, target.spec.label, None, None, False)
     goal, tol = target.speedup, target.tolerance * target.speedup
 
     def probe(r: float) -> float:
-        s = speedup_at(r)
-        result.probes.append({"ratio": r, "speedup": s})
-        log(f"  probe r={r:.4f}: {s:.3f}x")
+        known = memo.get(r) if memo else None
+        s = speedup_at(r) if known is None else known
+        result.probes.append({"ratio": r, "speedup": s, **({"resumed": True} if known is not None else {})})
+        log(f"  probe r={r:.4f}: {s:.3f}x" + (" (measured by an earlier, cut run)" if known is not None else ""))
+        if memo and known is None:
+            memo.put(r, s)
         if result.speedup is None or abs(s - goal) < abs(result.speedup - goal):
             result.ratio, result.speedup = r, s
         return s
@@ -124,7 +160,8 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
 
 def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
                   dense_tokens_per_s: float, device: torch.device, sparse_kernels: bool = True,
-                  compile: bool | str | None = None, log=print, fuse: bool = True) -> SearchResult:
+                  compile: bool | str | None = None, log=print, fuse: bool = True,
+                  memo: ProbeMemo | None = None) -> SearchResult:
     """The one speed-match service (``harness run --match`` and ``harness bench speed --match``):
     ``method``'s ratio whose shape probe runs ``goal.speedup`` × dense in ``goal.spec``.
     ``target`` gives the pattern and the method's options; its ratio is what is searched."""
@@ -136,4 +173,4 @@ def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model:
         return results[goal.spec.label]["tokens_per_s"] / dense_tokens_per_s
 
     log(f"{method.name}: searching the ratio for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")
-    return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log)
+    return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log, memo=memo)

@@ -229,3 +229,40 @@ def test_speed_rows_carry_the_hardware_fractions(config, registry, monkeypatch):
     assert dense.metrics["roofline:decode@1x16"] == pytest.approx(expected)
     assert dense.metrics["peak:prefill@1x16"] == pytest.approx(prefill["flops"] / (prefill["step_ms"] / 1e3) / 1e12)
     assert "roofline:prefill@1x16" not in dense.metrics and "peak:decode@1x16" not in dense.metrics
+
+
+def test_a_matched_speedup_cell_killed_midway_resumes_its_search(config, registry, monkeypatch):
+    """The deadline kills a cell in its speed search (after two probes); the rerun reads those
+    probes back from the file beside the record, measures only the others, and removes the
+    file once the record is written. Speed is a closed-form curve here: 1 + 0.8 r²."""
+    from harness import speedmatch
+    from harness.runner import probe_memo_path
+    from harness.throughput import DenseSpeed
+
+    calls = []
+
+    def fake_probe(method, make_model, target, specs, device, *args, **kwargs):
+        if kill_after is not None and len(calls) == kill_after:
+            raise KeyboardInterrupt  # the process is killed; nothing after this line runs
+        calls.append(target.ratio)
+        return target.ratio, {specs[0].label: {"tokens_per_s": 100.0 * (1 + 0.8 * target.ratio ** 2)}}
+
+    monkeypatch.setattr(speedmatch, "probe_speed", fake_probe)
+    monkeypatch.setattr(DenseSpeed, "tokens_per_s", lambda self, label: 100.0)
+    config.methods, config.ratios = ["dense", "magnitude"], None
+    config.match, config.match_phase = "speedup:1.25", "decode@1x16"
+    config.evals = ["ppl:wikitext2"]
+    kill_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        run(config, registry, log=quiet)
+    (memo,) = config.out.glob("*magnitude*.probes")
+    assert len(memo.read_text().splitlines()) == 2 and not list(config.out.glob("*magnitude*.json"))
+    killed, kill_after, calls[:] = list(calls), None, []
+    records = {r.method: r for r in run(config, registry, log=quiet)}
+    magnitude = records["magnitude"]
+    assert magnitude.status == "ok" and magnitude.match["reached"]
+    assert 1 + 0.8 * magnitude.target["ratio"] ** 2 == pytest.approx(1.25, abs=0.025)
+    probes = magnitude.match["probes"]
+    assert [p["ratio"] for p in probes[:2]] == killed and all(p["resumed"] for p in probes[:2])
+    assert calls == [p["ratio"] for p in probes[2:]] and not any("resumed" in p for p in probes[2:])
+    assert not probe_memo_path(magnitude.path).exists()

@@ -58,3 +58,37 @@ def test_align_gives_multiples_of_eight():
     assert all(adapter.linears(b)["down"].in_features % 8 == 0 for b in adapter.blocks)
     assert all(getattr(b.self_attn, "v_dim", 8) % 8 == 0 for b in adapter.blocks)
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_a_cut_search_resumes_from_its_probes(tmp_path):
+    """A search killed after two probes is rerun: it retraces the same ratios, reads the two
+    measured ones from the memo and measures only the rest, ending where an uncut search ends.
+    Probes from another device are not reused, and a line cut by the kill is ignored."""
+    from harness.speedmatch import ProbeMemo
+
+    curve, measured = (lambda r: 1 / (1 - r)), []
+
+    def speedup_at(r, cut_after=None):
+        if cut_after is not None and len(measured) == cut_after:
+            raise KeyboardInterrupt  # the deadline's kill
+        measured.append(r)
+        return curve(r)
+
+    uncut = search_ratio(curve, goal(tol=0.005), log=lambda *_: None)
+    assert len(uncut.probes) >= 4
+    path, context = tmp_path / "cell.probes", {"device": "GPU A", "torch": "2.11"}
+    with pytest.raises(KeyboardInterrupt):
+        search_ratio(lambda r: speedup_at(r, cut_after=2), goal(tol=0.005), log=lambda *_: None,
+                     memo=ProbeMemo(path, context))
+    with path.open("a") as f:
+        f.write('{"ratio": 0.3, "spee')  # half a line, written as the process died
+    measured.clear()
+    resumed = search_ratio(speedup_at, goal(tol=0.005), log=lambda *_: None, memo=ProbeMemo(path, context))
+    assert [p["ratio"] for p in resumed.probes] == [p["ratio"] for p in uncut.probes]
+    assert resumed.ratio == uncut.ratio and resumed.reached
+    assert [p.get("resumed", False) for p in resumed.probes] == [True, True] + [False] * (len(uncut.probes) - 2)
+    assert measured == [p["ratio"] for p in uncut.probes[2:]]  # only the probes the cut run never measured
+    measured.clear()
+    elsewhere = search_ratio(speedup_at, goal(tol=0.005), log=lambda *_: None,
+                             memo=ProbeMemo(path, {**context, "device": "GPU B"}))
+    assert not any(p.get("resumed") for p in elsewhere.probes) and len(measured) == len(uncut.probes)
