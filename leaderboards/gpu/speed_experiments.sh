@@ -29,20 +29,20 @@ for experiment in ${@:-prefill24}; do
       python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or tuned_sparse" \
           2>&1 | tail -15 | tee "$out/gpu-check-tests.log" || true
       bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile ;;
-    decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 74 %):
-                # where the time goes; regional compile (speed and compile time against the step's);
-                # Triton products with programmatic dependent launch; autotuned products, compiled
-                # per block to keep autotuning to the distinct shapes
+    decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 72.6 %):
+                # where the time goes; autotuned products (max-autotune reached 87 % on the H100 in
+                # session 2, likely by choosing Triton GEMV templates, into which inductor can fuse
+                # the pointwise neighbours: fewer small kernels), compiled per block so that
+                # autotuning runs once per distinct shape (4 per phase); regional compile alone;
+                # Hopper's programmatic dependent launch (kernels overlap their neighbours' tails)
       bench decode-fused --methods dense --phases decode@1x512 --profile
-      bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
-      # (tried 2026-12-03b: coordinate_descent_tuning alone, 226.9 tok/s = 71.9 % against 72.6 %
-      # without it, and compile 71 s instead of 36 s: not a lever)
-      # every decode product as an inductor kernel (mul + sum), fusable with its neighbours and
-      # launched with Hopper's programmatic dependent launch: fewer, overlapping small kernels
-      bench decode-triton-pdl --methods dense --phases decode@1x512 --inductor decompose_mem_bound_mm=true \
-          --inductor coordinate_descent_tuning=true --inductor triton.enable_pdl=true
       bench decode-autotune --methods dense --phases decode@1x512 --compile-scope blocks \
-          --compile-mode max-autotune-no-cudagraphs ;;
+          --compile-mode max-autotune-no-cudagraphs --profile
+      bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
+      # (not `decompose_mem_bound_mm`: inductor decomposes only M ≥ 10240 products with tiny N, K
+      # on CUDA, never a GEMV; not `coordinate_descent_tuning` alone: tried 2026-12-03b, 226.9
+      # tok/s = 71.9 % against 72.6 % without it, compile 71 s against 36 s)
+      bench decode-pdl --methods dense --phases decode@1x512 --inductor triton.enable_pdl=true ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
