@@ -11,7 +11,10 @@
 # Table: harness leaderboard leaderboards/records/smollm2-zeroshot-h200 --out leaderboards/smollm2-zeroshot-h200 \
 #            --metrics 'ppl:*,zeroshot:*' --deltas 'ppl:*,zeroshot:avg'
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
-# with `on_device.sh stash`, and run with RAY_GPUS=0.25.
+# with `on_device.sh stash`, and run with RAY_GPUS=0.125 (8 cells at once; each caps its allocator
+# at its share). lm-eval's scoring is per-request Python work, one CPU core per cell, so the machine's
+# 16 cores bound it: RAY_GPUS=0.0625 runs all 15 remaining cells in one wave (8.7 GB each; zero-shot
+# halves its batch on an out-of-memory error).
 set -euo pipefail
 start=$(date +%s)
 store=/tmp/dev
