@@ -11,10 +11,9 @@
 # Table: harness leaderboard leaderboards/records/smollm2-zeroshot-h200 --out leaderboards/smollm2-zeroshot-h200 \
 #            --metrics 'ppl:*,zeroshot:*' --deltas 'ppl:*,zeroshot:avg'
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
-# with `on_device.sh stash`, and run with RAY_GPUS=0.125 (8 cells at once; each caps its allocator
-# at its share). lm-eval's scoring is per-request Python work, one CPU core per cell, so the machine's
-# 16 cores bound it: RAY_GPUS=0.0625 runs all 15 remaining cells in one wave (8.7 GB each; zero-shot
-# halves its batch on an out-of-memory error).
+# with `on_device.sh stash`, and run with RAY_GPUS=0.125: 8 cells at once, each capping its allocator
+# at its share (17.4 GB of an H200). Not finer: an IntraSlice cell at 128 × 2048 peaks at 12.5 GB
+# (records/smollm2-intraslice-h200), and lm-eval's per-request Python work wants a core per cell.
 set -euo pipefail
 start=$(date +%s)
 store=/tmp/dev
