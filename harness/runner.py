@@ -288,6 +288,8 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
     if (done := reusable(path, config, log)) is not None:
         return done
     log(f"{method.name} @ {plan.label}: compressing ...")
+    if config.overwrite:  # redo means measure again: no probe of an earlier, cut search is reused
+        probe_memo_path(path).unlink(missing_ok=True)
     record = new_record(plan, key, session, calibration, sweep.eval_spec, sweep.registry, device, config.seed)
     try:
         adapter, target = compress(plan, session, calibration, record, sweep.prepared, config, device, log,

@@ -256,7 +256,8 @@ def test_a_matched_speedup_cell_killed_midway_resumes_its_search(config, registr
     with pytest.raises(KeyboardInterrupt):
         run(config, registry, log=quiet)
     (memo,) = config.out.glob("*magnitude*.probes")
-    assert len(memo.read_text().splitlines()) == 2 and not list(config.out.glob("*magnitude*.json"))
+    memo_text = memo.read_text()
+    assert len(memo_text.splitlines()) == 2 and not list(config.out.glob("*magnitude*.json"))
     killed, kill_after, calls[:] = list(calls), None, []
     records = {r.method: r for r in run(config, registry, log=quiet)}
     magnitude = records["magnitude"]
@@ -266,3 +267,8 @@ def test_a_matched_speedup_cell_killed_midway_resumes_its_search(config, registr
     assert [p["ratio"] for p in probes[:2]] == killed and all(p["resumed"] for p in probes[:2])
     assert calls == [p["ratio"] for p in probes[2:]] and not any("resumed" in p for p in probes[2:])
     assert not probe_memo_path(magnitude.path).exists()
+    # --overwrite redoes the search from scratch, whatever an earlier cut run left
+    probe_memo_path(magnitude.path).write_text(memo_text)
+    config.overwrite, calls[:] = True, []
+    again = {r.method: r for r in run(config, registry, log=quiet)}["magnitude"]
+    assert not any(p.get("resumed") for p in again.match["probes"]) and len(calls) == len(probes)
