@@ -288,12 +288,13 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
     if (done := reusable(path, config, log)) is not None:
         return done
     log(f"{method.name} @ {plan.label}: compressing ...")
+    probes = probe_memo_path(path)
     if config.overwrite:  # redo means measure again: no probe of an earlier, cut search is reused
-        probe_memo_path(path).unlink(missing_ok=True)
+        probes.unlink(missing_ok=True)
     record = new_record(plan, key, session, calibration, sweep.eval_spec, sweep.registry, device, config.seed)
     try:
         adapter, target = compress(plan, session, calibration, record, sweep.prepared, config, device, log,
-                                   probes=probe_memo_path(path))
+                                   probes=probes)
         measure(adapter, plan, target, session.dense[1], record)
         if config.save_models:  # before speed: a 2:4 model moves to sparse kernels one way
             record.saved_model = str(save_compressed(adapter.model, session.tokenizer,
@@ -312,7 +313,7 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
                      "peak_process_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     write_record(path, record)
     if record.ok or record.status == "unreachable":  # the record holds the search's probes now
-        probe_memo_path(path).unlink(missing_ok=True)
+        probes.unlink(missing_ok=True)
     record.path = path
     return record
 

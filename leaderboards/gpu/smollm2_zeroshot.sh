@@ -12,8 +12,9 @@
 #            --metrics 'ppl:*,zeroshot:*' --deltas 'ppl:*,zeroshot:avg'
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
 # with `on_device.sh stash`, and run with RAY_GPUS=0.125: 8 cells at once, each capping its allocator
-# at its share (17.4 GB of an H200). Not finer: an IntraSlice cell at 128 × 2048 peaks at 12.5 GB
-# (records/smollm2-intraslice-h200), and lm-eval's per-request Python work wants a core per cell.
+# at its share (17.4 GB of an H200). Not finer: an IntraSlice cell (its reconstruction variant) at
+# 128 × 2048 peaked at 12.5 GB (records/smollm2-intraslice-h200), and lm-eval's per-request Python
+# work wants a core per cell.
 set -euo pipefail
 start=$(date +%s)
 store=/tmp/dev

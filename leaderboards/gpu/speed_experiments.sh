@@ -29,7 +29,8 @@ for experiment in ${@:-prefill24}; do
       python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or tuned_sparse" \
           2>&1 | tail -15 | tee "$out/gpu-check-tests.log" || true
       bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile ;;
-    decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused: 72.6 %):
+    decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused:
+                # 72.5 % of it, counted by decode_read_bytes):
                 # where the time goes; autotuned products (max-autotune reached 87 % on the H100 in
                 # session 2, likely by choosing Triton GEMV templates, into which inductor can fuse
                 # the pointwise neighbours: fewer small kernels), compiled per block so that
@@ -41,7 +42,7 @@ for experiment in ${@:-prefill24}; do
       bench decode-blocks --methods dense --phases decode@1x512 --compile-scope blocks
       # (not `decompose_mem_bound_mm`: inductor decomposes only M ≥ 10240 products with tiny N, K
       # on CUDA, never a GEMV; not `coordinate_descent_tuning` alone: tried 2026-12-03b, 226.9
-      # tok/s = 71.9 % against 72.6 % without it, compile 71 s against 36 s)
+      # tok/s = 71.9 % against 72.5 % without it (session 6's row), compile 71 s against 36 s)
       bench decode-pdl --methods dense --phases decode@1x512 --inductor triton.enable_pdl=true ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
