@@ -2,8 +2,15 @@
 
 A 2:4 model is measured on cuSPARSELt (or CUTLASS) products, not on dense kernels that
 multiply zeros: every exactly-2:4 block linear (a fused group's stacked linear counts as one,
-``harness.fusion``) becomes a ``SemiStructuredLinear``, and before each phase every distinct
-product gets the cuSPARSELt algorithm that is fastest at that phase's token count.
+``harness.fusion``) becomes a ``SemiStructuredLinear``. Two ways to run cuSPARSELt:
+
+- transposed output (the default, ``ALGORITHM_SEARCH = False``): cuSPARSELt writes the
+  product row-major itself, on its default algorithm;
+- algorithm search (``ALGORITHM_SEARCH = True``, ``harness bench speed --sparse-alg-search``):
+  before each phase every distinct product gets the algorithm cuSPARSELt times fastest at that
+  phase's token count, and the (column-major) output is copied once. The search cannot be had
+  with the transposed output: cuSPARSELt 0.8 (torch 2.11, H200) fails that search with
+  "internal error when calling cusparseLtMatmulSearch" (measured 2026-12-03).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from torch import nn
 
 from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
+
+ALGORITHM_SEARCH = False  # see the module docstring; set per process by the speed bench
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -30,9 +39,9 @@ class SemiStructuredLinear(nn.Module):
     transposed. Unless told otherwise (torch ≤ 2.12 does not tell it), it writes W·xᵀ
     row-major and y comes back as a column-major view; every elementwise op after it would
     read with a stride, and making y contiguous costs a full copy of the output (≈6 % of a
-    7B MLP product at prefill). The weight is therefore marked ``fuse_transpose_cusparselt``:
-    cuSPARSELt writes y row-major itself and ``contiguous()`` below is free (torch ≥ 2.13
-    fuses the transpose on its own; elsewhere the call still guarantees the layout).
+    7B MLP product at prefill). The weight is therefore marked ``fuse_transpose_cusparselt``
+    (unless ``ALGORITHM_SEARCH``, which needs the row-major plan): cuSPARSELt writes y
+    row-major itself and ``contiguous()`` below is free.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -42,7 +51,7 @@ class SemiStructuredLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
         if hasattr(self.weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
-            self.weight.fuse_transpose_cusparselt = True
+            self.weight.fuse_transpose_cusparselt = not ALGORITHM_SEARCH
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,20 +77,23 @@ def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
     fastest on every LLM shape (pytorch/pytorch#115178 found another one faster on large-weight,
     small-activation products), and the best one depends on the token count, so each phase is
     tuned before it is measured. One search per distinct (shape, bias) serves every block.
-    Returns ``{"OUTxIN@TOKENS": alg_id}``; the CUTLASS backend has nothing to choose."""
+    Returns ``{"OUTxIN@TOKENS": alg_id}``; the CUTLASS backend has nothing to choose, nor has
+    a weight with the transposed output (cuSPARSELt cannot search it: module docstring)."""
     chosen: dict[str, int] = {}
     tuned = []
     for module in adapter.model.modules():
         weight = getattr(module, "weight", None)
         if not isinstance(module, SemiStructuredLinear) or getattr(weight, "BACKEND", None) != "cusparselt":
             continue  # CUTLASS's weights (same class tree, same attributes) have no algorithms to choose
+        if getattr(weight, "fuse_transpose_cusparselt", False):
+            continue  # transposed output: the default algorithm (its search fails, module docstring)
         key = f"{module.out_features}x{module.in_features}@{tokens}" + ("+bias" if module.bias is not None else "")
         if key not in chosen:
             # the product nn.functional.linear runs: the weight times the input transposed
-            # (rows padded to the kernels' multiple), written row-major (see SemiStructuredLinear)
+            # (rows padded to the kernels' multiple)
             rows = -(-tokens // 16) * 16
             probe = torch.randn(rows, module.in_features, dtype=weight.dtype, device=weight.packed.device)
-            found = torch._cslt_sparse_mm_search(weight.packed, probe.t(), bias=module.bias, transpose_result=True)
+            found = torch._cslt_sparse_mm_search(weight.packed, probe.t(), bias=module.bias)
             chosen[key] = int(found[0] if isinstance(found, tuple) else found)
         tuned.append((weight, chosen[key]))
     for weight, alg_id in tuned:  # only once every search has succeeded: all tuned, or none

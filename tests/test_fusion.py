@@ -145,7 +145,7 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch)
     searches = []
 
     def search(packed, dense, bias=None, transpose_result=False):
-        assert dense.shape == (packed.shape[1], 16) and transpose_result  # 3 tokens padded to 16 rows
+        assert dense.shape == (packed.shape[1], 16) and not transpose_result  # 3 tokens padded to 16 rows
         searches.append(tuple(packed.shape))
         return len(searches)  # a distinct winner per search
 
@@ -162,8 +162,11 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch)
     assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
     assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
     assert len(weights) == 4 * len(adapter.blocks) and {w.alg_id_cusparselt for w in weights} == {1, 2, 3, 4}
+    for weight in weights:  # a transposed-output plan cannot be searched (cuSPARSELt 0.8): left alone
+        weight.fuse_transpose_cusparselt = True
+    assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
     for weight in weights:  # CUTLASS weights carry the same attributes but nothing to search
-        weight.BACKEND = "cutlass"
+        weight.BACKEND, weight.fuse_transpose_cusparselt = "cutlass", False
     assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
 
 

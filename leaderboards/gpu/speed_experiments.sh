@@ -27,8 +27,9 @@ for experiment in ${@:-prefill24}; do
                 # tuned algorithms too) and a 2-block 2:4 prefill row, so a broken sparse path shows its
                 # traceback at once (2026-12-03: the 7B 2:4 prefill row failed and its output was lost)
       python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or tuned_sparse" \
-          2>&1 | tail -15 | tee "$out/gpu-check-tests.log" || true
-      bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile ;;
+          2>&1 | tail -60 | tee "$out/gpu-check-tests.log" || true
+      bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile
+      bench gpu-check-search --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --sparse-alg-search ;;
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused:
                 # 72.5 % of it, counted by decode_read_bytes):
                 # where the time goes; autotuned products (max-autotune reached 87 % on the H100 in
@@ -50,7 +51,13 @@ for experiment in ${@:-prefill24}; do
     prefill24)  # 2:4 at prefill@8x2048 against dense, fused, with each row's top kernels, on cuSPARSELt
                 # (algorithms tuned for the phase). Not CUTLASS: torch builds its 2:4 kernels for
                 # compute capability 8.x only (H200 is 9.0; `--sparse-backend cutlass` is refused there)
-      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile ;;
+                # 2026-12-03: cuSPARSELt 0.8 fails the algorithm search of a transposed-output plan
+                # ("internal error" in cusparseLtMatmulSearch; the 7B row died of an illegal instruction
+                # after it): the default row keeps the transposed output on the default algorithm, the
+                # second searches the algorithm and copies the output
+      bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
+      bench prefill-2-4-search --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile \
+          --sparse-alg-search ;;
     unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
       bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
