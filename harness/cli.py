@@ -319,9 +319,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         import torch.sparse
 
-        from harness import compilation
+        from harness import compilation, sparse_kernels
         from harness.plan import DEFAULT_CACHE
-        from harness import sparse_kernels
         from harness.sparse_kernels import check_sparse_backend
 
         device = resolve_device(args.device)
