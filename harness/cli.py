@@ -178,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--sparse-backend", choices=["cusparselt", "cutlass"], default="cusparselt",
                        help="torch's 2:4 kernels: cuSPARSELt (default) or CUTLASS "
                             "(compute capability 8.x only)")
-    speed.add_argument("--sparse-alg-search", action="store_true",
-                       help="cuSPARSELt: search each product's fastest algorithm per phase, at the cost of a "
-                            "copy of its output (default: the output written transposed, default algorithm; "
-                            "cuSPARSELt 0.8 cannot search that plan)")
+    speed.add_argument("--sparse-transposed-output", action="store_true",
+                       help="cuSPARSELt writes each 2:4 product's output transposed (no copy) on its default "
+                            "algorithm (default: each product's algorithm searched per phase, output copied; "
+                            "cuSPARSELt 0.8 cannot search the transposed plan)")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
@@ -331,7 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compilation.use_compile_cache(DEFAULT_CACHE)
         # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
-        sparse_kernels.ALGORITHM_SEARCH = args.sparse_alg_search
+        sparse_kernels.ALGORITHM_SEARCH = not args.sparse_transposed_output
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
                            args.match, args.compile, args.profile, args.fuse, on_rows=save)

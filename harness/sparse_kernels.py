@@ -4,13 +4,17 @@ A 2:4 model is measured on cuSPARSELt (or CUTLASS) products, not on dense kernel
 multiply zeros: every exactly-2:4 block linear (a fused group's stacked linear counts as one,
 ``harness.fusion``) becomes a ``SemiStructuredLinear``. Two ways to run cuSPARSELt:
 
-- transposed output (the default, ``ALGORITHM_SEARCH = False``): cuSPARSELt writes the
-  product row-major itself, on its default algorithm;
-- algorithm search (``ALGORITHM_SEARCH = True``, ``harness bench speed --sparse-alg-search``):
-  before each phase every distinct product gets the algorithm cuSPARSELt times fastest at that
-  phase's token count, and the (column-major) output is copied once. The search cannot be had
-  with the transposed output: cuSPARSELt 0.8 (torch 2.11, H200) fails that search with
-  "internal error when calling cusparseLtMatmulSearch" (measured 2026-12-03).
+- algorithm search (the default, ``ALGORITHM_SEARCH = True``): before each phase every
+  distinct product gets the algorithm cuSPARSELt times fastest at that phase's token count,
+  and its (column-major) output is copied once;
+- transposed output (``ALGORITHM_SEARCH = False``, ``harness bench speed
+  --sparse-transposed-output``): cuSPARSELt writes the product row-major itself, no copy, but
+  on its default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
+  ("internal error when calling cusparseLtMatmulSearch").
+
+Measured 2026-12-03 on an H200 (2 blocks of the 7B shape, prefill@8x2048, compiled): dense
+722k tokens/s; transposed output 509k (0.70×: the default algorithm runs split-K kernels,
+"segment_k_on", 54 % of the step); searched algorithm with the copy 817k (1.13×).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import nn
 from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
 
-ALGORITHM_SEARCH = False  # see the module docstring; set per process by the speed bench
+ALGORITHM_SEARCH = True  # see the module docstring; set per process by the speed bench
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -38,10 +42,10 @@ class SemiStructuredLinear(nn.Module):
     cuSPARSELt computes W·xᵀ (the sparse operand comes first), so y = x·Wᵀ is its result
     transposed. Unless told otherwise (torch ≤ 2.12 does not tell it), it writes W·xᵀ
     row-major and y comes back as a column-major view; every elementwise op after it would
-    read with a stride, and making y contiguous costs a full copy of the output (≈6 % of a
-    7B MLP product at prefill). The weight is therefore marked ``fuse_transpose_cusparselt``
-    (unless ``ALGORITHM_SEARCH``, which needs the row-major plan): cuSPARSELt writes y
-    row-major itself and ``contiguous()`` below is free.
+    read with a stride, so ``contiguous()`` below copies it once (≈6 % of a 7B MLP product
+    at prefill). Marked ``fuse_transpose_cusparselt`` (``ALGORITHM_SEARCH = False``),
+    cuSPARSELt writes y row-major itself and the copy is free, but then only its default
+    algorithm runs, which costs far more on Hopper (module docstring).
     """
 
     def __init__(self, linear: nn.Linear):

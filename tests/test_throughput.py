@@ -166,7 +166,7 @@ def test_a_tuned_sparse_algorithm_computes_the_same_product(monkeypatch):
     from harness import sparse_kernels
     from harness.sparse_kernels import SemiStructuredLinear, tune_sparse_kernels
 
-    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", True)  # the row-major plan, searchable
+    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", True)  # the searchable plan (the default)
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, device="cuda", dtype=torch.float16)

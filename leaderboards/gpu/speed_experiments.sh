@@ -29,7 +29,8 @@ for experiment in ${@:-prefill24}; do
       python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or tuned_sparse" \
           2>&1 | tail -60 | tee "$out/gpu-check-tests.log" || true
       bench gpu-check --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --profile
-      bench gpu-check-search --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 --sparse-alg-search ;;
+      bench gpu-check-transposed --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 \
+          --sparse-transposed-output ;;
     decode)     # dense decode@1x512 against the roofline (2026-12-03, H200, step scope, fused:
                 # 72.5 % of it, counted by decode_read_bytes):
                 # where the time goes; autotuned products (max-autotune reached 87 % on the H100 in
@@ -53,11 +54,11 @@ for experiment in ${@:-prefill24}; do
                 # compute capability 8.x only (H200 is 9.0; `--sparse-backend cutlass` is refused there)
                 # 2026-12-03: cuSPARSELt 0.8 fails the algorithm search of a transposed-output plan
                 # ("internal error" in cusparseLtMatmulSearch; the 7B row died of an illegal instruction
-                # after it): the default row keeps the transposed output on the default algorithm, the
-                # second searches the algorithm and copies the output
+                # after it): the default row searches the algorithm and copies the output, the second
+                # keeps the transposed output on the default algorithm (2 blocks: 1.13× and 0.70×)
       bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
-      bench prefill-2-4-search --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile \
-          --sparse-alg-search ;;
+      bench prefill-2-4-transposed --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 \
+          --sparse-transposed-output ;;
     unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
       bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
