@@ -63,5 +63,6 @@ def register_reporters(register: Callable[[str, Reporter], None]) -> None:
 
     Call ``register(name, write)`` where ``write(table: pandas.DataFrame, header: str,
     path_stem: pathlib.Path) -> pathlib.Path`` writes one leaderboard table in that format
-    and returns the file it wrote.
+    and returns the file it wrote: ``path_stem`` plus its extension, appended (a stem may hold
+    dots, ``qwen2.5-0.5b``: ``with_suffix`` would cut it).
     """

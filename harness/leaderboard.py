@@ -7,6 +7,7 @@ The protocol (calibration, evaluation, device, versions) is printed above each t
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -137,6 +138,13 @@ def _dense_zero_fraction(records: list[Record]) -> float:
     return 0.0
 
 
+def board_stem(model: str) -> str:
+    """A table's file name without its extension: the model's slug, less a checkpoint file's
+    extension (``/tmp/dev/qwen.gguf`` → ``tmp-dev-qwen``). Other dots stay (``qwen2.5-0.5b``):
+    reporters append their extension to the stem, never replace a "suffix"."""
+    return slug(re.sub(r"\.gguf$", "", model, flags=re.IGNORECASE))
+
+
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
                        plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
@@ -178,13 +186,14 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
                 f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable)
         if failed:
             header += "\nfailed runs (not ranked): " + "; ".join(f"{r.method} @ {r.label}: {r.error}" for r in failed)
-        stem = Path(out_dir) / (slug(model) + ("-matched-speedup" if speed_mode else ""))
+        stem = Path(out_dir) / (board_stem(model) + ("-matched-speedup" if speed_mode else ""))
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
             written.append(registry.reporters[name](table, header, stem))
         if plots:
             from harness.plots import write_plots
 
-            metrics = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
-            written += write_plots(ok, stem, metrics, better)
+            # (not `metrics`: that is the caller's globs, which the next table needs too)
+            shown = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
+            written += write_plots(ok, stem, shown, better)
     return written

@@ -23,15 +23,15 @@ def markdown_text(table: pd.DataFrame, header: str) -> str:
 
 
 def write_markdown(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return atomic_write_text(stem.with_suffix(".md"), markdown_text(table, header))
+    return atomic_write_text(stem.with_name(stem.name + ".md"), markdown_text(table, header))
 
 
 def write_csv(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    return atomic_write_text(stem.with_name(stem.name + ".csv"), table.to_csv(index=False))
 
 
 def write_json(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    path = stem.with_suffix(".json")
+    path = stem.with_name(stem.name + ".json")
     rows = json.loads(table.to_json(orient="records"))
     write_json_atomic(path, {"protocol": header.splitlines(), "rows": rows,
                              "higher_is_better": table.attrs.get("higher_is_better", {})})
@@ -64,7 +64,7 @@ def write_html(table: pd.DataFrame, header: str, stem: Path) -> Path:
     body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
     body = re.sub(r"<tr>(\s*<td>[^<]*</td>\s*<td>dense</td>)", r'<tr class="reference">\1', body, count=1)
     page = HTML_PAGE.format(title=html.escape(stem.name), protocol=protocol, table=body)
-    return atomic_write_text(stem.with_suffix(".html"), page)
+    return atomic_write_text(stem.with_name(stem.name + ".html"), page)
 
 
 @hookimpl

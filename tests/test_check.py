@@ -78,3 +78,21 @@ def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
     line = next(line for line in capsys.readouterr().out.splitlines()
                 if "| intraslice" in line and "zeroshot:avg" in line)
     assert "WORSE" in line and "-3.00%" in line
+
+
+def test_the_smollm2_zero_shot_table_gates_each_task(tmp_path, capsys):
+    """SmolLM2's zero-shot leaderboard gates its own records, and one task's accuracy that fell
+    5 % (a per-task column, not only the average) fails the check on that row."""
+    stored = BOARDS / "smollm2-zeroshot-h200" / "tmp-dev-smollm2.json"
+    fresh = tmp_path / "fresh"
+    shutil.copytree(BOARDS / "records" / "smollm2-zeroshot-h200", fresh)
+    assert main(["check", str(fresh), "--against", str(stored)]) == 0
+    assert "harness check: OK" in capsys.readouterr().out
+    (path,) = fresh.glob("*__wanda__0.5__*.json")
+    record = json.loads(path.read_text())
+    record["metrics"]["zeroshot:hellaswag"] *= 0.95
+    path.write_text(json.dumps(record))
+    assert main(["check", str(fresh), "--against", str(stored)]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if "| wanda" in line and "|      0.5 |" in line and "zeroshot:hellaswag" in line)
+    assert "WORSE" in line and "-5.00%" in line

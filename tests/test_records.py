@@ -30,14 +30,21 @@ def _table_rows(markdown: str) -> list[list[str]]:
             if line.startswith("|") and not line.startswith("|--")]
 
 
-@pytest.mark.parametrize("records_dir, board", [
-    ("smollm2-h100", "smollm2-135m-instruct.md"),
-    ("smollm2-speed-h100", "speed/smollm2-135m-instruct-matched-speedup.md"),
+QWEN_COLUMNS = {"metrics": ["ppl:*", "zeroshot:*", "speedup:*"], "deltas": ["ppl:*", "zeroshot:avg"]}  # its README
+
+
+@pytest.mark.parametrize("records_dir, board, columns", [
+    ("smollm2-h100", "smollm2-135m-instruct.md", {}),
+    ("smollm2-speed-h100", "speed/smollm2-135m-instruct-matched-speedup.md", {}),
+    # one records folder, two modes: two tables (a dotted model name once wrote both to one file)
+    ("qwen2.5-0.5b-h200", "qwen2.5-0.5b-h200/tmp-dev-qwen.md", QWEN_COLUMNS),
+    ("qwen2.5-0.5b-h200", "qwen2.5-0.5b-h200/tmp-dev-qwen-matched-speedup.md", QWEN_COLUMNS),
 ])
-def test_committed_leaderboards_regenerate(records_dir, board, tmp_path):
+def test_committed_leaderboards_regenerate(records_dir, board, columns, tmp_path):
     """Same rows, ranks and figures as the committed tables; only the pattern column of
     sliced methods changed (it said "unstructured" before it said "structured")."""
-    paths = write_leaderboards(BOARDS / "records" / records_dir, tmp_path, plots=False, formats=["markdown"])
+    paths = write_leaderboards(BOARDS / "records" / records_dir, tmp_path, plots=False, formats=["markdown"],
+                               **columns)
     fresh = _table_rows(next(p for p in paths if p.name == Path(board).name).read_text())
     stored = _table_rows((BOARDS / board).read_text())
     assert len(fresh) == len(stored)
@@ -47,3 +54,13 @@ def test_committed_leaderboards_regenerate(records_dir, board, tmp_path):
             assert new[pattern] == "structured"
             new[pattern] = old[pattern]
         assert new == old
+
+
+def test_every_table_of_a_folder_gets_the_metric_columns_asked_for(tmp_path):
+    """Two modes in one records folder, with plots: the second table keeps the caller's metric
+    globs (the plots of the first once replaced them, dropping the matched table's speedup)."""
+    write_leaderboards(BOARDS / "records" / "qwen2.5-0.5b-h200", tmp_path, formats=["markdown"],
+                       metrics=["ppl:*", "speedup:*"], deltas=[])
+    header = _table_rows((tmp_path / "tmp-dev-qwen-matched-speedup.md").read_text())[0]
+    assert header[-3:] == ["ppl:wikitext2", "speedup:prefill@8x2048", "compress s"]
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
