@@ -12,9 +12,10 @@ multiply zeros: every exactly-2:4 block linear (a fused group's stacked linear c
   on its default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
   ("internal error when calling cusparseLtMatmulSearch").
 
-Measured 2026-12-03 on an H200 (2 blocks of the 7B shape, prefill@8x2048, compiled): dense
-722k tokens/s; transposed output 509k (0.70×: the default algorithm runs split-K kernels,
-"segment_k_on", 54 % of the step); searched algorithm with the copy 817k (1.13×).
+Measured 2026-12-03 on an H200 (2 blocks of the 7B shape, prefill@8x2048, compiled; each speedup
+over dense timed in the same run): transposed output 0.70× (its default algorithm runs split-K
+kernels, "segment_k_on", 54 % of the step); searched algorithms with the copy 1.45× (but that run
+shared the GPU with another job: its dense ran at 563k tokens/s against 722k alone; to re-measure).
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ for experiment in ${@:-prefill24}; do
                 # 2026-12-03: cuSPARSELt 0.8 fails the algorithm search of a transposed-output plan
                 # ("internal error" in cusparseLtMatmulSearch; the 7B row died of an illegal instruction
                 # after it): the default row searches the algorithm and copies the output, the second
-                # keeps the transposed output on the default algorithm (2 blocks: 1.13× and 0.70×)
+                # keeps the transposed output on the default algorithm (2 blocks: 0.70× for the
+                # latter; the searched row's 1.45× was timed beside another job: re-measure)
       bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
       bench prefill-2-4-transposed --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 \
           --sparse-transposed-output ;;
