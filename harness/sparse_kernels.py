@@ -1,16 +1,22 @@
-"""2:4 sparse weights on torch's semi-structured kernels, as a serving step runs them.
+"""2:4 sparse weights on sparse tensor cores, as a serving step runs them.
 
 A 2:4 model is measured on cuSPARSELt (or CUTLASS) products, not on dense kernels that
 multiply zeros: every exactly-2:4 block linear (a fused group's stacked linear counts as one,
-``harness.fusion``) becomes a ``SemiStructuredLinear``. Two ways to run cuSPARSELt:
+``harness.fusion``) becomes a ``SemiStructuredLinear``.
 
-- algorithm search (the default, ``ALGORITHM_SEARCH = True``): before each phase every
-  distinct product gets the algorithm cuSPARSELt times fastest at that phase's token count,
-  and its (column-major) output is copied once;
+cuSPARSELt computes W·xᵀ (the sparse operand comes first); y = x·Wᵀ is that product
+transposed. Its plan has two knobs, which the module states rather than leave to torch's
+tensor subclass (torch ≤ 2.12 runs the first plan below under ``nn.functional.linear``, torch
+2.13 the second, and an algorithm found for one plan is not valid for the other):
+
+- row-major W·xᵀ (the default, ``ALGORITHM_SEARCH = True``): before each phase every distinct
+  product gets the algorithm cuSPARSELt times fastest at that phase's token count
+  (``tune_sparse_kernels``), and y, a column-major view, is copied once (inductor folds the
+  copy into the next pointwise op where there is one);
 - transposed output (``ALGORITHM_SEARCH = False``, ``harness bench speed
-  --sparse-transposed-output``): cuSPARSELt writes the product row-major itself, no copy, but
-  on its default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
-  ("internal error when calling cusparseLtMatmulSearch").
+  --sparse-transposed-output``): cuSPARSELt writes y row-major itself, no copy, but on its
+  default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
+  ("internal error when calling cusparseLtMatmulSearch"; `leaderboards/gpu/cusparselt_calls.py`).
 
 Measured 2026-12-03 on an H200 (2 blocks of the 7B shape, prefill@8x2048, compiled; each speedup
 over dense timed in the same run): transposed output 0.70× (its default algorithm runs split-K
@@ -36,32 +42,50 @@ def is_two_four(weight: torch.Tensor) -> bool:
     return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
 
 
-class SemiStructuredLinear(nn.Module):
-    """A linear layer on a semi-structured sparse weight; inputs are flattened to 2-D first
-    (the sparse tensor implements matrix products, not the batched ones a 3-D input needs).
+def padded_tokens(tokens: int, dtype: torch.dtype) -> int:
+    """The token count cuSPARSELt is given: a multiple of its dense operand's tile (8 rows in
+    fp16/bf16), as torch pads it."""
+    multiple = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[dtype].dense_min_rows
+    return -(-tokens // multiple) * multiple
 
-    cuSPARSELt computes W·xᵀ (the sparse operand comes first), so y = x·Wᵀ is its result
-    transposed. Unless told otherwise (torch ≤ 2.12 does not tell it), it writes W·xᵀ
-    row-major and y comes back as a column-major view; every elementwise op after it would
-    read with a stride, so ``contiguous()`` below copies it once (≈6 % of a 7B MLP product
-    at prefill). Marked ``fuse_transpose_cusparselt`` (``ALGORITHM_SEARCH = False``),
-    cuSPARSELt writes y row-major itself and the copy is free, but then only its default
-    algorithm runs, which costs far more on Hopper (module docstring).
+
+class SemiStructuredLinear(nn.Module):
+    """y = x·Wᵀ + b with W 2:4-compressed, on sparse tensor cores; inputs are flattened to 2-D.
+
+    cuSPARSELt (the default backend): the compressed weight is a plain buffer, ``packed``, and
+    each forward is one ``torch._cslt_sparse_mm`` with this module's plan: ``transpose_result``
+    and ``alg_id`` (module docstring). CUTLASS (``--sparse-backend cutlass``, compute
+    capability 8.x only): torch's semi-structured tensor as the weight, under ``linear``.
     """
 
     def __init__(self, linear: nn.Linear):
-        from torch.sparse import to_sparse_semi_structured
-
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
-        if hasattr(self.weight, "fuse_transpose_cusparselt"):  # read by the cuSPARSELt backend only
-            self.weight.fuse_transpose_cusparselt = not ALGORITHM_SEARCH
         self.bias = linear.bias
+        weight = linear.weight.detach()
+        if torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS:
+            self.backend = "cutlass"
+            self.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)
+        else:
+            self.backend = "cusparselt"
+            # the kernels' shape and dtype limits, with torch's message (the caller reports it)
+            torch.sparse.SparseSemiStructuredTensorCUSPARSELT._validate_device_dim_dtype_shape(weight)
+            self.register_buffer("packed", torch._cslt_compress(weight))
+            self.transpose_result, self.alg_id = not ALGORITHM_SEARCH, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
-        return out.contiguous().view(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features)
+        if self.backend == "cutlass":
+            y = nn.functional.linear(rows, self.weight, self.bias)
+        else:
+            tokens = rows.shape[0]
+            padded = padded_tokens(tokens, rows.dtype)
+            if padded != tokens:
+                rows = nn.functional.pad(rows, (0, 0, 0, padded - tokens))
+            out = torch._cslt_sparse_mm(self.packed, rows.t(), bias=self.bias,
+                                        transpose_result=self.transpose_result, alg_id=self.alg_id)
+            y = (out if self.transpose_result else out.t())[:tokens]  # (tokens, out_features)
+        return y.contiguous().view(*x.shape[:-1], self.out_features)
 
 
 def check_sparse_backend(backend: str, device: torch.device) -> None:
@@ -77,38 +101,35 @@ def check_sparse_backend(backend: str, device: torch.device) -> None:
 
 
 def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
-    """Give every cuSPARSELt weight the algorithm cuSPARSELt times fastest for its product at
-    ``tokens`` rows of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the
-    fastest on every LLM shape (pytorch/pytorch#115178 found another one faster on large-weight,
-    small-activation products), and the best one depends on the token count, so each phase is
-    tuned before it is measured. One search per distinct (shape, bias) serves every block.
-    Returns ``{"OUTxIN@TOKENS": alg_id}``; the CUTLASS backend has nothing to choose, nor has
-    a weight with the transposed output (cuSPARSELt cannot search it: module docstring)."""
+    """Give every cuSPARSELt product the algorithm cuSPARSELt times fastest at ``tokens`` rows
+    of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the fastest on every LLM
+    shape (pytorch/pytorch#115178 found another one faster on large-weight, small-activation
+    products; on an H200 it runs split-K kernels at prefill), and the best one depends on the
+    token count, so each phase is tuned before it is measured. One search per distinct
+    (shape, bias) serves every block. Returns ``{"OUTxIN@TOKENS": alg_id}``; CUTLASS has nothing
+    to choose, nor has a transposed-output plan (cuSPARSELt cannot search it: module docstring)."""
     chosen: dict[str, int] = {}
     tuned = []
     for module in adapter.model.modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, SemiStructuredLinear) or getattr(weight, "BACKEND", None) != "cusparselt":
-            continue  # CUTLASS's weights (same class tree, same attributes) have no algorithms to choose
-        if getattr(weight, "fuse_transpose_cusparselt", False):
-            continue  # transposed output: the default algorithm (its search fails, module docstring)
+        if not isinstance(module, SemiStructuredLinear) or module.backend != "cusparselt" or module.transpose_result:
+            continue
         key = f"{module.out_features}x{module.in_features}@{tokens}" + ("+bias" if module.bias is not None else "")
         if key not in chosen:
-            # the product nn.functional.linear runs: the weight times the input transposed
-            # (rows padded to the kernels' multiple)
-            rows = -(-tokens // 16) * 16
-            probe = torch.randn(rows, module.in_features, dtype=weight.dtype, device=weight.packed.device)
-            found = torch._cslt_sparse_mm_search(weight.packed, probe.t(), bias=module.bias)
+            # the very product forward runs: the weight times the (padded) input transposed
+            packed = module.packed
+            probe = torch.randn(padded_tokens(tokens, packed.dtype), module.in_features,
+                                dtype=packed.dtype, device=packed.device)
+            found = torch._cslt_sparse_mm_search(packed, probe.t(), bias=module.bias)
             chosen[key] = int(found[0] if isinstance(found, tuple) else found)
-        tuned.append((weight, chosen[key]))
-    for weight, alg_id in tuned:  # only once every search has succeeded: all tuned, or none
-        weight.alg_id_cusparselt = alg_id
+        tuned.append((module, chosen[key]))
+    for module, alg_id in tuned:  # only once every search has succeeded: all tuned, or none
+        module.alg_id = alg_id
     return chosen
 
 
 def to_semi_structured(adapter: ModelAdapter) -> dict:
-    """Swap every exactly-2:4 block linear for torch's semi-structured sparse weight (GPU, fp16/bf16);
-    a fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
+    """Swap every exactly-2:4 block linear for a ``SemiStructuredLinear`` (GPU, fp16/bf16); a
+    fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
 
     Returns how many linears of the model now run on sparse kernels (converted by this call or
     an earlier one: after a failed fusion check the unfused re-measure converts the rest), and
@@ -133,5 +154,5 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     for group in fused_groups(adapter.model):
         convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
     sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
-    backends = sorted({module.weight.BACKEND for module in sparse})  # "cusparselt" or "cutlass"
+    backends = sorted({module.backend for module in sparse})  # "cusparselt" or "cutlass"
     return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped}

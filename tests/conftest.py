@@ -164,3 +164,22 @@ def needs_smollm2():
         pytest.mark.skipif(not (SHARED_DATA / "wikitext2" / "test.joined.txt").is_file(),
                            reason=f"WikiText-2 not found under {SHARED_DATA}"),
     ]
+
+
+@pytest.fixture
+def fake_cusparselt(monkeypatch) -> list[dict]:
+    """cuSPARSELt's contract on the CPU, for ``harness.sparse_kernels`` (its kernels are GPU-only):
+    compression keeps the weight; the product is W·B plus the bias per output row, (out × n)
+    row-major, or written transposed, (n × out), when asked. Returns the products' calls."""
+    calls = []
+
+    def sparse_mm(packed, dense, bias=None, transpose_result=False, alg_id=0):
+        calls.append({"dense": tuple(dense.shape), "transpose_result": transpose_result, "alg_id": alg_id})
+        out = packed @ dense + (bias[:, None] if bias is not None else 0)
+        return out.t().contiguous() if transpose_result else out
+
+    monkeypatch.setattr(torch, "_cslt_compress", lambda weight: weight.clone())
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm)
+    monkeypatch.setattr(torch.sparse.SparseSemiStructuredTensorCUSPARSELT, "_validate_device_dim_dtype_shape",
+                        classmethod(lambda cls, weight: None))
+    return calls

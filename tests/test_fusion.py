@@ -96,97 +96,92 @@ def test_measure_model_fuses_and_reports_it():
     assert "fusion_error" not in fused and fused["weights_bytes"] == plain["weights_bytes"]
 
 
-def test_sparse_kernel_count_survives_a_fusion_fallback(monkeypatch):
-    """A failed fusion check after the 2:4 conversion re-measures unfused; the record must then
-    count every linear on sparse kernels (o/down from the first pass, q/k/v/gate/up from the
-    second), not only the second pass's. The kernels are GPU-only: a stand-in wraps the linear."""
-    from harness import sparse_kernels
+def two_four_model(dtype=torch.bfloat16) -> ModelAdapter:
     from harness.sparsity import prune_mask
 
-    class StandIn(torch.nn.Module):
-        def __init__(self, linear):
-            super().__init__()
-            self.linear = linear
-            self.weight = type("W", (), {"BACKEND": "cusparselt"})()
-
-        def forward(self, x):
-            return self.linear(x)
-
-    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
-    adapter = ModelAdapter(tiny_model("llama3"))
+    adapter = ModelAdapter(tiny_model("llama3").to(dtype))
     with torch.no_grad():
         for _, linear in adapter.named_linears():
-            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+            linear.weight.mul_(prune_mask(linear.weight.abs().float(), 0.5, n_m=(2, 4)).logical_not())
+    return adapter
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_sparse_linear_runs_its_stated_plan_and_equals_the_dense_product(fake_cusparselt, monkeypatch,
+                                                                           transposed):
+    """Whatever torch's subclass would do, the product runs the module's plan: the input's rows
+    padded to cuSPARSELt's multiple (8 in bf16), the output transposed or not as stated, then
+    cut back to the tokens, row-major, equal to the dense product with the bias."""
+    from harness import sparse_kernels
+
+    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", not transposed)
+    linear = torch.nn.Linear(64, 48, dtype=torch.bfloat16)
+    sparse = sparse_kernels.SemiStructuredLinear(linear)
+    assert sparse.transpose_result is transposed and sparse.alg_id == 0
+    assert [name for name, _ in sparse.named_parameters()] == ["bias"] and sparse.packed.shape == (48, 64)
+    for tokens in (1, 8, 13):
+        x = torch.randn(1, tokens, 64, dtype=torch.bfloat16)
+        y = sparse(x)
+        assert y.shape == (1, tokens, 48) and y.is_contiguous()
+        torch.testing.assert_close(y, linear(x), rtol=3e-2, atol=1e-3)  # bf16 rounding
+        assert fake_cusparselt[-1] == {"dense": (64, 8 * -(-tokens // 8)), "transpose_result": transposed, "alg_id": 0}
+
+
+def test_sparse_kernel_count_survives_a_fusion_fallback(fake_cusparselt):
+    """A failed fusion check after the 2:4 conversion re-measures unfused; the record must then
+    count every linear on sparse kernels (o/down from the first pass, q/k/v/gate/up from the
+    second), not only the second pass's."""
+    from harness import sparse_kernels
+
+    adapter = two_four_model()
     blocks = len(adapter.blocks)
     with fused_projections(adapter):
         assert sparse_kernels.to_semi_structured(adapter)["converted"] == 4 * blocks  # qkv, o, gate/up, down
-    assert sparse_kernels.to_semi_structured(adapter)["converted"] == 7 * blocks  # unfused: all seven
+    kernels = sparse_kernels.to_semi_structured(adapter)
+    assert kernels["converted"] == 7 * blocks and kernels["backend"] == "cusparselt"  # unfused: all seven
 
 
-def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(monkeypatch):
+def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(fake_cusparselt, monkeypatch):
     """cuSPARSELt's algorithm search runs once per distinct (shape, bias) at the phase's token
-    count, and every sparse weight of that shape gets the winner (a CPU stand-in for the
-    GPU-only weight and search)."""
+    count, on the plan the product runs (row-major output, padded rows), and every sparse
+    linear of that shape gets the winner; a transposed-output plan is not searched."""
     from harness import sparse_kernels
-    from harness.sparsity import prune_mask
-
-    class StandInWeight:
-        BACKEND = "cusparselt"
-
-        def __init__(self, weight):
-            self.packed, self.dtype, self.alg_id_cusparselt = weight, weight.dtype, 0
-
-    class StandIn(torch.nn.Module):
-        def __init__(self, linear):
-            super().__init__()
-            self.in_features, self.out_features, self.bias = linear.in_features, linear.out_features, linear.bias
-            self.weight = StandInWeight(linear.weight.detach())
 
     searches = []
 
     def search(packed, dense, bias=None, transpose_result=False):
-        assert dense.shape == (packed.shape[1], 16) and not transpose_result  # 3 tokens padded to 16 rows
+        assert dense.shape == (packed.shape[1], 8) and not transpose_result  # 3 tokens padded to 8 rows
         searches.append(tuple(packed.shape))
         return len(searches)  # a distinct winner per search
 
-    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
     monkeypatch.setattr(torch, "_cslt_sparse_mm_search", search, raising=False)
-    adapter = ModelAdapter(tiny_model("llama3"))
-    with torch.no_grad():
-        for _, linear in adapter.named_linears():
-            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    adapter = two_four_model()
     with fused_projections(adapter):
         sparse_kernels.to_semi_structured(adapter)
         chosen = sparse_kernels.tune_sparse_kernels(adapter, tokens=3)
-        weights = [m.weight for m in adapter.model.modules() if isinstance(m, StandIn)]
-    assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
-    assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
-    assert len(weights) == 4 * len(adapter.blocks) and {w.alg_id_cusparselt for w in weights} == {1, 2, 3, 4}
-    for weight in weights:  # a transposed-output plan cannot be searched (cuSPARSELt 0.8): left alone
-        weight.fuse_transpose_cusparselt = True
-    assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
-    for weight in weights:  # CUTLASS weights carry the same attributes but nothing to search
-        weight.BACKEND, weight.fuse_transpose_cusparselt = "cutlass", False
-    assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
+        sparse = [m for m in adapter.model.modules() if isinstance(m, sparse_kernels.SemiStructuredLinear)]
+        assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
+        assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
+        assert len(sparse) == 4 * len(adapter.blocks) and {m.alg_id for m in sparse} == {1, 2, 3, 4}
+        adapter.model(torch.tensor([[1, 2, 3]]))  # the products run with the algorithms found
+        assert {call["alg_id"] for call in fake_cusparselt} == {1, 2, 3, 4}
+        for module in sparse:  # a transposed-output plan cannot be searched (cuSPARSELt 0.8): left alone
+            module.transpose_result = True
+        assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
 
 
 def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypatch):
+    """CUTLASS (``--sparse-backend cutlass``): torch's semi-structured weight under ``linear``,
+    nothing to search (a CPU stand-in for the GPU-only conversion)."""
     from harness import sparse_kernels
     from harness.cli import build_parser
-    from harness.sparsity import prune_mask
 
-    class StandIn(torch.nn.Module):
-        def __init__(self, linear):
-            super().__init__()
-            self.weight = type("W", (), {"BACKEND": "cutlass"})()
-
-    monkeypatch.setattr(sparse_kernels, "SemiStructuredLinear", StandIn)
-    adapter = ModelAdapter(tiny_model("llama3"))
-    with torch.no_grad():
-        for _, linear in adapter.named_linears():
-            linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    monkeypatch.setattr(torch.sparse.SparseSemiStructuredTensor, "_FORCE_CUTLASS", True)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda weight: weight.clone())
+    adapter = two_four_model()
     kernels = sparse_kernels.to_semi_structured(adapter)
     assert kernels["backend"] == "cutlass" and kernels["converted"] == 7 * len(adapter.blocks)
+    assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {}
     assert build_parser().parse_args(["bench", "speed"]).sparse_backend == "cusparselt"
     assert build_parser().parse_args(["bench", "speed", "--sparse-backend", "cutlass"]).sparse_backend == "cutlass"
 
