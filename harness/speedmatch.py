@@ -57,6 +57,7 @@ class SearchResult:
     speedup: float | None  # the probed speedup there
     reached: bool
     probes: list[dict] = field(default_factory=list)  # every probe: ratio, speedup, tokens/s
+    tolerance: float = 0.02  # relative: what counted as a match
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +114,7 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
                  r_max: float = 0.6, max_probes: int = 8, log=print, memo: ProbeMemo | None = None) -> SearchResult:
     """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe).
     ``memo`` supplies probes an earlier run measured and keeps the new ones."""
-    result = SearchResult(target.speedup, target.spec.label, None, None, False)
+    result = SearchResult(target.speedup, target.spec.label, None, None, False, tolerance=target.tolerance)
     goal, tol = target.speedup, target.tolerance * target.speedup
 
     def probe(r: float) -> float:
