@@ -11,16 +11,16 @@ RECORDS = BOARDS / "records" / "smollm2-h100"
 STORED = BOARDS / "smollm2-135m-instruct.json"
 
 
-def copy_records(tmp_path) -> Path:
+def copy_records(tmp_path, records: Path = RECORDS) -> Path:
     fresh = tmp_path / "fresh"
-    shutil.copytree(RECORDS, fresh)
+    shutil.copytree(records, fresh)
     return fresh
 
 
-def edit(fresh: Path, method: str, label: str, factor: float) -> None:
+def edit(fresh: Path, method: str, label: str, factor: float, metric: str = "ppl:wikitext2") -> None:
     (path,) = [p for p in fresh.glob(f"*__{method}__{label}__*.json")]
     record = json.loads(path.read_text())
-    record["metrics"]["ppl:wikitext2"] *= factor
+    record["metrics"][metric] *= factor
     path.write_text(json.dumps(record))
 
 
@@ -60,8 +60,7 @@ def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
     """The Qwen2.5-0.5B leaderboard (perplexity + zero-shot columns) gates its own records, and a
     zero-shot average that dropped 3 % (higher is better) fails the check."""
     stored = BOARDS / "qwen2.5-0.5b-h200" / "tmp-dev-qwen.json"
-    fresh = tmp_path / "fresh"
-    shutil.copytree(BOARDS / "records" / "qwen2.5-0.5b-h200", fresh)
+    fresh = copy_records(tmp_path, BOARDS / "records" / "qwen2.5-0.5b-h200")
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     assert "harness check: OK" in capsys.readouterr().out
     # zero-shot ran on some rows only: the table's header names each evaluation once
@@ -70,10 +69,7 @@ def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
 
     evaluation = next(line for line in protocol_header(load_records(fresh)).splitlines() if "evaluation" in line)
     assert evaluation.count("ppl:wikitext2: 146/146 windows × 2048") == 1 and evaluation.count("zero-shot") == 1
-    (path,) = fresh.glob("*__intraslice__0.3__*.json")
-    record = json.loads(path.read_text())
-    record["metrics"]["zeroshot:avg"] *= 0.97
-    path.write_text(json.dumps(record))
+    edit(fresh, "intraslice", "0.3", 0.97, "zeroshot:avg")
     assert main(["check", str(fresh), "--against", str(stored)]) == 1
     line = next(line for line in capsys.readouterr().out.splitlines()
                 if "| intraslice" in line and "zeroshot:avg" in line)
@@ -84,15 +80,25 @@ def test_the_smollm2_zero_shot_table_gates_each_task(tmp_path, capsys):
     """SmolLM2's zero-shot leaderboard gates its own records, and one task's accuracy that fell
     5 % (a per-task column, not only the average) fails the check on that row."""
     stored = BOARDS / "smollm2-zeroshot-h200" / "tmp-dev-smollm2.json"
-    fresh = tmp_path / "fresh"
-    shutil.copytree(BOARDS / "records" / "smollm2-zeroshot-h200", fresh)
+    fresh = copy_records(tmp_path, BOARDS / "records" / "smollm2-zeroshot-h200")
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     assert "harness check: OK" in capsys.readouterr().out
-    (path,) = fresh.glob("*__wanda__0.5__*.json")
-    record = json.loads(path.read_text())
-    record["metrics"]["zeroshot:hellaswag"] *= 0.95
-    path.write_text(json.dumps(record))
+    edit(fresh, "wanda", "0.5", 0.95, "zeroshot:hellaswag")
     assert main(["check", str(fresh), "--against", str(stored)]) == 1
     line = next(line for line in capsys.readouterr().out.splitlines()
                 if "| wanda" in line and "|      0.5 |" in line and "zeroshot:hellaswag" in line)
+    assert "WORSE" in line and "-5.00%" in line
+
+
+def test_the_qwen_matched_speedup_table_gates_speed_and_quality(tmp_path, capsys):
+    """The matched-speedup table of the same folder is a gate of its own: a speedup that fell 5 %
+    fails it (higher is better), as would the perplexity measured there."""
+    stored = BOARDS / "qwen2.5-0.5b-h200" / "tmp-dev-qwen-matched-speedup.json"
+    fresh = copy_records(tmp_path, BOARDS / "records" / "qwen2.5-0.5b-h200")
+    assert main(["check", str(fresh), "--against", str(stored)]) == 0
+    capsys.readouterr()
+    edit(fresh, "intraslice", "s-1.2", 0.95, "speedup:prefill@8x2048")
+    assert main(["check", str(fresh), "--against", str(stored)]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if "| intraslice" in line and "speedup:prefill@8x2048" in line)
     assert "WORSE" in line and "-5.00%" in line
