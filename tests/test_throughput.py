@@ -143,10 +143,14 @@ def test_bench_speed_command_prints_rows_and_profiles(capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")
 @pytest.mark.parametrize("bias", [False, True])
-def test_semi_structured_linear_equals_the_masked_dense_product(bias):
-    """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_semi_structured_linear_equals_the_masked_dense_product(bias, transposed, monkeypatch):
+    """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major,
+    on either cuSPARSELt plan (output transposed by cuSPARSELt, or copied)."""
+    from harness import sparse_kernels
     from harness.sparse_kernels import SemiStructuredLinear
 
+    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", not transposed)
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
     with torch.no_grad():
