@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.leaderboard import build_table, directions, records_frame
-from harness.results import load_records
+from harness.results import load_records, newest_per_cell
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Comparison:
 def _rows(path: Path, skip_corrupt: bool = False) -> tuple[dict[tuple[str, str], dict], dict[str, bool]]:
     """Leaderboard rows by (method, target), and metric directions, from a JSON board or a records dir."""
     if path.is_dir():
-        records = [r for r in load_records(path, skip_corrupt) if r.ok]
+        records = [r for r in newest_per_cell(load_records(path, skip_corrupt))[0] if r.ok]
         if not records:
             raise FileNotFoundError(f"no successful run records under {path}")
         rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))

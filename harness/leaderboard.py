@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.plugins import Registry, default_registry
-from harness.results import Record, load_records, slug
+from harness.results import Record, load_records, newest_per_cell, slug
 
 
 def directions(records: list[Record]) -> dict[str, bool]:
@@ -166,7 +166,7 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
                        plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
                        deltas: list[str] | None = None) -> list[Path]:
     registry = registry or default_registry()
-    records = load_records(results_dir, skip_corrupt)
+    records, superseded = newest_per_cell(load_records(results_dir, skip_corrupt))
     if not records:
         raise FileNotFoundError(f"no run records under {results_dir}")
     formats = formats or list(registry.reporters)
@@ -203,6 +203,11 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         if unreachable:
             header += "\ncannot reach the target speedup (not ranked): " + "; ".join(
                 f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable)
+        older = [r for r in superseded if r.model == model]
+        if older:
+            header += (f"\nsuperseded: {len(older)} older record(s) of cells shown here left out (a newer run of the "
+                       "same cell: another harness version or settings): "
+                       + ", ".join(r.path.name for r in older[:4] if r.path) + (", …" if len(older) > 4 else ""))
         if failed:
             header += "\nfailed runs (not ranked): " + "; ".join(f"{r.method} @ {r.label}: {r.error}" for r in failed)
         stem = Path(out_dir) / (board_stem(model) + ("-matched-speedup" if speed_mode else ""))

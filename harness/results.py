@@ -150,6 +150,23 @@ def completed(path: Path) -> bool:
     return record is not None and record.ok
 
 
+def newest_per_cell(records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """One record per cell (model, method, target, mode, dtype): the newest (``created``). A
+    results folder reused across harness versions, or settings that change a cell's key (its
+    record file's hash), holds older records of the same cells; a table shows each cell once.
+    Returns (kept, superseded)."""
+    def cell(record: Record) -> tuple:
+        return record.model, record.method, record.label, record.mode, record.dtype
+
+    newest: dict[tuple, Record] = {}
+    for record in records:
+        held = newest.get(cell(record))
+        if held is None or record.provenance.get("created", "") > held.provenance.get("created", ""):
+            newest[cell(record)] = record
+    return ([r for r in records if newest[cell(r)] is r],
+            [r for r in records if newest[cell(r)] is not r])
+
+
 def load_records(results_dir: Path, skip_corrupt: bool = False, warn=None) -> list[Record]:
     """Every record under ``results_dir`` (recursively), failed ones included.
 

@@ -1,6 +1,7 @@
 """The typed Record: committed records of every schema still load and tabulate the same."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,26 @@ def test_a_matched_row_measured_off_its_target_is_named_in_the_header(tmp_path):
     (line,) = [line for line in (tmp_path / "tmp-dev-qwen-matched-speedup.md").read_text().splitlines()
                if "off the target" in line]
     assert "slicegpt 1.163× against 1.2× ± 2% (probe 1.179×)" in line and "intraslice" not in line
+
+
+def test_a_cell_run_twice_shows_once_its_newest_record(tmp_path, capsys):
+    """A results folder reused across harness versions holds an older record of the same cell
+    under another key: the table shows the newest once and its header names the older one;
+    `harness check` compares the newest too."""
+    from harness.cli import main
+
+    fresh = tmp_path / "records"
+    shutil.copytree(BOARDS / "records" / "smollm2-zeroshot-h200", fresh)
+    (newest,) = fresh.glob("*__wanda__0.5__*.json")
+    older = json.loads(newest.read_text())
+    older["metrics"]["ppl:wikitext2"] *= 1.5
+    older["provenance"]["created"] = "2026-01-01T00:00:00+00:00"
+    (fresh / newest.name.replace(older["key"], "0123456789")).write_text(json.dumps(older))
+    write_leaderboards(fresh, tmp_path / "board", formats=["markdown"], plots=False)
+    table = (tmp_path / "board" / "tmp-dev-smollm2.md").read_text()
+    rows = [row for row in _table_rows(table) if row[1] == "wanda" and row[4] == "0.5"]
+    assert len(rows) == 1 and rows[0][7] == "47.96"
+    assert "superseded: 1 older record(s)" in table and "__wanda__0.5__0123456789.json" in table
+    stored = BOARDS / "smollm2-zeroshot-h200" / "tmp-dev-smollm2.json"
+    assert main(["check", str(fresh), "--against", str(stored)]) == 0
+    capsys.readouterr()
