@@ -7,6 +7,8 @@
 # call limit), so at most the cell in flight is lost; the next call (or, from committed records
 # copied back into $store/qwen, the next session) continues.
 #   CALL_S=570 bash leaderboards/gpu/qwen_sweep.sh [STAGE ...]   stages: zeroshot ppl speed (default: all)
+# In the background instead (2026-12-03d: the speed stage ran so, 6 minutes): `on_device.sh bg qwen
+# "CALL_S=3000 bash leaderboards/gpu/qwen_sweep.sh speed"`, `on_device.sh poll qwen`; records in /tmp/dev/out-qwen.
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
 # with `on_device.sh stash`, and run with RAY_GPUS=0.25.
 set -euo pipefail

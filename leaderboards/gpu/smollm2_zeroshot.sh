@@ -8,6 +8,10 @@
 # Resumable: records stay in $store/smollm2-zs while the machine is warm; each step returns them
 # all under $OUT/smollm2-zs-records.tgz (commit to leaderboards/records/smollm2-zeroshot-h200/). A
 # call stops at CALL_S seconds (default 570), cutting at most the cell in flight; rerun to go on.
+# Or in the background, with no call deadline (the session works while it runs; short calls keep the
+# machine and show progress; no speed measurement on the GPU meanwhile):
+#   bash leaderboards/gpu/on_device.sh bg zs "RAY_GPUS=0.125 CALL_S=3000 bash leaderboards/gpu/smollm2_zeroshot.sh"
+#   bash leaderboards/gpu/on_device.sh poll zs      # ... then: cp /tmp/dev/out-zs/*.tgz $OUT/
 # Table: harness leaderboard leaderboards/records/smollm2-zeroshot-h200 --out leaderboards/smollm2-zeroshot-h200 \
 #            --metrics 'ppl:*,zeroshot:*' --deltas 'ppl:*,zeroshot:avg'
 # Parallel zero-shot cells: also carry .device/raya and .device/rayb (prepare_ray.sh), one call each
