@@ -97,7 +97,9 @@ def protocol_header(records: list[Record]) -> str:
         for k, v in r.eval.items():
             if k.startswith("speed:"):
                 parts.append(f"{k} (tokens/s; speedup = ÷ dense measured in the same run"
-                             + (", 2:4 on sparse kernels" if v.get("sparse_kernels") else "") + ")")
+                             + (", 2:4 on sparse kernels" if v.get("sparse_kernels") else "")
+                             + ("; roofline = fraction of the HBM roofline" if k.startswith("speed:decode")
+                                else "; peak = fraction of the measured matmul peak") + ")")
             elif k == "zeroshot":
                 lm_eval = r.details.get("zeroshot", {}).get("lm_eval") or v.get("lm_eval")
                 parts.append(f"zero-shot (lm-eval {lm_eval}): {', '.join(v['tasks'])}"
