@@ -197,6 +197,11 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
         if sliced:  # what --save-models gives each row (harness/export.py)
             header += ("\nexports: sparse rows are standard checkpoints stock transformers loads; "
                        f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
+        dense_speeds = sorted({(label, round(d["dense_tokens_per_s"])) for r in ok
+                               for label, d in (r.details.get("speed") or {}).items() if d.get("dense_tokens_per_s")})
+        if dense_speeds:  # what every speedup divides by
+            header += "\ndense, measured in the same run: " + "; ".join(f"{label} {tps:,} tokens/s"
+                                                                        for label, tps in dense_speeds)
         if speed_mode:
             header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
             off = off_target(ok)

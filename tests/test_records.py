@@ -75,6 +75,9 @@ def test_a_matched_row_measured_off_its_target_is_named_in_the_header(tmp_path):
     (line,) = [line for line in (tmp_path / "tmp-dev-qwen-matched-speedup.md").read_text().splitlines()
                if "off the target" in line]
     assert "slicegpt 1.163× against 1.2× ± 2% (probe 1.179×)" in line and "intraslice" not in line
+    # and what every speedup there divides by
+    assert "- dense, measured in the same run: prefill@8x2048 582,419 tokens/s" in (
+        tmp_path / "tmp-dev-qwen-matched-speedup.md").read_text()
 
 
 def test_a_cell_run_twice_shows_once_its_newest_record(tmp_path, capsys):
