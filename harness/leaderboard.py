@@ -163,10 +163,42 @@ def board_stem(model: str) -> str:
     return slug(re.sub(r"\.gguf$", "", model, flags=re.IGNORECASE))
 
 
+def table_notes(ok: list[Record], failed: list[Record], older: list[Record], speed_mode: bool) -> list[str]:
+    """The lines under a table's protocol that say what its rows do not: how sliced rows export,
+    what every speedup divides by, which rows missed or could not reach their target, which
+    runs failed and which older records of the same cells were left out."""
+    notes = []
+    sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
+    if sliced:  # what --save-models gives each row (harness/export.py)
+        notes.append("exports: sparse rows are standard checkpoints stock transformers loads; "
+                     f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
+    dense_speeds = sorted({(label, round(d["dense_tokens_per_s"])) for r in ok
+                           for label, d in (r.details.get("speed") or {}).items() if d.get("dense_tokens_per_s")})
+    if dense_speeds:  # what every speedup divides by
+        notes.append("dense, measured in the same run: " + "; ".join(f"{label} {tps:,} tokens/s"
+                                                                     for label, tps in dense_speeds))
+    if speed_mode:
+        notes.append("mode: matched measured speedup (each method's ratio searched with shape probes)")
+        if off := off_target(ok):
+            notes.append("measured off the target after the search (the search's probe matched): " + "; ".join(off))
+    if unreachable := [r for r in failed if r.status == "unreachable"]:
+        notes.append("cannot reach the target speedup (not ranked): " + "; ".join(
+            f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable))
+    if older:
+        notes.append(f"superseded: {len(older)} older record(s) of cells shown here left out (a newer run of "
+                     "the same cell: another harness version or settings): "
+                     + ", ".join(r.path.name for r in older[:4] if r.path) + (", …" if len(older) > 4 else ""))
+    if failed := [r for r in failed if r.status != "unreachable"]:
+        notes.append("failed runs (not ranked): " + "; ".join(f"{r.method} @ {r.label}: {r.error}" for r in failed))
+    return notes
+
+
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
                        plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
                        deltas: list[str] | None = None) -> list[Path]:
+    """One table per model and mode (matched ratio, matched speedup) from the records under
+    ``results_dir``, in every format asked for, with plots; returns the files written."""
     registry = registry or default_registry()
     records, superseded = newest_per_cell(load_records(results_dir, skip_corrupt))
     if not records:
@@ -175,48 +207,21 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     unknown = set(formats) - set(registry.reporters)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
-    written = []
-    def speed_mode_of(r: Record) -> bool:
-        return r.mode == "matched-speedup"
 
-    # one table per model and mode; the dense reference row heads both modes' tables
-    for model, speed_mode in dict.fromkeys((r.model, speed_mode_of(r)) for r in records):
-        mine = [r for r in records if r.model == model
-                and (speed_mode_of(r) == speed_mode or r.method_kind == "reference")]
+    def in_table(r: Record, model: str, speed_mode: bool) -> bool:  # the dense reference heads both modes' tables
+        return r.model == model and (r.method_kind == "reference" or (r.mode == "matched-speedup") == speed_mode)
+
+    written = []
+    for model, speed_mode in dict.fromkeys((r.model, r.mode == "matched-speedup") for r in records):
+        mine = [r for r in records if in_table(r, model, speed_mode)]
         ok = [r for r in mine if r.ok]
-        failed = [r for r in mine if not r.ok]
         if not ok:
             continue
         better = directions(ok)
         table = build_table(records_frame(ok), sort, better, metrics, deltas)
         table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
-        header = protocol_header(ok)
-        unreachable = [r for r in failed if r.status == "unreachable"]
-        failed = [r for r in failed if r.status != "unreachable"]
-        sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
-        if sliced:  # what --save-models gives each row (harness/export.py)
-            header += ("\nexports: sparse rows are standard checkpoints stock transformers loads; "
-                       f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
-        dense_speeds = sorted({(label, round(d["dense_tokens_per_s"])) for r in ok
-                               for label, d in (r.details.get("speed") or {}).items() if d.get("dense_tokens_per_s")})
-        if dense_speeds:  # what every speedup divides by
-            header += "\ndense, measured in the same run: " + "; ".join(f"{label} {tps:,} tokens/s"
-                                                                        for label, tps in dense_speeds)
-        if speed_mode:
-            header += "\nmode: matched measured speedup (each method's ratio searched with shape probes)"
-            off = off_target(ok)
-            if off:
-                header += "\nmeasured off the target after the search (the search's probe matched): " + "; ".join(off)
-        if unreachable:
-            header += "\ncannot reach the target speedup (not ranked): " + "; ".join(
-                f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable)
-        older = [r for r in superseded if r.model == model]
-        if older:
-            header += (f"\nsuperseded: {len(older)} older record(s) of cells shown here left out (a newer run of the "
-                       "same cell: another harness version or settings): "
-                       + ", ".join(r.path.name for r in older[:4] if r.path) + (", …" if len(older) > 4 else ""))
-        if failed:
-            header += "\nfailed runs (not ranked): " + "; ".join(f"{r.method} @ {r.label}: {r.error}" for r in failed)
+        older = [r for r in superseded if in_table(r, model, speed_mode)]
+        header = "\n".join([protocol_header(ok), *table_notes(ok, [r for r in mine if not r.ok], older, speed_mode)])
         stem = Path(out_dir) / (board_stem(model) + ("-matched-speedup" if speed_mode else ""))
         stem.parent.mkdir(parents=True, exist_ok=True)
         for name in formats:
