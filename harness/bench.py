@@ -171,7 +171,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
-               "sparse_alg_ids": (result.get("sparse_kernels") or {}).get("alg_ids"),
+               "sparse_configs": (result.get("sparse_kernels") or {}).get("configs"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
                "peak_tflops": peak / 1e12 if peak else None}

@@ -10,9 +10,9 @@ tensor subclass (torch ≤ 2.12 runs the first plan below under ``nn.functional.
 2.13 the second, and an algorithm found for one plan is not valid for the other):
 
 - row-major W·xᵀ (the default, ``ALGORITHM_SEARCH = True``): before each phase every distinct
-  product gets the algorithm cuSPARSELt times fastest at that phase's token count
-  (``tune_sparse_kernels``), and y, a column-major view, is copied once (inductor folds the
-  copy into the next pointwise op where there is one);
+  product gets the configuration cuSPARSELt times fastest at that phase's token count, its
+  algorithm and split-K settings (``tune_sparse_kernels``), and y, a column-major view, is
+  copied once (inductor folds the copy into the next pointwise op where there is one);
 - transposed output (``ALGORITHM_SEARCH = False``, ``harness bench speed
   --sparse-transposed-output``): cuSPARSELt writes y row-major itself, no copy, but on its
   default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
@@ -33,6 +33,11 @@ from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
 
 ALGORITHM_SEARCH = True  # see the module docstring; set per process by the speed bench
+#: how this torch names the split-K mode keyword of ``_cslt_sparse_mm`` (an int since torch 2.7;
+#: before, a bool ``split_k_one_kernel``); None where it has neither
+SPLIT_K_MODE = next((arg.name for op in [getattr(torch.ops.aten, "_cslt_sparse_mm", None)] if op is not None
+                     for arg in op.default._schema.arguments if arg.name in ("split_k_mode", "split_k_one_kernel")),
+                    None)
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -54,7 +59,7 @@ class SemiStructuredLinear(nn.Module):
 
     cuSPARSELt (the default backend): the compressed weight is a plain buffer, ``packed``, and
     each forward is one ``torch._cslt_sparse_mm`` with this module's plan: ``transpose_result``
-    and ``alg_id`` (module docstring). CUTLASS (``--sparse-backend cutlass``, compute
+    and ``config``, the algorithm and split-K keywords the search chose (module docstring). CUTLASS (``--sparse-backend cutlass``, compute
     capability 8.x only): torch's semi-structured tensor as the weight, under ``linear``.
     """
 
@@ -71,7 +76,7 @@ class SemiStructuredLinear(nn.Module):
             # the kernels' shape and dtype limits, with torch's message (the caller reports it)
             torch.sparse.SparseSemiStructuredTensorCUSPARSELT._validate_device_dim_dtype_shape(weight)
             self.register_buffer("packed", torch._cslt_compress(weight))
-            self.transpose_result, self.alg_id = not ALGORITHM_SEARCH, 0
+            self.transpose_result, self.config = not ALGORITHM_SEARCH, {"alg_id": 0}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -83,7 +88,7 @@ class SemiStructuredLinear(nn.Module):
             if padded != tokens:
                 rows = nn.functional.pad(rows, (0, 0, 0, padded - tokens))
             out = torch._cslt_sparse_mm(self.packed, rows.t(), bias=self.bias,
-                                        transpose_result=self.transpose_result, alg_id=self.alg_id)
+                                        transpose_result=self.transpose_result, **self.config)
             y = (out if self.transpose_result else out.t())[:tokens]  # (tokens, out_features)
         return y.contiguous().view(*x.shape[:-1], self.out_features)
 
@@ -100,15 +105,28 @@ def check_sparse_backend(backend: str, device: torch.device) -> None:
                              "use cusparselt (the default)")
 
 
-def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
-    """Give every cuSPARSELt product the algorithm cuSPARSELt times fastest at ``tokens`` rows
-    of input (``torch._cslt_sparse_mm_search``). The default, 0, is not the fastest on every LLM
-    shape (pytorch/pytorch#115178 found another one faster on large-weight, small-activation
-    products; on an H200 it runs split-K kernels at prefill), and the best one depends on the
-    token count, so each phase is tuned before it is measured. One search per distinct
-    (shape, bias) serves every block. Returns ``{"OUTxIN@TOKENS": alg_id}``; CUTLASS has nothing
-    to choose, nor has a transposed-output plan (cuSPARSELt cannot search it: module docstring)."""
-    chosen: dict[str, int] = {}
+def search_product(packed: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> dict[str, int]:
+    """cuSPARSELt's fastest configuration of one product (row-major output), as keywords of
+    ``_cslt_sparse_mm``: its algorithm, and the split-K settings its search chose with it
+    (``torch._C._cusparselt.mm_search``; the older ``_cslt_sparse_mm_search`` returns the
+    algorithm alone, so a product would run the found algorithm without its split-K)."""
+    cusparselt = getattr(torch._C, "_cusparselt", None)
+    if hasattr(cusparselt, "mm_search") and SPLIT_K_MODE:
+        alg_id, split_k, split_k_mode, _max_alg_id = cusparselt.mm_search(packed, dense, bias, None, None, False)
+        mode = split_k_mode if isinstance(split_k_mode, bool) else int(split_k_mode)
+        return {"alg_id": int(alg_id), "split_k": int(split_k), SPLIT_K_MODE: mode}
+    return {"alg_id": int(torch._cslt_sparse_mm_search(packed, dense, bias=bias))}
+
+
+def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, dict[str, int]]:
+    """Give every cuSPARSELt product the configuration cuSPARSELt times fastest at ``tokens``
+    rows of input (``search_product``). The default, algorithm 0 without split-K, is not the
+    fastest on every LLM shape (pytorch/pytorch#115178 found another algorithm faster on
+    large-weight, small-activation products), and the best one depends on the token count, so
+    each phase is tuned before it is measured. One search per distinct (shape, bias) serves
+    every block. Returns ``{"OUTxIN@TOKENS": config}``; CUTLASS has nothing to choose, nor has a
+    transposed-output plan (cuSPARSELt cannot search it: module docstring)."""
+    chosen: dict[str, dict[str, int]] = {}
     tuned = []
     for module in adapter.model.modules():
         if not isinstance(module, SemiStructuredLinear) or module.backend != "cusparselt" or module.transpose_result:
@@ -119,11 +137,10 @@ def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, int]:
             packed = module.packed
             probe = torch.randn(padded_tokens(tokens, packed.dtype), module.in_features,
                                 dtype=packed.dtype, device=packed.device)
-            found = torch._cslt_sparse_mm_search(packed, probe.t(), bias=module.bias)
-            chosen[key] = int(found[0] if isinstance(found, tuple) else found)
+            chosen[key] = search_product(packed, probe.t(), module.bias)
         tuned.append((module, chosen[key]))
-    for module, alg_id in tuned:  # only once every search has succeeded: all tuned, or none
-        module.alg_id = alg_id
+    for module, config in tuned:  # only once every search has succeeded: all tuned, or none
+        module.config = dict(config)
     return chosen
 
 

@@ -390,7 +390,7 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
     The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
     a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
     spec, every sparse product gets cuSPARSELt's fastest algorithm at that spec's token count
-    (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.alg_ids``).
+    (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.configs``).
     """
     adapter.model.to(device)
     with fused_projections(adapter) if fuse else contextlib.nullcontext([]):
@@ -403,10 +403,10 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
                 spec_kernels = kernels
                 if kernels and kernels["converted"]:
                     try:
-                        spec_kernels = {**kernels, "alg_ids": tune_sparse_kernels(adapter, spec.tokens_per_step)}
-                    except Exception as error:  # an optimisation: measure on the algorithms as they are, say why
-                        spec_kernels = {**kernels, "alg_ids": None,
-                                        "alg_search_error": f"{type(error).__name__}: {error}"[:200]}
+                        spec_kernels = {**kernels, "configs": tune_sparse_kernels(adapter, spec.tokens_per_step)}
+                    except Exception as error:  # an optimisation: measure on the configurations as they are, say why
+                        spec_kernels = {**kernels, "configs": None,
+                                        "search_error": f"{type(error).__name__}: {error}"[:200]}
                 results[spec.label] = {**measure(adapter, spec, device, compile=compile, profile=profile),
                                        "sparse_kernels": spec_kernels}
             return results

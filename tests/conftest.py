@@ -173,8 +173,8 @@ def fake_cusparselt(monkeypatch) -> list[dict]:
     row-major, or written transposed, (n × out), when asked. Returns the products' calls."""
     calls = []
 
-    def sparse_mm(packed, dense, bias=None, transpose_result=False, alg_id=0):
-        calls.append({"dense": tuple(dense.shape), "transpose_result": transpose_result, "alg_id": alg_id})
+    def sparse_mm(packed, dense, bias=None, transpose_result=False, alg_id=0, **split_k):
+        calls.append({"dense": tuple(dense.shape), "transpose_result": transpose_result, "alg_id": alg_id, **split_k})
         out = packed @ dense + (bias[:, None] if bias is not None else 0)
         return out.t().contiguous() if transpose_result else out
 

@@ -117,7 +117,7 @@ def test_a_sparse_linear_runs_its_stated_plan_and_equals_the_dense_product(fake_
     monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", not transposed)
     linear = torch.nn.Linear(64, 48, dtype=torch.bfloat16)
     sparse = sparse_kernels.SemiStructuredLinear(linear)
-    assert sparse.transpose_result is transposed and sparse.alg_id == 0
+    assert sparse.transpose_result is transposed and sparse.config == {"alg_id": 0}
     assert [name for name, _ in sparse.named_parameters()] == ["bias"] and sparse.packed.shape == (48, 64)
     for tokens in (1, 8, 13):
         x = torch.randn(1, tokens, 64, dtype=torch.bfloat16)
@@ -142,9 +142,10 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(fake_cusparselt):
 
 
 def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(fake_cusparselt, monkeypatch):
-    """cuSPARSELt's algorithm search runs once per distinct (shape, bias) at the phase's token
-    count, on the plan the product runs (row-major output, padded rows), and every sparse
-    linear of that shape gets the winner; a transposed-output plan is not searched."""
+    """cuSPARSELt's search runs once per distinct (shape, bias) at the phase's token count, on the
+    plan the product runs (row-major output, padded rows), and every sparse linear of that shape
+    gets the winner; a transposed-output plan is not searched. With torch's older search (the
+    algorithm alone), a product runs the algorithm found."""
     from harness import sparse_kernels
 
     searches = []
@@ -154,6 +155,7 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(fake_cuspars
         searches.append(tuple(packed.shape))
         return len(searches)  # a distinct winner per search
 
+    monkeypatch.setattr(torch._C, "_cusparselt", None, raising=False)  # torch's older search only
     monkeypatch.setattr(torch, "_cslt_sparse_mm_search", search, raising=False)
     adapter = two_four_model()
     with fused_projections(adapter):
@@ -161,13 +163,37 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(fake_cuspars
         chosen = sparse_kernels.tune_sparse_kernels(adapter, tokens=3)
         sparse = [m for m in adapter.model.modules() if isinstance(m, sparse_kernels.SemiStructuredLinear)]
         assert len(searches) == len(set(searches)) == len(chosen) == 4  # qkv, o, gate/up, down: blocks share
-        assert sorted(chosen.values()) == [1, 2, 3, 4] and all(key.endswith("@3") for key in chosen)
-        assert len(sparse) == 4 * len(adapter.blocks) and {m.alg_id for m in sparse} == {1, 2, 3, 4}
+        assert sorted(c["alg_id"] for c in chosen.values()) == [1, 2, 3, 4] and all(k.endswith("@3") for k in chosen)
+        assert len(sparse) == 4 * len(adapter.blocks) and {m.config["alg_id"] for m in sparse} == {1, 2, 3, 4}
         adapter.model(torch.tensor([[1, 2, 3]]))  # the products run with the algorithms found
         assert {call["alg_id"] for call in fake_cusparselt} == {1, 2, 3, 4}
         for module in sparse:  # a transposed-output plan cannot be searched (cuSPARSELt 0.8): left alone
             module.transpose_result = True
         assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {} and len(searches) == 4
+
+
+def test_a_product_runs_the_split_k_its_search_chose(fake_cusparselt, monkeypatch):
+    """torch's newer search returns the split-K settings it chose with the algorithm; the product
+    runs all of them, under the keyword this torch's ``_cslt_sparse_mm`` names them by."""
+    from types import SimpleNamespace
+
+    from harness import sparse_kernels
+
+    searched = []
+
+    def mm_search(packed, dense, bias, alpha, out_dtype, transpose_result):
+        searched.append((tuple(dense.shape), transpose_result))
+        return 7, 2, 1, 40  # algorithm, split-K, split-K mode, the largest algorithm id
+
+    monkeypatch.setattr(torch._C, "_cusparselt", SimpleNamespace(mm_search=mm_search), raising=False)
+    linear = torch.nn.Linear(64, 48, dtype=torch.bfloat16)
+    sparse = sparse_kernels.SemiStructuredLinear(linear)
+    chosen = sparse_kernels.tune_sparse_kernels(SimpleNamespace(model=torch.nn.Sequential(sparse)), tokens=20)
+    config = {"alg_id": 7, "split_k": 2, sparse_kernels.SPLIT_K_MODE: 1}
+    assert searched == [((64, 24), False)] and chosen == {"48x64@20+bias": config} and sparse.config == config
+    x = torch.randn(20, 64, dtype=torch.bfloat16)
+    torch.testing.assert_close(sparse(x), linear(x), rtol=3e-2, atol=1e-3)
+    assert fake_cusparselt[-1] == {"dense": (64, 24), "transpose_result": False, **config}
 
 
 def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypatch):
