@@ -14,6 +14,12 @@ from harness.atomic import atomic_write_text
 from harness.results import write_json_atomic
 
 
+def file_for(stem: Path, suffix: str) -> Path:
+    """``stem`` plus ``suffix``, appended: a stem may hold dots (``qwen2.5-0.5b``), which
+    ``Path.with_suffix`` would take for an extension and cut."""
+    return stem.with_name(stem.name + suffix)
+
+
 def markdown_text(table: pd.DataFrame, header: str) -> str:
     protocol = "\n".join(f"- {line}" for line in header.splitlines())
     cells = table.astype(object).where(table.notna(), None)  # a metric a row did not measure: blank
@@ -23,15 +29,15 @@ def markdown_text(table: pd.DataFrame, header: str) -> str:
 
 
 def write_markdown(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return atomic_write_text(stem.with_name(stem.name + ".md"), markdown_text(table, header))
+    return atomic_write_text(file_for(stem, ".md"), markdown_text(table, header))
 
 
 def write_csv(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    return atomic_write_text(stem.with_name(stem.name + ".csv"), table.to_csv(index=False))
+    return atomic_write_text(file_for(stem, ".csv"), table.to_csv(index=False))
 
 
 def write_json(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    path = stem.with_name(stem.name + ".json")
+    path = file_for(stem, ".json")
     rows = json.loads(table.to_json(orient="records"))
     write_json_atomic(path, {"protocol": header.splitlines(), "rows": rows,
                              "higher_is_better": table.attrs.get("higher_is_better", {})})
@@ -64,7 +70,7 @@ def write_html(table: pd.DataFrame, header: str, stem: Path) -> Path:
     body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
     body = re.sub(r"<tr>(\s*<td>[^<]*</td>\s*<td>dense</td>)", r'<tr class="reference">\1', body, count=1)
     page = HTML_PAGE.format(title=html.escape(stem.name), protocol=protocol, table=body)
-    return atomic_write_text(stem.with_name(stem.name + ".html"), page)
+    return atomic_write_text(file_for(stem, ".html"), page)
 
 
 @hookimpl

@@ -33,11 +33,17 @@ from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
 
 ALGORITHM_SEARCH = True  # see the module docstring; set per process by the speed bench
-#: how this torch names the split-K mode keyword of ``_cslt_sparse_mm`` (an int since torch 2.7;
-#: before, a bool ``split_k_one_kernel``); None where it has neither
-SPLIT_K_MODE = next((arg.name for op in [getattr(torch.ops.aten, "_cslt_sparse_mm", None)] if op is not None
-                     for arg in op.default._schema.arguments if arg.name in ("split_k_mode", "split_k_one_kernel")),
-                    None)
+
+
+def split_k_mode_keyword() -> str | None:
+    """How this torch names ``_cslt_sparse_mm``'s split-K mode: ``split_k_mode`` (an int: torch
+    2.11, 2.13), ``split_k_one_kernel`` (a bool: earlier releases), or None where it has neither."""
+    op = getattr(torch.ops.aten, "_cslt_sparse_mm", None)
+    names = [arg.name for arg in op.default._schema.arguments] if op is not None else []
+    return next((name for name in ("split_k_mode", "split_k_one_kernel") if name in names), None)
+
+
+SPLIT_K_MODE = split_k_mode_keyword()
 
 
 def is_two_four(weight: torch.Tensor) -> bool:

@@ -389,8 +389,8 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
 
     The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
     a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
-    spec, every sparse product gets cuSPARSELt's fastest algorithm at that spec's token count
-    (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.configs``).
+    spec, every sparse product gets cuSPARSELt's fastest configuration (algorithm, split-K) at that
+    spec's token count (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.configs``).
     """
     adapter.model.to(device)
     with fused_projections(adapter) if fuse else contextlib.nullcontext([]):

@@ -3,7 +3,7 @@
 # but the wheels): where dense decode loses to the HBM roofline and where 2:4 prefill loses to
 # dense. Each line is one `harness bench speed` run (dense re-measured in each, same process);
 # JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
-# call holds about 8 rows: run `gpu-check` first, then `prefill24` (2 rows) and `decode` (4 rows,
+# call holds about 8 rows: run `gpu-check` first, then `prefill24` (3 rows) and `decode` (4 rows,
 # autotuning last: it compiles longest) in a call, then `full-decode`, `full-prefill` and
 # `full-match` in a call each.
 # Call: carry [.device/whl]
