@@ -86,7 +86,7 @@ def test_the_smollm2_zero_shot_table_gates_each_task(tmp_path, capsys):
     edit(fresh, "wanda", "0.5", 0.95, "zeroshot:hellaswag")
     assert main(["check", str(fresh), "--against", str(stored)]) == 1
     line = next(line for line in capsys.readouterr().out.splitlines()
-                if "| wanda" in line and "|      0.5 |" in line and "zeroshot:hellaswag" in line)
+                if "| wanda" in line and "| 0.5 " in line and "zeroshot:hellaswag" in line)
     assert "WORSE" in line and "-5.00%" in line
 
 

@@ -40,6 +40,8 @@ QWEN_COLUMNS = {"metrics": ["ppl:*", "zeroshot:*", "speedup:*", "peak:*"], "delt
     # one records folder, two modes: two tables (a dotted model name once wrote both to one file)
     ("qwen2.5-0.5b-h200", "qwen2.5-0.5b-h200/tmp-dev-qwen.md", QWEN_COLUMNS),
     ("qwen2.5-0.5b-h200", "qwen2.5-0.5b-h200/tmp-dev-qwen-matched-speedup.md", QWEN_COLUMNS),
+    ("smollm2-zeroshot-h200", "smollm2-zeroshot-h200/tmp-dev-smollm2.md",
+     {"metrics": ["ppl:*", "zeroshot:*"], "deltas": ["ppl:*", "zeroshot:avg"]}),  # its README
 ])
 def test_committed_leaderboards_regenerate(records_dir, board, columns, tmp_path):
     """Same rows, ranks and figures as the committed tables; only the pattern column of
@@ -101,3 +103,27 @@ def test_a_cell_run_twice_shows_once_its_newest_record(tmp_path, capsys):
     stored = BOARDS / "smollm2-zeroshot-h200" / "tmp-dev-smollm2.json"
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     capsys.readouterr()
+
+
+REAL_MODEL_TABLES = ["smollm2-135m-instruct.json", "smollm2-zeroshot-h200/tmp-dev-smollm2.json",
+                     "qwen2.5-0.5b-h200/tmp-dev-qwen.json"]
+
+
+@pytest.mark.parametrize("board", REAL_MODEL_TABLES)
+def test_real_model_tables_order_the_methods_as_the_papers_do(board):
+    """What the papers lead one to expect (issue 17), read off the committed tables: SparseGPT ≤
+    Wanda ≪ magnitude at 50 % and 2:4 (≪: magnitude's perplexity at least twice Wanda's), BESA ≤
+    Wanda at 50 %, IntraSlice ahead of SliceGPT at every ratio both ran, and the zero-shot average
+    lower at 0.5 than at 0.3 for every method that has both. A new record that breaks one fails here."""
+    rows = json.loads((BOARDS / board).read_text())["rows"]
+    ppl = {(r["method"], str(r["target"])): r["ppl:wikitext2"] for r in rows}
+    for target in ("0.5", "2:4"):
+        assert ppl["sparsegpt", target] <= ppl["wanda", target] and ppl["magnitude", target] >= 2 * ppl["wanda", target]
+    if ("besa", "0.5") in ppl:
+        assert ppl["besa", "0.5"] <= ppl["wanda", "0.5"]
+    shared = {t for m, t in ppl if m == "intraslice"} & {t for m, t in ppl if m == "slicegpt"}
+    assert shared and all(ppl["intraslice", t] < ppl["slicegpt", t] for t in shared)
+    average = {(r["method"], str(r["target"])): r.get("zeroshot:avg") for r in rows}
+    for method, target in average:
+        if target == "0.3" and average.get((method, "0.5")) is not None:
+            assert average[method, "0.5"] < average[method, "0.3"], method
