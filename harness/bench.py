@@ -172,6 +172,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
                "sparse_configs": (result.get("sparse_kernels") or {}).get("configs"),
+               "sparse_output_copy": (result.get("sparse_kernels") or {}).get("output_copy"),
                "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
                "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
                "peak_tflops": peak / 1e12 if peak else None}

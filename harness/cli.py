@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cuSPARSELt writes each 2:4 product's output transposed (no copy) on its default "
                             "algorithm (default: each product's algorithm searched per phase, output copied; "
                             "cuSPARSELt 0.8 cannot search the transposed plan)")
+    speed.add_argument("--sparse-output-copy", choices=["none", "attention", "all"], default="attention",
+                       help="which 2:4 products copy their (column-major) output to rows in a kernel of their own "
+                            "instead of inside inductor's fused consumer: the q/k/v products (default: their "
+                            "consumer, RoPE + KV-cache write, cannot read a transposed input efficiently), all, none")
     speed.add_argument("--no-sparse-kernels", action="store_true",
                        help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
@@ -332,6 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
         sparse_kernels.ALGORITHM_SEARCH = not args.sparse_transposed_output
+        sparse_kernels.OUTPUT_COPY = args.sparse_output_copy
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
                            args.match, args.compile, args.profile, args.fuse, on_rows=save)

@@ -29,8 +29,9 @@ from harness.adapters import ModelAdapter
 class SharedInputGroup(nn.Module):
     """The stacked weight of linears that read one input; one product serves them all."""
 
-    def __init__(self, linears: list[nn.Linear]):
+    def __init__(self, linears: list[nn.Linear], roles: tuple[str, ...] = ()):
         super().__init__()
+        self.roles = tuple(roles)  # the adapter's names of the stacked linears, in order
         first = linears[0]
         self.sizes = [lin.out_features for lin in linears]
         bias = any(lin.bias is not None for lin in linears)
@@ -90,7 +91,7 @@ def fused_projections(adapter: ModelAdapter, offload: bool = True) -> Iterator[l
             linears = [adapter.linears(block)[r] for r in roles]
             if not all(type(lin) is nn.Linear for lin in linears):
                 continue  # already replaced (a sparse-kernel linear, say): leave the group alone
-            group = SharedInputGroup(linears)
+            group = SharedInputGroup(linears, roles)
             block.add_module(f"fused_{'_'.join(roles)}", group)
             groups.append(group)
             for index, (role, lin) in enumerate(zip(roles, linears)):

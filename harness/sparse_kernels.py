@@ -12,7 +12,7 @@ tensor subclass (torch ≤ 2.12 runs the first plan below under ``nn.functional.
 - row-major W·xᵀ (the default, ``ALGORITHM_SEARCH = True``): before each phase every distinct
   product gets the configuration cuSPARSELt times fastest at that phase's token count, its
   algorithm and split-K settings (``tune_sparse_kernels``), and y, a column-major view, is
-  copied once (inductor folds the copy into the next pointwise op where there is one);
+  copied once (``OUTPUT_COPY`` below says where);
 - transposed output (``ALGORITHM_SEARCH = False``, ``harness bench speed
   --sparse-transposed-output``): cuSPARSELt writes y row-major itself, no copy, but on its
   default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
@@ -26,6 +26,8 @@ shared the GPU with another job: its dense ran at 563k tokens/s against 722k alo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -33,6 +35,16 @@ from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
 
 ALGORITHM_SEARCH = True  # see the module docstring; set per process by the speed bench
+
+#: Which products copy their column-major output to rows in a kernel of their own
+#: (``rows_from_columns``) rather than leave the copy to inductor, which folds it into the
+#: consumer: "none", "attention" (the q/k/v products) or "all". Folding is free where the
+#: consumer is a plain pointwise op inductor can tile in 2-D (SiLU·mul, the residual add). It
+#: is not for q/k/v: RoPE and the KV cache's ``index_copy_`` (an indirect store) fuse into one
+#: kernel that reads the transposed product one strided element at a time. Profiled
+#: 2026-12-03, H200, 7B prefill@8x2048: those kernels took 67 ms of a 329 ms 2:4 step at
+#: ~0.5 TB/s, against 13 ms for dense's RoPE kernel. Set per process by the speed bench.
+OUTPUT_COPY = "attention"
 
 
 def split_k_mode_keyword() -> str | None:
@@ -44,6 +56,24 @@ def split_k_mode_keyword() -> str | None:
 
 
 SPLIT_K_MODE = split_k_mode_keyword()
+
+
+@torch.library.custom_op("harness::rows_from_columns", mutates_args=())
+def rows_from_columns(columns: torch.Tensor) -> torch.Tensor:
+    """The (tokens, out) row-major copy of a (out, tokens) row-major product, as an op of its
+    own: inductor cannot fold it into the consumer. The copy itself is inductor's tiled
+    transpose (eager ``t().contiguous()`` reads uncoalesced, ~10× slower: pytorch#113560)."""
+    return _tiled_transpose()(columns) if columns.is_cuda else columns.t().contiguous()
+
+
+@rows_from_columns.register_fake
+def _(columns: torch.Tensor) -> torch.Tensor:
+    return columns.new_empty(columns.shape[1], columns.shape[0])
+
+
+@functools.cache
+def _tiled_transpose():
+    return torch.compile(lambda columns: columns.t().contiguous(), dynamic=False)
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -69,8 +99,9 @@ class SemiStructuredLinear(nn.Module):
     capability 8.x only): torch's semi-structured tensor as the weight, under ``linear``.
     """
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, own_copy: bool = False):
         super().__init__()
+        self.own_copy = own_copy  # the output's row-major copy as an op of its own (OUTPUT_COPY)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bias = linear.bias
         weight = linear.weight.detach()
@@ -95,7 +126,10 @@ class SemiStructuredLinear(nn.Module):
                 rows = nn.functional.pad(rows, (0, 0, 0, padded - tokens))
             out = torch._cslt_sparse_mm(self.packed, rows.t(), bias=self.bias,
                                         transpose_result=self.transpose_result, **self.config)
-            y = (out if self.transpose_result else out.t())[:tokens]  # (tokens, out_features)
+            if self.transpose_result:
+                y = out[:tokens]  # (tokens, out_features)
+            else:
+                y = (rows_from_columns(out) if self.own_copy else out.t())[:tokens]
         return y.contiguous().view(*x.shape[:-1], self.out_features)
 
 
@@ -159,13 +193,17 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     why others were not (shape limits of the kernels, dtype). The model must sit on a CUDA device.
     """
     skipped = {}
+    attention = set(adapter.arch.attention_inputs)
 
-    def convert(linear: nn.Linear, put) -> None:
+    def own_copy(roles) -> bool:
+        return OUTPUT_COPY == "all" or (OUTPUT_COPY == "attention" and bool(attention & set(roles)))
+
+    def convert(linear: nn.Linear, put, roles) -> None:
         if not is_two_four(linear.weight):
             skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
             return
         try:
-            put(SemiStructuredLinear(linear))
+            put(SemiStructuredLinear(linear, own_copy(roles)))
         except Exception as error:  # e.g. a dimension the kernels do not tile
             reason = f"{type(error).__name__}: {str(error)[:80]}"
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -173,9 +211,10 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     for block in adapter.blocks:
         for role, linear in adapter.linears(block).items():
             if isinstance(linear, nn.Linear):  # not a FusedMember: its group is converted below
-                convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new))
+                convert(linear, lambda new, block=block, role=role: adapter.replace_linear(block, role, new), [role])
     for group in fused_groups(adapter.model):
-        convert(group.fused, lambda new, group=group: setattr(group, "fused", new))
+        convert(group.fused, lambda new, group=group: setattr(group, "fused", new), group.roles)
     sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
     backends = sorted({module.backend for module in sparse})  # "cusparselt" or "cutlass"
-    return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped}
+    return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped,
+            "own_copy": sum(module.own_copy for module in sparse), "output_copy": OUTPUT_COPY}

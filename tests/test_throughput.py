@@ -141,26 +141,80 @@ def test_bench_speed_command_prints_rows_and_profiles(capsys):
     assert "dense unstructured prefill@1x32: top kernels per step" in out
 
 
+def test_the_row_copy_op_is_the_transpose_eager_and_compiled():
+    """``rows_from_columns`` (the 2:4 products' own output copy) is a registered op whose fake
+    shape matches its kernel, and gives the transpose, eager and inside a compiled function."""
+    from harness.sparse_kernels import rows_from_columns
+
+    columns = torch.randn(24, 40)
+    torch.library.opcheck(torch.ops.harness.rows_from_columns.default, (columns,),
+                          test_utils=("test_schema", "test_faketensor"))
+    assert torch.equal(rows_from_columns(columns), columns.t())
+    compiled = torch.compile(lambda c: rows_from_columns(c)[:30] * 2, dynamic=False)
+    assert torch.equal(compiled(columns), columns.t()[:30] * 2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_semi_structured_linear_equals_the_masked_dense_product(bias, transposed, monkeypatch):
+@pytest.mark.parametrize("plan", ["transposed", "copy-fused", "copy-own"])
+def test_semi_structured_linear_equals_the_masked_dense_product(bias, plan, monkeypatch):
     """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major,
-    on either cuSPARSELt plan (output transposed by cuSPARSELt, or copied)."""
+    eager and compiled, on each cuSPARSELt plan (output transposed by cuSPARSELt, or copied:
+    by inductor in the consumer, or by the module's own copy op)."""
     from harness import sparse_kernels
     from harness.sparse_kernels import SemiStructuredLinear
 
-    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", not transposed)
+    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", plan != "transposed")
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
     with torch.no_grad():
         linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
-    sparse = SemiStructuredLinear(linear)
+    sparse = SemiStructuredLinear(linear, own_copy=plan == "copy-own")
+    compiled = torch.compile(lambda x: torch.nn.functional.silu(sparse(x)), dynamic=False)
     for tokens in (1, 7, 64, 300):  # decode, padded and unpadded prefill sizes
         x = torch.randn(2, tokens, 512, device="cuda", dtype=torch.float16)
         y = sparse(x)
         assert y.shape == (2, tokens, 256) and y.is_contiguous()
         torch.testing.assert_close(y, linear(x), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(compiled(x), torch.nn.functional.silu(linear(x)), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")
+@pytest.mark.parametrize("output_copy, own", [("attention", {"q_k_v": True, "gate_up": False, "o": False}),
+                                              ("none", {"q_k_v": False, "gate_up": False, "o": False}),
+                                              ("all", {"q_k_v": True, "gate_up": True, "o": True})])
+def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, monkeypatch):
+    """OUTPUT_COPY picks the products by role (a fused group by its members), and the 2:4
+    model on sparse kernels, compiled, gives the masked dense model's logits either way."""
+    from harness import sparse_kernels
+    from harness.fusion import fused_projections
+    from harness.sparse_kernels import SemiStructuredLinear, to_semi_structured
+
+    monkeypatch.setattr(sparse_kernels, "OUTPUT_COPY", output_copy)
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_cache=False)  # sizes the kernels tile
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float16).cuda().eval()
+    adapter = ModelAdapter(model)
+    for block in adapter.blocks:
+        for linear in adapter.linears(block).values():
+            with torch.no_grad():
+                linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    ids = torch.randint(0, model.config.vocab_size, (2, 64), device="cuda")
+    with torch.no_grad():
+        expected = model(ids).logits
+        with fused_projections(adapter, offload=False):
+            kernels = to_semi_structured(adapter)
+            block = adapter.blocks[0]
+            copies = {name.removeprefix("fused_").split(".")[0] if name.startswith("fused_") else
+                      name.split(".")[-1].removesuffix("_proj"): module.own_copy
+                      for name, module in block.named_modules() if isinstance(module, SemiStructuredLinear)}
+            assert {k: copies[k] for k in own} == own, copies
+            assert kernels["own_copy"] == sum(own.values()) * len(adapter.blocks)
+            logits = torch.compile(model, dynamic=False)(ids).logits
+    torch.testing.assert_close(logits, expected, rtol=5e-2, atol=5e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need a CUDA GPU")

@@ -60,6 +60,17 @@ for experiment in ${@:-prefill24}; do
       bench prefill-2-4 --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --profile
       bench prefill-2-4-transposed --methods sparsegpt --pattern 2:4 --phases prefill@8x2048 \
           --sparse-transposed-output ;;
+    copy)       # where each 2:4 product's column-major output becomes rows (--sparse-output-copy): inside
+                # inductor's fused consumer ("none"), in an op of its own for q/k/v ("attention", the default
+                # since 2026-12-04) or for every product ("all"). 2 blocks of the 7B shape, prefill@8x2048,
+                # each against dense in its own run. Session 9's profile of the full model with "none":
+                # RoPE + KV-cache kernels reading the transposed q/k/v took 67 ms of a 329 ms step
+      python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or q_k_v or row_copy" \
+          2>&1 | tail -30 | tee "$out/copy-tests.log" || true
+      for copy in none attention all; do
+        bench "copy-$copy" --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --layers 2 \
+            --sparse-output-copy "$copy" --profile
+      done ;;
     unfused)    # what fusing q/k/v and gate/up gives, decode and 2:4 prefill
       bench decode-unfused --methods dense --phases decode@1x512 --no-fuse
       bench prefill-2-4-unfused --methods dense,sparsegpt --pattern 2:4 --phases prefill@8x2048 --no-fuse ;;
