@@ -18,10 +18,11 @@ tensor subclass (torch ≤ 2.12 runs the first plan below under ``nn.functional.
   default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
   ("internal error when calling cusparseLtMatmulSearch"; `leaderboards/gpu/cusparselt_calls.py`).
 
-Measured 2026-12-03 on an H200 (2 blocks of the 7B shape, prefill@8x2048, compiled; each speedup
-over dense timed in the same run): transposed output 0.70× (its default algorithm runs split-K
-kernels, "segment_k_on", 54 % of the step); searched algorithms with the copy 1.45× (but that run
-shared the GPU with another job: its dense ran at 563k tokens/s against 722k alone; to re-measure).
+Measured on an H200 (prefill@8x2048, compiled; each speedup over dense timed in the same run):
+2 blocks of the 7B shape, transposed output 0.70× (its default algorithm runs split-K kernels,
+"segment_k_on", 54 % of the step); searched plan with the copy inside the consumers 1.12×, q/k/v
+copied on their own 1.29× (the default), every product copied on its own 1.26×; the whole 7B shape
+1.32× at prefill@8x2048 and 1.16× at decode@1x512 (``leaderboards/gpu/speed_llama-2-7b_h200.md``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ ALGORITHM_SEARCH = True  # see the module docstring; set per process by the spee
 #: is not for q/k/v: RoPE and the KV cache's ``index_copy_`` (an indirect store) fuse into one
 #: kernel that reads the transposed product one strided element at a time. Profiled
 #: 2026-12-03, H200, 7B prefill@8x2048: those kernels took 67 ms of a 329 ms 2:4 step at
-#: ~0.5 TB/s, against 13 ms for dense's RoPE kernel. Set per process by the speed bench.
+#: ~0.5 TB/s, against 13 ms for dense's RoPE kernel. "attention" measured best (2026-12-04,
+#: module docstring). Set per process by the speed bench.
 OUTPUT_COPY = "attention"
 
 
@@ -103,7 +105,9 @@ class SemiStructuredLinear(nn.Module):
         super().__init__()
         self.own_copy = own_copy  # the output's row-major copy as an op of its own (OUTPUT_COPY)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = linear.bias
+        # inference only: cuSPARSELt's product has no backward, and a bias that required grad made
+        # torch.compile trace a training graph through it (failed on the H200, 2026-12-04)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         weight = linear.weight.detach()
         if torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS:
             self.backend = "cutlass"

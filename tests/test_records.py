@@ -127,3 +127,17 @@ def test_real_model_tables_order_the_methods_as_the_papers_do(board):
     for method, target in average:
         if target == "0.3" and average.get((method, "0.5")) is not None:
             assert average[method, "0.5"] < average[method, "0.3"], method
+
+
+@pytest.mark.parametrize("board", ["gpu/speed_llama-2-7b_h200.md", "gpu/match_llama-2-7b_h200.md"])
+def test_committed_speed_tables_show_their_json_rows(board):
+    """A 7B speed table (its runs' tables, one under another) shows exactly the rows of the JSON
+    beside it as `harness bench table` formats them, under the header that names the baseline."""
+    from harness.bench import format_speed_rows, speed_header
+
+    rows = json.loads((BOARDS / board).with_suffix(".json").read_text())
+    stored = (BOARDS / board).read_text()
+    assert speed_header(rows) in stored and "torch.compile" in speed_header(rows)
+    header, *fresh = _table_rows(format_speed_rows(rows))
+    shown = [row for row in _table_rows(stored) if row != header]
+    assert sorted(shown) == sorted(fresh)

@@ -5,7 +5,8 @@
 # JSON rows land in $OUT. Each row costs ~60 s on an H200 (compile 24–36 s of it): a 10-minute
 # call holds about 8 rows: run `gpu-check` first, then `prefill24` (3 rows) and `decode` (4 rows,
 # autotuning last: it compiles longest) in a call, then `full-decode`, `full-prefill` and
-# `full-match` in a call each.
+# `full-match` in a call each, `full-match-2-4` with `full-prefill` (the tables of 2026-12-04 took
+# 1,662 s of device time: `copy full-prefill` 496 s, `full-decode` 301 s, the matches 575 + 192 s).
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -63,7 +64,8 @@ for experiment in ${@:-prefill24}; do
     copy)       # where each 2:4 product's column-major output becomes rows (--sparse-output-copy): inside
                 # inductor's fused consumer ("none"), in an op of its own for q/k/v ("attention", the default
                 # since 2026-12-04) or for every product ("all"). 2 blocks of the 7B shape, prefill@8x2048,
-                # each against dense in its own run. Session 9's profile of the full model with "none":
+                # each against dense in its own run (2026-12-04, H200: none 1.118x, attention 1.285x, all
+                # 1.258x; the full 7B shape with "attention": 1.32x). Session 9's profile of the full model with "none":
                 # RoPE + KV-cache kernels reading the transposed q/k/v took 67 ms of a 329 ms step
       python3 -m pytest -q -p no:cacheprovider tests/test_throughput.py -k "semi_structured or q_k_v or row_copy" \
           2>&1 | tail -30 | tee "$out/copy-tests.log" || true
@@ -81,7 +83,10 @@ for experiment in ${@:-prefill24}; do
     full-prefill)  # 4 rows: with `decode` or `prefill24` in one call
       BENCH_S=${BENCH_S:-300} bench speed-prefill --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
           --phases prefill@8x2048 ;;
-    full-match)    # the matched 1.25x prefill search for every method, one call
-      BENCH_S=${BENCH_S:-570} bench match-full --methods dense,slicegpt,intraslice,sparsegpt --match speedup:1.25 --phases prefill@8x2048 ;;
+    full-match)    # the matched 1.25x prefill search for the structured methods, one call (2026-12-04: 575 s
+                   # with 2:4 in it, cut after the 2:4 probe: 2:4 has a call of its own, `full-match-2-4`)
+      BENCH_S=${BENCH_S:-570} bench match-full --methods dense,slicegpt,intraslice --match speedup:1.25 --phases prefill@8x2048 ;;
+    full-match-2-4)  # 2:4 at the same target: one probe at r = 0.5 and its row (2026-12-04: 192 s)
+      BENCH_S=${BENCH_S:-300} bench match-2-4 --methods dense,sparsegpt --pattern 2:4 --match speedup:1.25 --phases prefill@8x2048 ;;
   esac
 done
