@@ -97,8 +97,9 @@ class SemiStructuredLinear(nn.Module):
 
     cuSPARSELt (the default backend): the compressed weight is a plain buffer, ``packed``, and
     each forward is one ``torch._cslt_sparse_mm`` with this module's plan: ``transpose_result``
-    and ``config``, the algorithm and split-K keywords the search chose (module docstring). CUTLASS (``--sparse-backend cutlass``, compute
-    capability 8.x only): torch's semi-structured tensor as the weight, under ``linear``.
+    and ``config``, the algorithm and split-K keywords the search chose (module docstring).
+    CUTLASS (``--sparse-backend cutlass``, compute capability 8.x only): torch's semi-structured
+    tensor as the weight, under ``linear``. Inference only: nothing in it is trainable.
     """
 
     def __init__(self, linear: nn.Linear, own_copy: bool = False):
