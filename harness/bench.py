@@ -167,7 +167,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "cuda_graph": result["cuda_graph"],
                "compiled": result["compiled"], "compile_mode": result.get("compile_mode"),
                "compile_scope": result.get("compile_scope"), "inductor_options": result.get("inductor_options"),
-               "compile_s": result.get("compile_s"),
+               "compile_s": result.get("compile_s"), "attention_kernel": result.get("attention_kernel"),
                "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
@@ -226,6 +226,8 @@ def speed_header(rows: list[dict]) -> str:
                     + (f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else "") + ")")
     else:
         baseline = "eager blocks"
+    if first.get("attention_kernel"):
+        baseline += f", SDPA on {first['attention_kernel']}"
     baseline += ", then one CUDA graph per step" if first.get("cuda_graph") else ", no CUDA graph"
     if first.get("fused_groups"):
         baseline += "; q/k/v and gate/up fused as serving engines store them"
@@ -234,9 +236,13 @@ def speed_header(rows: list[dict]) -> str:
     lines = [(f"{where}; e" if where else "E") + "very speedup is over dense measured in the same run.",
              f"Baseline: {baseline}."]
     if first.get("bandwidth_gbs") or first.get("peak_tflops"):
-        lines.append(f"Ceilings: copy bandwidth {first.get('bandwidth_gbs') or 0:.0f} GB/s (decode `roofline`), "
-                     f"fp16 matmul peak {first.get('peak_tflops') or 0:.0f} TFLOPS (prefill `peak_frac`), measured.")
-    if len(seen("compiled")) > 1 or len(seen("compile_scope")) > 1 or len(seen("inductor_options")) > 1:
+        def ceiling(key):  # each run measures its own: rows from several runs list each value
+            return " / ".join(dict.fromkeys(f"{r.get(key) or 0:.0f}" for r in rows))
+        several = len({(r.get("bandwidth_gbs"), r.get("peak_tflops")) for r in rows}) > 1
+        lines.append(f"Ceilings: copy bandwidth {ceiling('bandwidth_gbs')} GB/s (decode `roofline`), "
+                     f"fp16 matmul peak {ceiling('peak_tflops')} TFLOPS (prefill `peak_frac`), measured"
+                     + (" by each run for its own rows." if several else "."))
+    if any(len(seen(key)) > 1 for key in ("compiled", "compile_scope", "inductor_options", "attention_kernel")):
         lines.append("Rows differ in their compile settings: see each row's compile columns.")
     return "\n".join(lines)
 

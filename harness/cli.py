@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--inductor", metavar="KEY=VALUE", action="append", type=_inductor_option, default=[],
                        help="an inductor setting while the step compiles (torch._inductor.config; repeatable), "
                             "e.g. coordinate_descent_tuning=true as gpt-fast sets it")
+    speed.add_argument("--attention-kernel", choices=["flash_attention", "efficient_attention", "cudnn_attention", "math"],
+                       help="the SDPA kernel every step must use (default: torch's choice, cuDNN's on Hopper)")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
@@ -332,6 +334,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         # settings of this process, which measures nothing else
         compilation.COMPILE_SCOPE = args.compile_scope
         compilation.INDUCTOR_OPTIONS = dict(args.inductor)
+        compilation.ATTENTION_KERNEL = args.attention_kernel
         compilation.use_compile_cache(DEFAULT_CACHE)
         # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"

@@ -23,16 +23,50 @@ if TYPE_CHECKING:
 COMPILE_MODE = "default"
 #: What torch.compile compiles (see ``compiled_step``): "step", the whole serving step as one
 #: graph (the scope every committed GPU figure was measured with), or "blocks", each decoder
-#: block on its own (PyTorch's regional compilation: less compile time; its GPU speed against
-#: "step" is measured by leaderboards/gpu/speed_experiments.sh before it may become the default).
+#: block on its own (PyTorch's regional compilation: on an H200 the 7B shape's three dense phases
+#: compile in 60 s instead of 98 s, but decode@1x512 runs 3 % slower, a baseline that flatters
+#: every method; leaderboards/gpu/speed_llama-2-7b_h200.md).
 COMPILE_SCOPE = "step"
 #: Inductor settings patched in while a step compiles (``torch._inductor.config`` names, e.g.
-#: gpt-fast's ``coordinate_descent_tuning``); set by ``harness bench speed --inductor``.
+#: gpt-fast's ``coordinate_descent_tuning``); set by ``harness bench speed --inductor``. They
+#: override ``HOPPER_OPTIONS``.
 INDUCTOR_OPTIONS: dict = {}
+#: Settings every step compiled for a Hopper (or newer) GPU gets: programmatic dependent launch,
+#: each Triton kernel starting while its predecessor drains, which hides part of the launch gap
+#: between a decode step's ~10 small kernels per block (H200, Llama-2-7B decode@1x512, compiled
+#: step: 73.8 % of the HBM roofline without, 77.3 % with; leaderboards/gpu/runs/README.md).
+HOPPER_OPTIONS: dict = {"triton.enable_pdl": True}
+#: The attention kernel SDPA must use while a step compiles and runs: None leaves torch's own
+#: choice (cuDNN's flash kernel on Hopper), else a name of ``torch.nn.attention.SDPBackend``
+#: in lower case ("flash_attention", "efficient_attention", "cudnn_attention", "math");
+#: set by ``harness bench speed --attention-kernel``. Inductor fixes the kernel when it traces.
+ATTENTION_KERNEL: str | None = None
+ATTENTION_KERNELS = ("flash_attention", "efficient_attention", "cudnn_attention", "math")
+
+
+def attention_kernel() -> contextlib.AbstractContextManager:
+    """A context in which SDPA uses only ``ATTENTION_KERNEL`` (nothing changes when it is None)."""
+    if ATTENTION_KERNEL is None:
+        return contextlib.nullcontext()
+    if ATTENTION_KERNEL not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {ATTENTION_KERNEL!r}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, ATTENTION_KERNEL.upper()))
+
+
+def inductor_options(device: torch.device) -> dict:
+    """The inductor settings a step compiled for ``device`` gets: ``HOPPER_OPTIONS`` on
+    compute capability 9 and up (those this torch's inductor has), then ``INDUCTOR_OPTIONS``."""
+    from torch._inductor import config as inductor_config
+
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    known = inductor_config.get_config_copy()
+    return {**{k: v for k, v in HOPPER_OPTIONS.items() if hopper and k in known}, **INDUCTOR_OPTIONS}
 
 
 @contextlib.contextmanager
-def compiled_step(step: ServingStep, mode: str, scope: str):
+def compiled_step(step: ServingStep, mode: str, scope: str, options: dict | None = None):
     """``step`` compiled by inductor in ``mode``, ready to run (its first call compiles).
 
     Scope "blocks" compiles each decoder block where it sits (``nn.Module.compile``) and leaves
@@ -45,6 +79,7 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
     The CUDA graph captured around the step hides the eager glue's launches either way; what the
     block scope gives up is fusing one block's last add with the next block's first norm.
     Scope "step" compiles the whole step as one graph. Blocks are restored on exit.
+    ``options`` are inductor settings patched in meanwhile (default: ``INDUCTOR_OPTIONS``).
     """
     # Every step shares ServingStep.__call__'s (and every block its class's) code object, so
     # dynamo would guard each new model and shape as a recompile of one function: start each
@@ -54,7 +89,7 @@ def compiled_step(step: ServingStep, mode: str, scope: str):
     torch._dynamo.reset()
     from torch._inductor import config as inductor_config
 
-    with inductor_config.patch(INDUCTOR_OPTIONS):  # compiles happen on calls, inside
+    with inductor_config.patch(INDUCTOR_OPTIONS if options is None else options):  # compiles happen on calls, inside
         if scope == "step":
             yield torch.compile(step, mode=mode, dynamic=False)
         else:

@@ -22,7 +22,7 @@ Measured on an H200 (prefill@8x2048, compiled; each speedup over dense timed in 
 2 blocks of the 7B shape, transposed output 0.70× (its default algorithm runs split-K kernels,
 "segment_k_on", 54 % of the step); searched plan with the copy inside the consumers 1.12×, q/k/v
 copied on their own 1.29× (the default), every product copied on its own 1.26×; the whole 7B shape
-1.32× at prefill@8x2048 and 1.16× at decode@1x512 (``leaderboards/gpu/speed_llama-2-7b_h200.md``).
+1.31× at prefill@8x2048 and 1.16× at decode@1x512 (``leaderboards/gpu/speed_llama-2-7b_h200.md``).
 """
 
 from __future__ import annotations

@@ -272,11 +272,13 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     inductor builds C++ for minutes and nobody serves from). ``compilation.COMPILE_MODE`` is inductor's
     default mode: max-autotune took over 5 minutes for three phases of two models; the
     compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
-    (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph). ``profile`` adds ``profile_step``'s table of the
+    (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph); its inductor settings are
+    ``compilation.inductor_options(device)``, and SDPA runs on ``compilation.ATTENTION_KERNEL``
+    when one is set. ``profile`` adds ``profile_step``'s table of the
     compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
     mode = compile if isinstance(compile, str) else compilation.COMPILE_MODE
-    scope, options = compilation.COMPILE_SCOPE, compilation.INDUCTOR_OPTIONS
+    scope, options = compilation.COMPILE_SCOPE, compilation.inductor_options(device)
     compile = device.type == "cuda" if compile is None else bool(compile)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -286,7 +288,9 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     with torch.no_grad():
         for group in fused_groups(adapter.model):
             group.counting, group.products = True, 0
-        step = ServingStep.for_spec(adapter, spec, device)
+        step = ServingStep.for_spec(adapter, spec, device)  # a decode step's prompt fills the cache here
+    # the timed step alone on the chosen attention kernel (flash refuses the prompt's mask)
+    with torch.no_grad(), compilation.attention_kernel():
         step()  # allocates the cache (prefill) and checks the step runs
         fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
         with contextlib.ExitStack() as stack:
@@ -294,7 +298,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
             if compile:
                 try:
                     start = time.perf_counter()
-                    compiled = stack.enter_context(compilation.compiled_step(step, mode, scope))
+                    compiled = stack.enter_context(compilation.compiled_step(step, mode, scope, options))
                     compiled()
                     compile_s = time.perf_counter() - start
                 except Exception as error:  # report it and measure the eager step
@@ -317,6 +321,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
         "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
         "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
+        "attention_kernel": compilation.ATTENTION_KERNEL,
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

@@ -396,6 +396,43 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
         _inductor_option("no_such_setting=1")
 
 
+def test_hopper_steps_compile_with_programmatic_dependent_launch_unless_told_otherwise(monkeypatch):
+    from harness import compilation
+
+    gpu = torch.device("cuda", 0)
+    for capability, expected in (((9, 0), {"triton.enable_pdl": True}), ((8, 0), {})):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert compilation.inductor_options(gpu) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(compilation, "INDUCTOR_OPTIONS", {"triton.enable_pdl": False, "coordinate_descent_tuning": True})
+    assert compilation.inductor_options(gpu) == {"triton.enable_pdl": False, "coordinate_descent_tuning": True}
+    assert compilation.inductor_options(torch.device("cpu")) == compilation.INDUCTOR_OPTIONS
+
+
+def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(monkeypatch):
+    from harness import compilation
+    from harness.bench import speed_header
+    from harness.cli import build_parser
+
+    model = tiny_model("llama3")
+    model.config._attn_implementation = "sdpa"  # the tiny models attend eagerly; a served one through SDPA
+    adapter = ModelAdapter(model)
+    spec, cpu = SpeedSpec.parse("decode@1x8"), torch.device("cpu")
+    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "math")
+    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    assert result["attention_kernel"] == "math"
+    assert "SDPA on math" in speed_header([{**result, "method": "dense", "compiled": False}])
+    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "efficient_attention")  # none on a CPU: SDPA refuses
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="attention kernel must be one of"):
+        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["bench"]
+                   ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "attention_kernel")
+    assert tuple(choices) == compilation.ATTENTION_KERNELS
+
+
 def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -433,7 +470,10 @@ def test_a_speed_table_says_what_it_was_measured_against(tmp_path, capsys):
     assert "NVIDIA H200, float16, torch 2.11.0" in header
     assert "inductor mode default, scope blocks, coordinate_descent_tuning=True" in header
     assert "one CUDA graph per step" in header and "fused" in header and "4254 GB/s" in header
-    assert "Rows differ" not in header
+    assert "Rows differ" not in header and "4254 GB/s (decode `roofline`), fp16 matmul peak 744 TFLOPS" in header
+    other_run = {**row, "bandwidth_gbs": 4231.2, "peak_tflops": 777.0}
+    assert ("copy bandwidth 4254 / 4231 GB/s (decode `roofline`), fp16 matmul peak 744 / 777 TFLOPS (prefill "
+            "`peak_frac`), measured by each run for its own rows.") in speed_header([row, other_run])
     eager = {**row, "compiled": False, "phase": "prefill@8x2048", "tokens_per_s": 42430.9}
     assert "Rows differ in their compile settings" in speed_header([row, eager])
     assert speed_header([eager]).splitlines()[1].startswith("Baseline: eager blocks, then one CUDA graph")

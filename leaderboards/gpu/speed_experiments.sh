@@ -6,7 +6,8 @@
 # call holds about 8 rows: run `gpu-check` first, then `prefill24` (3 rows) and `decode` (4 rows,
 # autotuning last: it compiles longest) in a call, then `full-decode`, `full-prefill` and
 # `full-match` in a call each, `full-match-2-4` with `full-prefill` (the tables of 2026-12-04 took
-# 1,662 s of device time: `copy full-prefill` 496 s, `full-decode` 301 s, the matches 575 + 192 s).
+# 1,662 s of device time: `copy full-prefill` 496 s, `full-decode` 301 s, the matches 575 + 192 s;
+# with PDL, session 12: `full-decode` was cut at 330 s before its 2:4 rows: give it a call alone).
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -47,6 +48,25 @@ for experiment in ${@:-prefill24}; do
       # on CUDA, never a GEMV; not `coordinate_descent_tuning` alone: tried 2026-12-03b, 226.9
       # tok/s = 71.9 % against 72.5 % without it (session 6's row), compile 71 s against 36 s)
       bench decode-pdl --methods dense --phases decode@1x512 --inductor triton.enable_pdl=true ;;
+    roofline)   # dense decode@1x512 against the roofline in the default (step) scope: its per-op profile and
+                # Hopper's programmatic dependent launch (each Triton kernel starts while its predecessor
+                # drains; inductor's `triton.enable_pdl`), two rows, ~2 min (2026-12-04: 73.8 % without,
+                # 77.3 % with: PDL is the default on Hopper since, so the first row turns it off)
+      bench decode-profile --methods dense --phases decode@1x512 --profile --inductor triton.enable_pdl=false
+      bench decode-pdl --methods dense --phases decode@1x512 --inductor triton.enable_pdl=true ;;
+    attention)  # dense decode@1x512's attention (cuDNN's flash kernel by torch's choice: 0.28 ms of the 4.32 ms
+                # step for 0.25 GiB of cache, 22 % of copy bandwidth) against SDPA's other kernels, each with
+                # PDL (77.3 % of the roofline on cuDNN, 2026-12-04); the flash row prefills too; and 2:4 on
+                # 2 blocks with PDL, so that the tables' call cannot die of it (~5 min). 2026-12-04:
+                # memory-efficient 69.6 %, math 69.6 %; flash died of the prompt's mask (fixed since,
+                # not re-run); 2:4 with PDL 1.14x decode, 1.30x prefill
+      for kernel in flash_attention efficient_attention math; do
+        phases=decode@1x512; [ $kernel = flash_attention ] && phases=decode@1x512,prefill@8x2048
+        bench "attention-$kernel" --methods dense --phases $phases --inductor triton.enable_pdl=true \
+            --attention-kernel $kernel
+      done
+      bench attention-pdl-2-4 --methods dense,sparsegpt --pattern 2:4 --layers 2 --inductor triton.enable_pdl=true \
+          --phases decode@1x512,prefill@8x2048 ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
