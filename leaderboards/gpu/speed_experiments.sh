@@ -67,6 +67,11 @@ for experiment in ${@:-prefill24}; do
       done
       bench attention-pdl-2-4 --methods dense,sparsegpt --pattern 2:4 --layers 2 --inductor triton.enable_pdl=true \
           --phases decode@1x512,prefill@8x2048 ;;
+    flash)      # the row `attention` lost: SDPA pinned to flash. Upstream FlashAttention-2 splits the cache
+                # across SMs (split-KV) when heads × query blocks leave SMs idle, as decode@1x512's 32 × 1 do;
+                # whether torch's build of it does is what this row shows (cuDNN's kernel spends 0.28 ms per
+                # step reading 0.06 ms worth of cache); decode, then prefill (~90 s)
+      bench attention-flash --methods dense --phases decode@1x512,prefill@8x2048 --attention-kernel flash_attention ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
