@@ -236,12 +236,12 @@ def speed_header(rows: list[dict]) -> str:
     lines = [(f"{where}; e" if where else "E") + "very speedup is over dense measured in the same run.",
              f"Baseline: {baseline}."]
     if first.get("bandwidth_gbs") or first.get("peak_tflops"):
-        def ceiling(key):  # each run measures its own: rows from several runs list each value
-            return " / ".join(dict.fromkeys(f"{r.get(key) or 0:.0f}" for r in rows))
-        several = len({(r.get("bandwidth_gbs"), r.get("peak_tflops")) for r in rows}) > 1
-        lines.append(f"Ceilings: copy bandwidth {ceiling('bandwidth_gbs')} GB/s (decode `roofline`), "
-                     f"fp16 matmul peak {ceiling('peak_tflops')} TFLOPS (prefill `peak_frac`), measured"
-                     + (" by each run for its own rows." if several else "."))
+        # each run measures its own ceilings: rows from several runs list each value
+        bandwidth, peak = (" / ".join(dict.fromkeys(f"{r.get(key) or 0:.0f}" for r in rows))
+                           for key in ("bandwidth_gbs", "peak_tflops"))
+        lines.append(f"Ceilings: copy bandwidth {bandwidth} GB/s (decode `roofline`), fp16 matmul peak {peak} "
+                     "TFLOPS (prefill `peak_frac`), measured"
+                     + (" by each run for its own rows." if " / " in bandwidth + peak else "."))
     if any(len(seen(key)) > 1 for key in ("compiled", "compile_scope", "inductor_options", "attention_kernel")):
         lines.append("Rows differ in their compile settings: see each row's compile columns.")
     return "\n".join(lines)
