@@ -168,6 +168,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "compiled": result["compiled"], "compile_mode": result.get("compile_mode"),
                "compile_scope": result.get("compile_scope"), "inductor_options": result.get("inductor_options"),
                "compile_s": result.get("compile_s"), "attention_kernel": result.get("attention_kernel"),
+               "decode_kernels": result.get("decode_kernels"), "gemv_kernels": result.get("gemv_kernels"),
                "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
@@ -228,6 +229,9 @@ def speed_header(rows: list[dict]) -> str:
         baseline = "eager blocks"
     if first.get("attention_kernel"):
         baseline += f", SDPA on {first['attention_kernel']}"
+    if first.get("decode_kernels") == "triton":
+        baseline += (", each one-row product shape on the faster of harness.decode_kernels' Triton GEMV "
+                     "and cuBLAS (row `gemv_kernels`)")
     baseline += ", then one CUDA graph per step" if first.get("cuda_graph") else ", no CUDA graph"
     if first.get("fused_groups"):
         baseline += "; q/k/v and gate/up fused as serving engines store them"
@@ -242,7 +246,8 @@ def speed_header(rows: list[dict]) -> str:
         lines.append(f"Ceilings: copy bandwidth {bandwidth} GB/s (decode `roofline`), fp16 matmul peak {peak} "
                      "TFLOPS (prefill `peak_frac`), measured"
                      + (" by each run for its own rows." if " / " in bandwidth + peak else "."))
-    if any(len(seen(key)) > 1 for key in ("compiled", "compile_scope", "inductor_options", "attention_kernel")):
+    if any(len(seen(key)) > 1 for key in ("compiled", "compile_scope", "inductor_options", "attention_kernel",
+                                            "decode_kernels")):
         lines.append("Rows differ in their compile settings: see each row's compile columns.")
     return "\n".join(lines)
 

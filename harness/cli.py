@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "e.g. coordinate_descent_tuning=true as gpt-fast sets it")
     speed.add_argument("--attention-kernel", choices=["flash_attention", "efficient_attention", "cudnn_attention", "math"],
                        help="the SDPA kernel every step must use (default: torch's choice, cuDNN's on Hopper)")
+    speed.add_argument("--decode-kernels", choices=["triton", "torch"], default="triton",
+                       help="whose kernels run decode's one-row products on a GPU: 'triton' (default), the faster "
+                            "per weight shape of harness.decode_kernels' Triton GEMV and cuBLAS, timed when first "
+                            "seen; 'torch': cuBLAS alone")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")
@@ -335,6 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compilation.COMPILE_SCOPE = args.compile_scope
         compilation.INDUCTOR_OPTIONS = dict(args.inductor)
         compilation.ATTENTION_KERNEL = args.attention_kernel
+        compilation.DECODE_KERNELS = args.decode_kernels
         compilation.use_compile_cache(DEFAULT_CACHE)
         # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"

@@ -42,6 +42,12 @@ HOPPER_OPTIONS: dict = {"triton.enable_pdl": True}
 #: set by ``harness bench speed --attention-kernel``. Inductor fixes the kernel when it traces.
 ATTENTION_KERNEL: str | None = None
 ATTENTION_KERNELS = ("flash_attention", "efficient_attention", "cudnn_attention", "math")
+#: Whose kernel runs a decode step's one-row products on a GPU: "triton", the faster per weight shape
+#: of ``harness.decode_kernels``' GEMV and cuBLAS (as serving engines ship their own; H200,
+#: Llama-2-7B decode@1x512: 81.1 % of the HBM roofline against 77.5 % on cuBLAS alone), or "torch"
+#: (cuBLAS). Set by ``harness bench speed --decode-kernels``.
+DECODE_KERNELS = "triton"
+DECODE_KERNEL_CHOICES = ("torch", "triton")
 
 
 def attention_kernel() -> contextlib.AbstractContextManager:
@@ -53,6 +59,22 @@ def attention_kernel() -> contextlib.AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, ATTENTION_KERNEL.upper()))
+
+
+def decode_kernels(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which a step's one-row products run on ``DECODE_KERNELS``'s kernel (nothing
+    changes for "torch", or off a GPU, where Triton has no target)."""
+    if DECODE_KERNELS not in DECODE_KERNEL_CHOICES:
+        raise ValueError(f"decode kernels must be one of {', '.join(DECODE_KERNEL_CHOICES)}, got {DECODE_KERNELS!r}")
+    if DECODE_KERNELS == "torch" or device.type != "cuda":
+        return contextlib.nullcontext()
+    from harness import decode_kernels
+
+    if not decode_kernels.AVAILABLE:
+        raise RuntimeError("the Triton GEMV needs the triton package (torch's CUDA builds install it); "
+                           "--decode-kernels torch measures on cuBLAS instead")
+
+    return decode_kernels.routed()
 
 
 def inductor_options(device: torch.device) -> dict:

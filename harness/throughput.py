@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness import compilation, hookimpl
+from harness import compilation, decode_kernels, hookimpl
 from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 from harness.fusion import FusionError, check_one_product_per_step, fused_groups, fused_projections
@@ -274,7 +274,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
     (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph); its inductor settings are
     ``compilation.inductor_options(device)``, and SDPA runs on ``compilation.ATTENTION_KERNEL``
-    when one is set. ``profile`` adds ``profile_step``'s table of the
+    when one is set; ``compilation.DECODE_KERNELS`` picks whose kernel runs one-row products. ``profile`` adds ``profile_step``'s table of the
     compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
     mode = compile if isinstance(compile, str) else compilation.COMPILE_MODE
@@ -284,13 +284,15 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        gpu = device.index if device.index is not None else torch.cuda.current_device()
+        decode_kernels.PEAK_BEFORE_TIMING.pop(gpu, None)
     repeats = repeats or (20 if spec.phase == "prefill" else 100)
     with torch.no_grad():
         for group in fused_groups(adapter.model):
             group.counting, group.products = True, 0
         step = ServingStep.for_spec(adapter, spec, device)  # a decode step's prompt fills the cache here
-    # the timed step alone on the chosen attention kernel (flash refuses the prompt's mask)
-    with torch.no_grad(), compilation.attention_kernel():
+    # the timed step alone on the chosen kernels (flash refuses the prompt's mask)
+    with torch.no_grad(), compilation.attention_kernel(), compilation.decode_kernels(device) as gemv_kernels:
         step()  # allocates the cache (prefill) and checks the step runs
         fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
         with contextlib.ExitStack() as stack:
@@ -322,9 +324,12 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
         "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
         "attention_kernel": compilation.ATTENTION_KERNEL,
+        "decode_kernels": compilation.DECODE_KERNELS if device.type == "cuda" else "torch",
+        "gemv_kernels": dict(gemv_kernels) if gemv_kernels else None,  # one-row product shape → kernel
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
-        "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))
+                       if device.type == "cuda" else None),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     if ops is not None:

@@ -6,11 +6,15 @@ tokenizer is trained on the spot, and data files are written to a temporary dire
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels (harness.decode_kernels) run in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

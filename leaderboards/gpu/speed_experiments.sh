@@ -7,7 +7,8 @@
 # autotuning last: it compiles longest) in a call, then `full-decode`, `full-prefill` and
 # `full-match` in a call each, `full-match-2-4` with `full-prefill` (the tables of 2026-12-04 took
 # 1,662 s of device time: `copy full-prefill` 496 s, `full-decode` 301 s, the matches 575 + 192 s;
-# with PDL, session 12: `full-decode` was cut at 330 s before its 2:4 rows: give it a call alone).
+# with PDL, session 12: `full-decode` was cut at 330 s before its 2:4 rows: give it a call alone;
+# session 13: `full-decode` 355 s, `full-decode1` 232 s, `decode-kernels` 160-254 s).
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
@@ -72,6 +73,13 @@ for experiment in ${@:-prefill24}; do
                 # whether torch's build of it does is what this row shows (cuDNN's kernel spends 0.28 ms per
                 # step reading 0.06 ms worth of cache); decode, then prefill (~90 s)
       bench attention-flash --methods dense --phases decode@1x512,prefill@8x2048 --attention-kernel flash_attention ;;
+    decode-kernels)  # harness.decode_kernels' Triton GEMV against cuBLAS: the GPU tests, the per-product bench
+                # (tile settings), then dense decode@1x512 on it (~3 min)
+      python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernels.py 2>&1 | tail -30 \
+          | tee "$out/decode-kernels-tests.log" || true
+      timeout 200 python3 leaderboards/gpu/decode_kernels_bench.py 2>&1 | tee "$out/decode-kernels-bench.log" || true
+      [ -n "${WITH_TORCH:-}" ] && bench decode-torch --methods dense --phases decode@1x512,decode@16x512
+      bench decode-triton --methods dense --phases decode@1x512 --decode-kernels triton --profile ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
@@ -105,6 +113,11 @@ for experiment in ${@:-prefill24}; do
                    # 8 rows, one call
       BENCH_S=${BENCH_S:-570} bench speed-decode --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
           --phases decode@1x512,decode@16x512 ;;
+    full-decode1)  # the decode@1x512 rows of the tables alone, after the GPU tests of harness.decode_kernels
+                   # (4 rows, ~4 min: the decode@16x512 rows have no one-row product)
+      python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernels.py 2>&1 | tail -5 | tee "$out/decode-kernels-tests.log" || true
+      BENCH_S=${BENCH_S:-300} bench speed-decode1 --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
+          --phases decode@1x512 ;;
     full-prefill)  # 4 rows: with `decode` or `prefill24` in one call
       BENCH_S=${BENCH_S:-300} bench speed-prefill --methods dense,slicegpt,intraslice,sparsegpt --ratio 0.25 --pattern 2:4 \
           --phases prefill@8x2048 ;;
