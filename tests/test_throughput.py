@@ -433,6 +433,28 @@ def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(mon
     assert tuple(choices) == compilation.ATTENTION_KERNELS
 
 
+def test_the_decode_kernel_setting_is_checked_recorded_and_offered(monkeypatch):
+    from harness import compilation
+    from harness.bench import speed_header
+    from harness.cli import build_parser
+
+    adapter, spec, cpu = ModelAdapter(tiny_model("llama3")), SpeedSpec.parse("decode@1x8"), torch.device("cpu")
+    assert compilation.DECODE_KERNELS == "triton"  # the default: the faster of the GEMV and cuBLAS per shape
+    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    assert result["decode_kernels"] == "torch" and result["gemv_kernels"] is None  # no Triton target on a CPU
+    monkeypatch.setattr(compilation, "DECODE_KERNELS", "cutlass")
+    with pytest.raises(ValueError, match="decode kernels must be one of"):
+        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    row = {"method": "dense", "compiled": True, "cuda_graph": True, "decode_kernels": "triton"}
+    assert "faster of harness.decode_kernels' Triton GEMV and cuBLAS" in speed_header([row])
+    assert "Triton GEMV" not in speed_header([{**row, "decode_kernels": "torch"}])
+    assert "Rows differ" in speed_header([row, {**row, "decode_kernels": "torch"}])
+    speed = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]
+                 ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "decode_kernels")
+    assert tuple(sorted(speed.choices)) == tuple(sorted(compilation.DECODE_KERNEL_CHOICES))
+    assert speed.default == "triton"
+
+
 def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
