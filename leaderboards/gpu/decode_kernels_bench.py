@@ -23,7 +23,12 @@ from harness.throughput import memory_bandwidth
 
 LAYERS = 32
 PRODUCTS = {"q/k/v": (12288, 4096), "o_proj": (4096, 4096), "gate/up": (22016, 4096),
-            "down_proj": (4096, 11008), "lm_head": (32000, 4096)}
+            "down_proj": (4096, 11008), "lm_head": (32000, 4096),
+            # the r = 0.25 shapes of SliceGPT and IntraSlice (their rows' `gemv_kernels`), where the
+            # step chose cuBLAS for some: where the GEMV's tile rule leaves bandwidth unused
+            "SliceGPT q/k/v": (12288, 2752), "SliceGPT o_proj": (2752, 4096), "SliceGPT gate/up": (22016, 2752),
+            "SliceGPT down_proj": (2752, 11008), "IntraSlice q/k/v": (9216, 4096), "IntraSlice o_proj": (4096, 3072),
+            "IntraSlice gate/up": (16496, 4096), "IntraSlice down_proj": (4096, 8248)}
 CONFIGS = [(16, 1024, 8), (8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 1024, 8), (16, 2048, 8), (8, 1024, 8),
            (16, 1024, 16), (32, 2048, 16), (4, 512, 4)]
 
