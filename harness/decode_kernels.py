@@ -89,8 +89,9 @@ def gemv_config(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
 
 
 def programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels launch as programmatic dependents (Hopper and newer GPUs)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    """Whether kernels launch as programmatic dependents (NVIDIA Hopper and newer; ROCm reports
+    capabilities ≥ 9 too, but has no ``griddepcontrol``)."""
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -95,3 +95,12 @@ def test_each_shape_takes_the_kernel_it_was_timed_faster_on():
     decode_kernels.faster_kernel(x, small, None)
     assert torch.cuda.max_memory_allocated() < before + 8 * 2**20
     assert decode_kernels.PEAK_BEFORE_TIMING[torch.cuda.current_device()] >= before
+
+
+def test_programmatic_launch_is_asked_for_only_where_the_gpu_has_it(monkeypatch):
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    for capability, expected in (((8, 0), False), ((9, 0), True), ((10, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert decode_kernels.programmatic_launch(gpu) is expected
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm reports gfx94x as 9.4 but has no griddepcontrol
+    assert not decode_kernels.programmatic_launch(gpu) and not decode_kernels.programmatic_launch(cpu)
