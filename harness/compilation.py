@@ -70,20 +70,22 @@ def decode_kernels(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from harness import decode_kernels
 
-    if not decode_kernels.AVAILABLE:
-        raise RuntimeError("the Triton GEMV needs the triton package (torch's CUDA builds install it); "
-                           "--decode-kernels torch measures on cuBLAS instead")
-
     return decode_kernels.routed()
 
 
+def programmatic_launch(device: torch.device) -> bool:
+    """Whether kernels on ``device`` can launch as programmatic dependents (NVIDIA Hopper and
+    newer; ROCm reports capabilities ≥ 9 too, but has no ``griddepcontrol``)."""
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def inductor_options(device: torch.device) -> dict:
-    """The inductor settings a step compiled for ``device`` gets: ``HOPPER_OPTIONS`` on
-    compute capability 9 and up (those this torch's inductor has), then ``INDUCTOR_OPTIONS``."""
+    """The inductor settings a step compiled for ``device`` gets: ``HOPPER_OPTIONS`` where kernels
+    launch as programmatic dependents (those this torch's inductor has), then ``INDUCTOR_OPTIONS``."""
     from torch._inductor import config as inductor_config
 
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
     known = inductor_config.get_config_copy()
+    hopper = programmatic_launch(device)
     return {**{k: v for k, v in HOPPER_OPTIONS.items() if hopper and k in known}, **INDUCTOR_OPTIONS}
 
 

@@ -18,9 +18,9 @@ step use the same mechanism (``triton.enable_pdl``).
 The GEMV does not win everywhere: cuBLAS was faster in the step on the 7B down_proj and on
 several of IntraSlice's and SliceGPT's narrower shapes. ``one_row_linear`` therefore runs each
 weight shape on whichever of the two computed it faster when the shape was first seen
-(``faster_kernel``), as an autotuning engine would; ``gemv`` is the GEMV alone. Both are custom
-ops, opaque to inductor (which cannot launch a kernel with PDL, nor fuse into one); ``routed()``
-sends the eligible ``F.linear`` calls to ``one_row_linear`` while a step is traced: one row, a
+(``faster_kernel``), as an autotuning engine would; ``gemv`` is the GEMV alone. ``one_row_linear``
+is a custom op, opaque to inductor (which cannot launch a kernel with PDL, nor fuse into one);
+``routed()`` sends the eligible ``F.linear`` calls to it while a step is traced: one row, a
 dense fp16/bf16 weight. Everything else (prefill, batches > 1 row, semi-structured sparse
 weights) stays on torch's kernels.
 
@@ -36,6 +36,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from harness import compilation
+
 try:
     import triton
     import triton.language as tl
@@ -45,7 +47,7 @@ except ImportError:  # a CPU-only install: routed() refuses, nothing else here i
 AVAILABLE = triton is not None
 
 
-def _sm_count(device: torch.device) -> int:
+def _sm_count(device: torch.device) -> int:  # (Triton's interpreter on a CPU: any count serves)
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
@@ -88,35 +90,29 @@ def gemv_config(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
     return block_n, block_k, warps
 
 
-def programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels launch as programmatic dependents (NVIDIA Hopper and newer; ROCm reports
-    capabilities ≥ 9 too, but has no ``griddepcontrol``)."""
-    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (9, 0)
-
-
-def _launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x Wᵀ + b for x of one row (any leading shape of size 1), on the Triton GEMV."""
     n, k = weight.shape
     y = x.new_empty(*x.shape[:-1], n)
     block_n, block_k, warps = gemv_config(n, k, x.device)
-    pdl = programmatic_launch(x.device)
+    pdl = compilation.programmatic_launch(x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), HAS_BIAS=bias is not None,
         PDL=pdl, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return y
 
 
-def _replay_ms(calls, replays: int = 20) -> float:
-    """GPU ms of ``calls`` captured as one CUDA graph (no Python launch time in the figure)."""
-    calls()  # compiles the Triton kernel, warms cuBLAS
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        calls()
+def replay_ms(calls, replays: int = 20) -> float:
+    """GPU ms of ``calls`` captured as one CUDA graph (no Python launch time in the figure), the
+    mean of ``replays`` replays after one."""
+    from harness.throughput import capture_graph
+
+    replay = capture_graph(calls, warmup=1)  # the warm-up compiles the Triton kernel, warms cuBLAS
+    replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
     start.record()
     for _ in range(replays):
-        graph.replay()
+        replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / replays
@@ -145,8 +141,8 @@ def faster_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         l2 = getattr(torch.cuda.get_device_properties(x.device), "L2_cache_size", 50 << 20)
         copies = -(-2 * l2 // (weight.numel() * weight.element_size()))
         ring = [weight] if copies == 1 else list(torch.randn(copies, *weight.shape, device=x.device, dtype=weight.dtype))
-        triton_ms = _replay_ms(lambda: [_launch_gemv(x, w, bias) for w in ring])
-        cublas_ms = _replay_ms(lambda: [torch._C._nn.linear(x, w, bias) for w in ring])
+        triton_ms = replay_ms(lambda: [gemv(x, w, bias) for w in ring])
+        cublas_ms = replay_ms(lambda: [torch._C._nn.linear(x, w, bias) for w in ring])
         TIMED[key] = "triton" if triton_ms < cublas_ms else "cublas"
         del ring
         torch.cuda.reset_peak_memory_stats(x.device)
@@ -160,11 +156,6 @@ _USED: dict[str, str] | None = None
 
 
 if AVAILABLE:
-    @torch.library.custom_op("harness::gemv", mutates_args=())
-    def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """y = x Wᵀ + b for x of one row (any leading shape of size 1), on the Triton GEMV."""
-        return _launch_gemv(x, weight, bias)
-
     @torch.library.custom_op("harness::one_row_linear", mutates_args=())
     def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """y = x Wᵀ + b for x of one row, on the faster of the GEMV and cuBLAS for W's shape."""
@@ -172,12 +163,8 @@ if AVAILABLE:
         if _USED is not None:
             _USED[f"{weight.shape[0]}x{weight.shape[1]}"] = kernel
         if kernel == "triton":
-            return _launch_gemv(x, weight, bias)
+            return gemv(x, weight, bias)
         return torch._C._nn.linear(x, weight, bias)  # torch's own (F.linear may be rerouted here)
-
-    @gemv.register_fake
-    def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @one_row_linear.register_fake
     def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -203,7 +190,8 @@ def routed():
     rebinding the name there reroutes every caller; torch.compile traces through the rebinding."""
     global _USED
     if not AVAILABLE:
-        raise RuntimeError("the decode kernels need Triton (installed with torch's CUDA builds)")
+        raise RuntimeError("the Triton GEMV needs the triton package (torch's CUDA builds install it); "
+                           "--decode-kernels torch measures on cuBLAS instead")
     linear, used = F.linear, {}
 
     def routed_linear(input, weight, bias=None):

@@ -409,6 +409,17 @@ def test_hopper_steps_compile_with_programmatic_dependent_launch_unless_told_oth
     assert compilation.inductor_options(torch.device("cpu")) == compilation.INDUCTOR_OPTIONS
 
 
+def test_programmatic_launch_is_asked_for_only_where_the_gpu_has_it(monkeypatch):
+    from harness import compilation
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    for capability, expected in (((8, 0), False), ((9, 0), True), ((10, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert compilation.programmatic_launch(gpu) is expected
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm reports gfx94x as 9.4 but has no griddepcontrol
+    assert not compilation.programmatic_launch(gpu) and not compilation.programmatic_launch(cpu)
+
+
 def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(monkeypatch):
     from harness import compilation
     from harness.bench import speed_header

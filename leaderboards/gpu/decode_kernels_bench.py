@@ -5,20 +5,19 @@ Prints, per product, GB/s read and the fraction of measured copy bandwidth for c
 plainly (no programmatic dependent launch: its gain is in overlapping the kernel before, which
 a step has and this loop of independent products has not). Every figure is 32 calls on 32
 distinct weights (as the 32 blocks of a step; larger than L2 together) captured in one CUDA
-graph, median of 20 replays.
+graph, the mean of 20 replays (``harness.decode_kernels.replay_ms``).
 
     python3 leaderboards/gpu/decode_kernels_bench.py
 """
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 import torch.nn.functional as F
 import triton
 
 from harness import decode_kernels as dk
+from harness.decode_kernels import replay_ms
 from harness.throughput import memory_bandwidth
 
 LAYERS = 32
@@ -31,28 +30,6 @@ PRODUCTS = {"q/k/v": (12288, 4096), "o_proj": (4096, 4096), "gate/up": (22016, 4
             "IntraSlice gate/up": (16496, 4096), "IntraSlice down_proj": (4096, 8248)}
 CONFIGS = [(16, 1024, 8), (8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 1024, 8), (16, 2048, 8), (8, 1024, 8),
            (16, 1024, 16), (32, 2048, 16), (4, 512, 4)]
-
-
-def graph_ms(calls, replays: int = 20) -> float:
-    """Median ms of one replay of a CUDA graph of ``calls``."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            calls()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        calls()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def triton_gemv(x, w, out, config):
@@ -77,7 +54,7 @@ def bench_product(name: str, n: int, k: int, device: torch.device, bandwidth: fl
         label = f"triton {config}{' (default)' if config == default else ''} err {error:.1e}"
         rows.append((label, lambda config=config: [triton_gemv(x, w, o, config) for w, o in zip(weights, outs)]))
     for label, calls in rows:
-        us = graph_ms(calls) * 1e3 / count
+        us = replay_ms(calls) * 1e3 / count
         rate = n * k * 2 / (us * 1e-6)
         print(f"| {name} | {n} x {k} | {label} | {us:.2f} | {rate / 1e9:.0f} | {rate / bandwidth:.1%} |")
 
