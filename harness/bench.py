@@ -169,6 +169,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
                "compile_scope": result.get("compile_scope"), "inductor_options": result.get("inductor_options"),
                "compile_s": result.get("compile_s"), "attention_kernel": result.get("attention_kernel"),
                "decode_kernels": result.get("decode_kernels"), "gemv_kernels": result.get("gemv_kernels"),
+               "attention_kernels": result.get("attention_kernels"),
                "fused_groups": result.get("fused_groups"),
                "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
                "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
@@ -230,8 +231,8 @@ def speed_header(rows: list[dict]) -> str:
     if first.get("attention_kernel"):
         baseline += f", SDPA on {first['attention_kernel']}"
     if first.get("decode_kernels") == "triton":
-        baseline += (", each one-row product shape on the faster of harness.decode_kernels' Triton GEMV "
-                     "and cuBLAS (row `gemv_kernels`)")
+        baseline += (", each one-row product and single-query attention shape on the fastest of torch's kernel "
+                     "and harness.decode_kernels' Triton kernels (rows `gemv_kernels`, `attention_kernels`)")
     baseline += ", then one CUDA graph per step" if first.get("cuda_graph") else ", no CUDA graph"
     if first.get("fused_groups"):
         baseline += "; q/k/v and gate/up fused as serving engines store them"

@@ -292,7 +292,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
             group.counting, group.products = True, 0
         step = ServingStep.for_spec(adapter, spec, device)  # a decode step's prompt fills the cache here
     # the timed step alone on the chosen kernels (flash refuses the prompt's mask)
-    with torch.no_grad(), compilation.attention_kernel(), compilation.decode_kernels(device) as gemv_kernels:
+    with torch.no_grad(), compilation.attention_kernel(), compilation.decode_kernels(device) as chosen:
         step()  # allocates the cache (prefill) and checks the step runs
         fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
         with contextlib.ExitStack() as stack:
@@ -325,7 +325,9 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
         "attention_kernel": compilation.ATTENTION_KERNEL,
         "decode_kernels": compilation.DECODE_KERNELS if device.type == "cuda" else "torch",
-        "gemv_kernels": dict(gemv_kernels) if gemv_kernels else None,  # one-row product shape → kernel
+        # each one-row product shape's and single-query attention shape's kernel (harness.decode_kernels)
+        "gemv_kernels": dict(chosen["products"]) if chosen and chosen["products"] else None,
+        "attention_kernels": dict(chosen["attention"]) if chosen and chosen["attention"] else None,
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))

@@ -73,13 +73,14 @@ for experiment in ${@:-prefill24}; do
                 # whether torch's build of it does is what this row shows (cuDNN's kernel spends 0.28 ms per
                 # step reading 0.06 ms worth of cache); decode, then prefill (~90 s)
       bench attention-flash --methods dense --phases decode@1x512,prefill@8x2048 --attention-kernel flash_attention ;;
-    decode-kernels)  # harness.decode_kernels' Triton GEMV against cuBLAS: the GPU tests, the per-product bench
-                # (tile settings), then dense decode@1x512 on it (~3 min)
+    decode-kernels)  # harness.decode_kernels' Triton GEMV and split-KV attention against cuBLAS and SDPA: the GPU
+                # tests, the per-product and per-attention-shape bench (tile settings), then dense decode on
+                # them (~4 min)
       python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernels.py 2>&1 | tail -30 \
           | tee "$out/decode-kernels-tests.log" || true
-      timeout 200 python3 leaderboards/gpu/decode_kernels_bench.py 2>&1 | tee "$out/decode-kernels-bench.log" || true
+      timeout 240 python3 leaderboards/gpu/decode_kernels_bench.py 2>&1 | tee "$out/decode-kernels-bench.log" || true
       [ -n "${WITH_TORCH:-}" ] && bench decode-torch --methods dense --phases decode@1x512,decode@16x512
-      bench decode-triton --methods dense --phases decode@1x512 --decode-kernels triton --profile ;;
+      bench decode-triton --methods dense --phases decode@1x512,decode@16x512 --decode-kernels triton --profile ;;
     scope)      # every phase of dense and 2:4 in the block scope: its compile time per method (goal ≤ ~60 s)
       bench scope-blocks --methods dense,sparsegpt --pattern 2:4 --compile-scope blocks \
           --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
