@@ -153,13 +153,13 @@ def _copies_beyond_l2(tensors: tuple[torch.Tensor, ...]) -> list[tuple[torch.Ten
     return [tensors] + [tuple(torch.randn_like(t) for t in tensors) for _ in range(copies - 1)]
 
 
-def _fastest(device: torch.device, calls: dict) -> object:
-    """The key of the fastest of ``calls`` (each a function running one choice over copies beyond
-    L2; timed as a CUDA graph). The copies are the timing's, not the step's memory: the allocation
-    peak is reset after and the earlier one kept in ``PEAK_BEFORE_TIMING``."""
+def _fastest(device: torch.device, calls: dict, copies: list) -> object:
+    """The key of the fastest of ``calls`` (each a function running one choice over ``copies``,
+    beyond L2; timed as a CUDA graph). The copies are the timing's, not the step's memory: they
+    are dropped, the allocation peak is reset and the earlier one kept in ``PEAK_BEFORE_TIMING``."""
     peak = torch.cuda.max_memory_allocated(device)
     ms = {choice: replay_ms(run) for choice, run in calls.items()}
-    calls.clear()  # the closures hold the copies
+    copies.clear()
     torch.cuda.reset_peak_memory_stats(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     PEAK_BEFORE_TIMING[index] = max(PEAK_BEFORE_TIMING.get(index, 0), peak)
@@ -187,8 +187,7 @@ def fastest_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         calls = {None: lambda: [torch._C._nn.linear(x, w, bias) for w in ring]}
         for config in GEMV_CONFIGS:
             calls[config] = lambda config=config: [gemv(x, w, bias, config) for w in ring]
-        del ring
-        TIMED[key] = _fastest(x.device, calls)
+        TIMED[key] = _fastest(x.device, calls, ring)
     return TIMED[key]
 
 
@@ -216,12 +215,13 @@ if AVAILABLE:
         for l0 in range(start, end, BLOCK_L):
             pos = l0 + tl.arange(0, BLOCK_L)
             keep = pos < end
+            # both tiles requested before either is used: one DRAM round trip, not two
             k = tl.load(k_rows + pos[:, None] * stride_kl + d[None, :], mask=keep[:, None], other=0.0)
+            v = tl.load(v_rows + pos[:, None] * stride_vl + d[None, :], mask=keep[:, None], other=0.0)
             scores = tl.where(keep, tl.sum(k.to(tl.float32) * q[None, :], axis=1), -float("inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=0))
             p = tl.exp(scores - m_new)
             rescale = tl.exp(m - m_new)
-            v = tl.load(v_rows + pos[:, None] * stride_vl + d[None, :], mask=keep[:, None], other=0.0)
             acc = acc * rescale + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             total = total * rescale + tl.sum(p, axis=0)
             m = m_new
@@ -249,7 +249,7 @@ if AVAILABLE:
 
 
 #: The attention kernel's settings (BLOCK_L, most SPLITS, num_warps) timed on each new shape
-ATTENTION_CONFIGS = ((32, 16, 4), (64, 8, 4), (64, 4, 4), (128, 4, 8))
+ATTENTION_CONFIGS = ((256, 4, 8), (128, 4, 8), (32, 16, 2), (64, 16, 4))
 #: Per device, the per-row counters the attention's programs count finished chunks in (each
 #: call's last program resets its row's count to 0: allocated and zeroed once, never in a capture)
 _COUNTS: dict[torch.device, torch.Tensor] = {}
@@ -263,13 +263,14 @@ def attention_splits(length: int, block_l: int, most: int) -> tuple[int, int]:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                     config: tuple[int, int, int] = (64, 8, 4)) -> torch.Tensor:
+                     config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v for one query position: q (B, Hq, 1, D), k and v (B, Hkv, L, D)
     with Hq a multiple of Hkv (query head h reads key/value head h // (Hq / Hkv)), D a power of
-    two, the last dimensions contiguous; every position visible. Returns (B, Hq, 1, D)."""
+    two, the last dimensions contiguous; every position visible. Returns (B, Hq, 1, D). ``config``:
+    (BLOCK_L, most SPLITS, num_warps), default the first of ``ATTENTION_CONFIGS``."""
     batch, heads, _, dim = q.shape
     length = k.shape[2]
-    block_l, most, warps = config
+    block_l, most, warps = config or ATTENTION_CONFIGS[0]
     splits, chunk = attention_splits(length, block_l, most)
     rows = batch * heads
     counts = _COUNTS.get(q.device)
@@ -307,15 +308,14 @@ def fastest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     key = (*q.shape, *k.shape, q.dtype, scale, q.device)
     if key not in TIMED_ATTENTION:
         if _untimed(q.device):
-            return (64, 8, 4) if q.device.type != "cuda" else None
+            return ATTENTION_CONFIGS[0] if q.device.type != "cuda" else None
         gqa = q.shape[1] != k.shape[1]
         ring = _copies_beyond_l2((k, v))
         calls = {None: lambda: [torch._C._nn.scaled_dot_product_attention(q, k_, v_, scale=scale, enable_gqa=gqa)
                                 for k_, v_ in ring]}
         for config in ATTENTION_CONFIGS:
             calls[config] = lambda config=config: [decode_attention(q, k_, v_, scale, config) for k_, v_ in ring]
-        del ring
-        TIMED_ATTENTION[key] = _fastest(q.device, calls)
+        TIMED_ATTENTION[key] = _fastest(q.device, calls, ring)
     return TIMED_ATTENTION[key]
 
 
