@@ -145,12 +145,15 @@ def kernel_name(config: tuple[int, int, int] | None) -> str:
     return "cublas" if config is None else "triton {}x{}/{}".format(*config)
 
 
-def _copies_beyond_l2(tensors: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+def _copies_beyond_l2(tensors: tuple[torch.Tensor, ...], calls: int = 8) -> list[tuple[torch.Tensor, ...]]:
     """Enough copies of ``tensors`` (the originals first) that calls cycling through them read
-    from DRAM, as a step's layers do, not from L2."""
+    from DRAM, as a step's layers do, not from L2 (at most 512: tiny test shapes fit in L2 any
+    way), listed again until there are ``calls`` entries: one call of a weight as large as L2 is
+    too short to time against its launch."""
     l2 = getattr(torch.cuda.get_device_properties(tensors[0].device), "L2_cache_size", 50 << 20)
-    copies = -(-2 * l2 // sum(t.numel() * t.element_size() for t in tensors))
-    return [tensors] + [tuple(torch.randn_like(t) for t in tensors) for _ in range(copies - 1)]
+    copies = min(512, -(-2 * l2 // sum(t.numel() * t.element_size() for t in tensors)))
+    ring = [tensors] + [tuple(torch.randn_like(t) for t in tensors) for _ in range(copies - 1)]
+    return ring * -(-calls // len(ring))
 
 
 def _fastest(device: torch.device, calls: dict, copies: list) -> object:
@@ -248,8 +251,11 @@ if AVAILABLE:
             tl.store(count_ptr + row, 0)  # ready for the next call
 
 
-#: The attention kernel's settings (BLOCK_L, most SPLITS, num_warps) timed on each new shape
-ATTENTION_CONFIGS = ((256, 4, 8), (128, 4, 8), (32, 16, 2), (64, 16, 4))
+#: The attention kernel's settings (BLOCK_L, most SPLITS, num_warps) timed on each new shape: the
+#: best of 12 on each of 7B decode@1x512, @16x512, @1x4096 and a GQA shape (H200, session 14's
+#: bench). Short tiles on one or two warps won everywhere: the kernel is latency-bound (each
+#: program's chain of DRAM round trips), not bandwidth-bound.
+ATTENTION_CONFIGS = ((16, 32, 1), (32, 16, 1), (64, 8, 1), (64, 8, 2))
 #: Per device, the per-row counters the attention's programs count finished chunks in (each
 #: call's last program resets its row's count to 0: allocated and zeroed once, never in a capture)
 _COUNTS: dict[torch.device, torch.Tensor] = {}

@@ -66,7 +66,7 @@ def bench_product(name: str, n: int, k: int, device: torch.device, bandwidth: fl
 #: (batch, query heads, key/value heads, cache length, head size)
 ATTENTION = {"7B decode@1x512": (1, 32, 32, 512, 128), "7B decode@16x512": (16, 32, 32, 512, 128),
              "7B decode@1x4096": (1, 32, 32, 4096, 128), "Llama-3-8B decode@1x512 (GQA)": (1, 32, 8, 512, 128)}
-ATTENTION_CONFIGS = [(64, 8, 4), (128, 2, 8), (128, 8, 8), (256, 2, 8), (256, 4, 4), (512, 1, 8), (64, 8, 2)]
+ATTENTION_CONFIGS = [(64, 8, 4), (128, 4, 8), (32, 16, 2), (256, 4, 8), (32, 8, 2), (16, 16, 1)]
 
 
 def bench_attention(name: str, shape: tuple, device: torch.device, bandwidth: float) -> None:
