@@ -199,14 +199,18 @@ if AVAILABLE:
     def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_o_ptr, part_m_ptr, part_l_ptr, count_ptr,
                           L, chunk, scale, heads, stride_qb, stride_qh, stride_kb, stride_kh, stride_kl,
                           stride_vb, stride_vh, stride_vl, GROUP: tl.constexpr, SPLITS: tl.constexpr,
-                          SPLITS_P2: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr):
+                          SPLITS_P2: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_P2: tl.constexpr,
+                          DV_P2: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr):
         row, split = tl.program_id(0), tl.program_id(1)  # row = batch × query heads + head
         b, h = row // heads, row % heads
         kv = h // GROUP  # the key/value head a query head reads (grouped-query attention)
-        d = tl.arange(0, D)
+        # query/key and value head sizes may differ and need not be powers of two (sliced heads):
+        # padded to one, masked
+        dk, dv = tl.arange(0, DK_P2), tl.arange(0, DV_P2)
+        in_k, in_v = dk < DK, dv < DV
         if PDL:  # q and the cache are the previous kernels' outputs
             tl.extra.cuda.gdc_wait()
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + dk, mask=in_k, other=0.0).to(tl.float32) * scale
         k_rows = k_ptr + b * stride_kb + kv * stride_kh
         v_rows = v_ptr + b * stride_vb + kv * stride_vh
         start = split * chunk
@@ -214,13 +218,13 @@ if AVAILABLE:
         # the running max of the scores, their exp-sum, and the exp-weighted sum of the values
         m = tl.full((), -float("inf"), tl.float32)
         total = tl.zeros((), tl.float32)
-        acc = tl.zeros([D], dtype=tl.float32)
+        acc = tl.zeros([DV_P2], dtype=tl.float32)
         for l0 in range(start, end, BLOCK_L):
             pos = l0 + tl.arange(0, BLOCK_L)
             keep = pos < end
             # both tiles requested before either is used: one DRAM round trip, not two
-            k = tl.load(k_rows + pos[:, None] * stride_kl + d[None, :], mask=keep[:, None], other=0.0)
-            v = tl.load(v_rows + pos[:, None] * stride_vl + d[None, :], mask=keep[:, None], other=0.0)
+            k = tl.load(k_rows + pos[:, None] * stride_kl + dk[None, :], mask=keep[:, None] & in_k[None, :], other=0.0)
+            v = tl.load(v_rows + pos[:, None] * stride_vl + dv[None, :], mask=keep[:, None] & in_v[None, :], other=0.0)
             scores = tl.where(keep, tl.sum(k.to(tl.float32) * q[None, :], axis=1), -float("inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=0))
             p = tl.exp(scores - m_new)
@@ -231,7 +235,7 @@ if AVAILABLE:
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         part = row * SPLITS + split
-        tl.store(part_o_ptr + part * D + d, acc)
+        tl.store(part_o_ptr + part * DV + dv, acc, mask=in_v)
         tl.store(part_m_ptr + part, m)
         tl.store(part_l_ptr + part, total)
         # every thread's stores before the count (the atomic is acquire-release at GPU scope), so
@@ -243,11 +247,11 @@ if AVAILABLE:
             # .cg: from L2, where the other programs' stores are (this SM's L1 may hold an older call's)
             m_s = tl.load(part_m_ptr + parts, mask=s < SPLITS, other=-float("inf"), cache_modifier=".cg")
             l_s = tl.load(part_l_ptr + parts, mask=s < SPLITS, other=0.0, cache_modifier=".cg")
-            o_s = tl.load(part_o_ptr + parts[:, None] * D + d[None, :], mask=(s < SPLITS)[:, None], other=0.0,
-                          cache_modifier=".cg")
+            o_s = tl.load(part_o_ptr + parts[:, None] * DV + dv[None, :], mask=(s < SPLITS)[:, None] & in_v[None, :],
+                          other=0.0, cache_modifier=".cg")
             weight = tl.exp(m_s - tl.max(m_s, axis=0))
             out = tl.sum(weight[:, None] * o_s, axis=0) / tl.sum(weight * l_s, axis=0)
-            tl.store(o_ptr + row * D + d, out.to(o_ptr.dtype.element_ty))
+            tl.store(o_ptr + row * DV + dv, out.to(o_ptr.dtype.element_ty), mask=in_v)
             tl.store(count_ptr + row, 0)  # ready for the next call
 
 
@@ -270,12 +274,13 @@ def attention_splits(length: int, block_l: int, most: int) -> tuple[int, int]:
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
                      config: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v for one query position: q (B, Hq, 1, D), k and v (B, Hkv, L, D)
-    with Hq a multiple of Hkv (query head h reads key/value head h // (Hq / Hkv)), D a power of
-    two, the last dimensions contiguous; every position visible. Returns (B, Hq, 1, D). ``config``:
+    """softmax(q kᵀ · scale) v for one query position: q (B, Hq, 1, D), k (B, Hkv, L, D) and v
+    (B, Hkv, L, Dv) with Hq a multiple of Hkv (query head h reads key/value head h // (Hq / Hkv)),
+    head sizes up to 256, not necessarily powers of two nor equal (sliced heads), the last
+    dimensions contiguous; every position visible. Returns (B, Hq, 1, Dv). ``config``:
     (BLOCK_L, most SPLITS, num_warps), default the first of ``ATTENTION_CONFIGS``."""
     batch, heads, _, dim = q.shape
-    length = k.shape[2]
+    length, v_dim = k.shape[2], v.shape[3]
     block_l, most, warps = config or ATTENTION_CONFIGS[0]
     splits, chunk = attention_splits(length, block_l, most)
     rows = batch * heads
@@ -284,15 +289,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         if q.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("decode_attention's counters are allocated outside a CUDA-graph capture: run the step once first")
         counts = _COUNTS[q.device] = torch.zeros(max(rows, 4096), dtype=torch.int32, device=q.device)
-    out = q.new_empty(batch, heads, 1, dim)
-    part_o = torch.empty(rows * splits, dim, dtype=torch.float32, device=q.device)
+    out = q.new_empty(batch, heads, 1, v_dim)
+    part_o = torch.empty(rows * splits, v_dim, dtype=torch.float32, device=q.device)
     part_m, part_l = torch.empty(2, rows * splits, dtype=torch.float32, device=q.device)
     pdl = compilation.programmatic_launch(q.device)
     _attention_kernel[(rows, splits)](
         q, k, v, out, part_o, part_m, part_l, counts, length, chunk, scale if scale is not None else dim**-0.5, heads,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        GROUP=heads // k.shape[1], SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), D=dim, BLOCK_L=block_l,
-        PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        GROUP=heads // k.shape[1], SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), DK=dim, DV=v_dim,
+        DK_P2=triton.next_power_of_2(dim), DV_P2=triton.next_power_of_2(v_dim), BLOCK_L=block_l, PDL=pdl,
+        num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
@@ -358,7 +364,7 @@ if AVAILABLE:
 
     @single_query_attention.register_fake
     def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
-        return q.new_empty(q.shape)
+        return q.new_empty(*q.shape[:3], v.shape[3])
 
 
 def takes_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -373,13 +379,14 @@ def takes_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
                     is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> bool:
     """Whether ``decode_attention`` computes this ``F.scaled_dot_product_attention``: one query
-    position seeing every key (no mask, no dropout, not causal), half precision, a power-of-two
-    head size, query heads a multiple of key/value heads (and GQA asked for if they differ)."""
+    position seeing every key (no mask, no dropout, not causal), half precision, a head size of
+    8 to 256, query heads a multiple of key/value heads (and GQA asked for if they differ)."""
     if not (q.dim() == k.dim() == v.dim() == 4 and q.shape[2] == 1):
         return False
     (batch, heads, _, dim), (kv_batch, kv_heads, length, kv_dim) = q.shape, k.shape
     return (attn_mask is None and dropout_p == 0.0 and not is_causal and (scale is None or isinstance(scale, float))
-            and batch == kv_batch and v.shape == k.shape and dim == kv_dim and 16 <= dim <= 256 and dim & (dim - 1) == 0
+            and batch == kv_batch and v.shape[:3] == k.shape[:3] and dim == kv_dim and 8 <= dim <= 256
+            and 8 <= v.shape[3] <= 256
             and heads % kv_heads == 0 and (heads == kv_heads or enable_gqa) and length > 0
             and q.dtype == k.dtype == v.dtype in (torch.float16, torch.bfloat16) and q.device == k.device == v.device
             and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1)

@@ -37,16 +37,18 @@ def test_only_products_the_gemv_computes_are_taken():
     assert not decode_kernels.takes_linear(x, w.t().contiguous().t(), None)  # W not contiguous along K
 
 
-@pytest.mark.parametrize(("batch", "heads", "kv_heads", "length", "dim"),
-                         [(1, 4, 4, 37, 32), (2, 8, 2, 100, 64), (1, 2, 1, 1, 16), (1, 2, 2, 512, 128)])
-def test_the_decode_attention_is_sdpa_for_one_query(batch, heads, kv_heads, length, dim):
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "length", "dim", "v_dim"),
+                         [(1, 4, 4, 37, 32, 32), (2, 8, 2, 100, 64, 64), (1, 2, 1, 1, 16, 16), (1, 2, 2, 512, 128, 128),
+                          (1, 3, 3, 50, 128, 96), (1, 2, 1, 20, 24, 40)])  # sliced heads: sizes unequal, not 2^n
+def test_the_decode_attention_is_sdpa_for_one_query(batch, heads, kv_heads, length, dim, v_dim):
     torch.manual_seed(0)
     q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.float16)
-    k, v = (torch.randn(batch, kv_heads, length, dim, device=DEVICE, dtype=torch.float16) for _ in range(2))
+    k = torch.randn(batch, kv_heads, length, dim, device=DEVICE, dtype=torch.float16)
+    v = torch.randn(batch, kv_heads, length, v_dim, device=DEVICE, dtype=torch.float16)
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=heads != kv_heads)
     for config in decode_kernels.ATTENTION_CONFIGS:  # 1 to 16 chunks per row, merged by the last
         out = decode_kernels.decode_attention(q, k, v, None, config)
-        assert out.shape == q.shape and out.dtype == q.dtype
+        assert out.shape == (batch, heads, 1, v_dim) and out.dtype == q.dtype
         torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-3)
         assert decode_kernels._COUNTS[q.device].count_nonzero() == 0  # every row's count reset for the next call
     scaled = decode_kernels.decode_attention(q, k, v, 0.5)
@@ -71,7 +73,8 @@ def test_only_attention_the_kernel_computes_is_taken():
     assert not takes(q, kv, kv, dropout_p=0.1, enable_gqa=True)
     assert not takes(torch.randn(1, 8, 2, 64, dtype=torch.float16), kv, kv, enable_gqa=True)  # two queries: prefill
     assert not takes(q.float(), kv.float(), kv.float(), enable_gqa=True)
-    assert not takes(q[..., :48], kv[..., :48], kv[..., :48], enable_gqa=True)  # head size not a power of two
+    assert takes(q[..., :48], kv[..., :48], kv[..., :40], enable_gqa=True)  # sliced heads
+    assert not takes(q[..., :48], kv, kv, enable_gqa=True)  # q and k disagree
     mha = torch.randn(1, 8, 30, 64, dtype=torch.float16)
     assert takes(q, mha, mha) and not takes(q, mha.transpose(2, 3).contiguous().transpose(2, 3), mha)
 
