@@ -205,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--attention-kernel", choices=["flash_attention", "efficient_attention", "cudnn_attention", "math"],
                        help="the SDPA kernel every step must use (default: torch's choice, cuDNN's on Hopper)")
     speed.add_argument("--decode-kernels", choices=["triton", "torch"], default="triton",
-                       help="whose kernels run decode's one-row products on a GPU: 'triton' (default), the faster "
-                            "per weight shape of harness.decode_kernels' Triton GEMV and cuBLAS, timed when first "
-                            "seen; 'torch': cuBLAS alone")
+                       help="whose kernels run decode's one-row products and single-query attention on a GPU: "
+                            "'triton' (default), the fastest per shape of torch's kernel and harness.decode_kernels' "
+                            "Triton GEMV / split-KV attention, timed when first seen; 'torch': cuBLAS and SDPA alone")
     speed.add_argument("--no-fuse", dest="fuse", action="store_false",
                        help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
     speed.add_argument("--layers", type=int, help="build only this many blocks")

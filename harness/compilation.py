@@ -42,10 +42,10 @@ HOPPER_OPTIONS: dict = {"triton.enable_pdl": True}
 #: set by ``harness bench speed --attention-kernel``. Inductor fixes the kernel when it traces.
 ATTENTION_KERNEL: str | None = None
 ATTENTION_KERNELS = ("flash_attention", "efficient_attention", "cudnn_attention", "math")
-#: Whose kernel runs a decode step's one-row products on a GPU: "triton", the faster per weight shape
-#: of ``harness.decode_kernels``' GEMV and cuBLAS (as serving engines ship their own; H200,
-#: Llama-2-7B decode@1x512: 81.1 % of the HBM roofline against 77.5 % on cuBLAS alone), or "torch"
-#: (cuBLAS). Set by ``harness bench speed --decode-kernels``.
+#: Whose kernels run a decode step's one-row products and single-query attention on a GPU:
+#: "triton", the fastest per shape of torch's kernel and ``harness.decode_kernels``' Triton GEMV and
+#: split-KV attention at a few settings (as serving engines ship their own; H200, Llama-2-7B
+#: decode@1x512: 86.3 % of the HBM roofline against 77.5 % on torch's alone), or "torch". Set by ``harness bench speed --decode-kernels``.
 DECODE_KERNELS = "triton"
 DECODE_KERNEL_CHOICES = ("torch", "triton")
 
