@@ -6,17 +6,20 @@ y = x Wᵀ + b, pure memory traffic (W is read once, x and y are a few KB). cuBL
 unused on the small ones (H200, Llama-2-7B shape, 32 products of each in one CUDA graph,
 leaderboards/gpu/decode_kernels_bench.py): o_proj (4096 × 4096) at 58 % of copy bandwidth and
 down_proj (4096 × 11008) at 77 %, as split-K kernels with a separate reduction. ``gemv`` gives
-each program ``BLOCK_N`` rows of W and streams them once along K (73 % and 89 % there; no
-reduction kernel). (Holding the next tile in registers while multiplying the current one was
+each program ``BLOCK_N`` rows of W and streams them once along K (74 % and 90 % there with their
+best tiles, 94–98 % on the wider products; no reduction kernel). (Holding the next tile in registers while multiplying the current one was
 slower on every product: fewer programs fit on an SM.)
 
 **Single-query attention.** At decode@1x512 torch's SDPA (cuDNN's flash kernel on Hopper) runs
-one program per head: 32 programs on 132 SMs, each reading its head's 256 KB of cache, 8.75 µs
+one program per head: 32 programs on 132 SMs, each reading its head's 256 KB of cache, 9.0 µs
 per layer for 2 µs worth of bandwidth. ``decode_attention`` splits each head's cache into
 ``SPLITS`` chunks (flash-decoding): each program keeps a running max, sum and weighted value sum
 over its chunk (online softmax) and stores them; the chunk's program that finishes last, counted
 by an atomic per head, merges the chunks: out = Σ_s e^(m_s − m) o_s / Σ_s e^(m_s − m) l_s. No
-second kernel to launch.
+second kernel to launch. The kernel is latency-bound (each program's chain of DRAM round trips),
+so short chunks on one warp win: 32 chunks of 16 positions, 5.4 µs per layer. Its K and V tiles
+are requested together (loading V after the scores cost a round trip: 64-position tiles on 4 warps
+were no faster than cuDNN that way).
 
 Programmatic dependent launch (Hopper and newer): both kernels are launched so that they may
 start while the kernel before them still runs. The GEMV loads its first tile of W, which nothing

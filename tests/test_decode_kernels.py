@@ -183,3 +183,26 @@ def test_the_attention_merges_right_on_every_replay():
     config = decode_kernels.fastest_attention(q, *caches[0], None)
     assert config is None or config in decode_kernels.ATTENTION_CONFIGS
     assert decode_kernels.TIMED_ATTENTION[(*q.shape, *caches[0][0].shape, q.dtype, None, q.device)] == config
+
+
+def test_sliced_heads_take_the_decode_attention():
+    # IntraSlice's value heads are narrower than its query/key heads and need not be a power of two
+    from harness.attention import SlimValueAttention
+
+    torch.manual_seed(0)
+    model = tiny_model("llama3")
+    model.set_attn_implementation("sdpa")  # decode over the whole cache: no mask
+    adapter = ModelAdapter(model)
+    v_dim = 12  # head_dim 16
+    for block in adapter.blocks:
+        attention = SlimValueAttention(adapter, block, v_dim)
+        attention.v_proj = torch.nn.Linear(64, adapter.num_kv_heads * v_dim, bias=False)
+        attention.o_proj = torch.nn.Linear(adapter.num_heads * v_dim, 64, bias=False)
+        adapter.replace_attention(block, attention)
+    adapter.model.to(DEVICE, torch.float16)
+    step = ServingStep.for_spec(adapter, SpeedSpec("decode", 1, 24), DEVICE)
+    expected = step()
+    with decode_kernels.routed() as used:
+        routed = step()
+    assert list(used["attention"]) == [f"1x{adapter.num_heads}/{adapter.num_kv_heads}x24x16"]
+    torch.testing.assert_close(routed.float(), expected.float(), rtol=1e-2, atol=1e-2)
