@@ -8,7 +8,8 @@
 # `full-match` in a call each, `full-match-2-4` with `full-prefill` (the tables of 2026-12-04 took
 # 1,662 s of device time: `copy full-prefill` 496 s, `full-decode` 301 s, the matches 575 + 192 s;
 # with PDL, session 12: `full-decode` was cut at 330 s before its 2:4 rows: give it a call alone;
-# session 13: `full-decode` 355 s, `full-decode1` 232 s, `decode-kernels` 160-254 s).
+# session 13: `full-decode` 355 s, `full-decode1` 232 s, `decode-kernels` 160-254 s; session 14:
+# `decode-kernels` 122-173 s, `full-decode1` 250-307 s).
 # Call: carry [.device/whl]
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash leaderboards/gpu/speed_experiments.sh [EXPERIMENT ...]
