@@ -45,7 +45,8 @@ ATTENTION_KERNELS = ("flash_attention", "efficient_attention", "cudnn_attention"
 #: Whose kernels run a decode step's one-row products and single-query attention on a GPU:
 #: "triton", the fastest per shape of torch's kernel and ``harness.decode_kernels``' Triton GEMV and
 #: split-KV attention at a few settings (as serving engines ship their own; H200, Llama-2-7B
-#: decode@1x512: 86.3 % of the HBM roofline against 77.5 % on torch's alone), or "torch". Set by ``harness bench speed --decode-kernels``.
+#: decode@1x512: 86.3 % of the HBM roofline against 77.5 % on torch's alone), or "torch". Set by
+#: ``harness bench speed --decode-kernels``.
 DECODE_KERNELS = "triton"
 DECODE_KERNEL_CHOICES = ("torch", "triton")
 
@@ -62,8 +63,9 @@ def attention_kernel() -> contextlib.AbstractContextManager:
 
 
 def decode_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """A context in which a step's one-row products run on ``DECODE_KERNELS``'s kernel (nothing
-    changes for "torch", or off a GPU, where Triton has no target)."""
+    """A context in which a step's one-row products and single-query attention run on
+    ``DECODE_KERNELS``' kernels (nothing changes for "torch", or off a GPU, where Triton has no
+    target); it yields the kernel each shape ran on (``decode_kernels.routed``), or None."""
     if DECODE_KERNELS not in DECODE_KERNEL_CHOICES:
         raise ValueError(f"decode kernels must be one of {', '.join(DECODE_KERNEL_CHOICES)}, got {DECODE_KERNELS!r}")
     if DECODE_KERNELS == "torch" or device.type != "cuda":

@@ -97,10 +97,9 @@ def gemv_config(n: int, k: int, device: torch.device) -> tuple[int, int, int]:
     """The untimed tile setting (BLOCK_N, BLOCK_K, num_warps): Triton's interpreter on a CPU and
     a shape first seen inside a CUDA-graph capture. 16 × 256 on 4 warps where each SM gets 4–8
     16-row programs (q/k/v on the 7B shape), 8 × 512 otherwise (the best or within 3 % of it on
-    every other 7B product). Tiles narrow where K is short."""
+    every other 7B product)."""
     per_sm = triton.cdiv(n, 16) / _sm_count(device)
-    block_n, block_k, warps = (16, 256, 4) if 4 <= per_sm < 8 else (8, 512, 4)
-    return block_n, min(block_k, triton.next_power_of_2(k)), warps
+    return (16, 256, 4) if 4 <= per_sm < 8 else (8, 512, 4)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -110,7 +109,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     n, k = weight.shape
     y = x.new_empty(*x.shape[:-1], n)
     block_n, block_k, warps = config or gemv_config(n, k, x.device)
-    block_k = min(block_k, triton.next_power_of_2(k))
+    block_k = min(block_k, triton.next_power_of_2(k))  # tiles narrow where K is short
     pdl = compilation.programmatic_launch(x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), HAS_BIAS=bias is not None,
@@ -311,8 +310,8 @@ def attention_name(config: tuple[int, int, int] | None) -> str:
     return "sdpa" if config is None else "triton {}x{}/{}".format(*config)
 
 
-#: The kernel each single-query attention shape got, once timed: (q shape, k shape, dtype, scale,
-#: device) → the attention kernel's setting, or None for SDPA
+#: The kernel each single-query attention shape got, once timed: (q shape, k shape, value head size,
+#: dtype, scale, device) → the attention kernel's setting, or None for SDPA
 TIMED_ATTENTION: dict[tuple, tuple[int, int, int] | None] = {}
 
 
@@ -320,7 +319,7 @@ def fastest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     """The setting from ``ATTENTION_CONFIGS``, or None for torch's SDPA: whichever computed this
     shape fastest when it was first seen, over copies of the cache beyond L2 (as
     ``fastest_kernel`` for products). An untimed shape takes SDPA."""
-    key = (*q.shape, *k.shape, q.dtype, scale, q.device)
+    key = (*q.shape, *k.shape, v.shape[3], q.dtype, scale, q.device)
     if key not in TIMED_ATTENTION:
         if _untimed(q.device):
             return ATTENTION_CONFIGS[0] if q.device.type != "cuda" else None

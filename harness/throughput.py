@@ -274,8 +274,9 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
     compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
     (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph); its inductor settings are
     ``compilation.inductor_options(device)``, and SDPA runs on ``compilation.ATTENTION_KERNEL``
-    when one is set; ``compilation.DECODE_KERNELS`` picks whose kernel runs one-row products. ``profile`` adds ``profile_step``'s table of the
-    compiled step (outside the CUDA graph, whose replay hides its kernels from the profiler).
+    when one is set; ``compilation.DECODE_KERNELS`` picks whose kernels run one-row products and
+    single-query attention. ``profile`` adds ``profile_step``'s table of the compiled step
+    (outside the CUDA graph, whose replay hides its kernels from the profiler).
     """
     mode = compile if isinstance(compile, str) else compilation.COMPILE_MODE
     scope, options = compilation.COMPILE_SCOPE, compilation.inductor_options(device)

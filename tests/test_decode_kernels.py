@@ -182,7 +182,7 @@ def test_the_attention_merges_right_on_every_replay():
                 torch.testing.assert_close(out.float(), reference, rtol=2e-3, atol=2e-3)
     config = decode_kernels.fastest_attention(q, *caches[0], None)
     assert config is None or config in decode_kernels.ATTENTION_CONFIGS
-    assert decode_kernels.TIMED_ATTENTION[(*q.shape, *caches[0][0].shape, q.dtype, None, q.device)] == config
+    assert decode_kernels.TIMED_ATTENTION[(*q.shape, *caches[0][0].shape, 128, q.dtype, None, q.device)] == config
 
 
 def test_sliced_heads_take_the_decode_attention():
