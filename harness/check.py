@@ -2,46 +2,87 @@
 
     harness check RESULTS --against leaderboards/ci/smollm2-quick.json --rtol 0.02
 
-RESULTS is a directory of run records or another leaderboard JSON. Rows are matched by
-(method, target). A metric worse than the stored one by more than ``rtol`` (relative), or
-a stored row with no fresh counterpart, fails the check; improvements are reported, not
-failed. Which way is better comes from the evaluator that measured the metric (recorded
-in the records and in the leaderboard JSON; the installed evaluators for older boards).
+RESULTS is a directory of run records or another leaderboard JSON. Only like is compared with
+like: the stored board's protocol (``harness.protocol``: checkpoint, dtype, calibration set,
+evaluation spec) must agree with the fresh results' on every field both define, or the check
+stops with ``ProtocolMismatch`` naming each field that differs (exit 2), never a verdict on
+numbers measured differently. Rows are matched by (method, target). A metric worse than the
+stored one by more than ``rtol`` (relative), or a stored row with no fresh counterpart, fails
+the check; improvements and fresh rows the reference lacks are reported, not failed. Which
+way is better comes from the evaluator that measured the metric (recorded in the records and
+in the leaderboard JSON; the installed evaluators for older boards).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness.leaderboard import build_table, directions, records_frame
-from harness.results import load_records, newest_per_cell
+from harness.protocol import Protocol, conflicts, differences, newest_per_cell, tables
+from harness.results import load_records
+
+Key = tuple[str, str]  # (method, target)
+
+
+class ProtocolMismatch(ValueError):
+    """The two sides were measured differently: their numbers are not compared."""
+
+
+@dataclass
+class Board:
+    """One table's rows by (method, target), its protocol, and which way each metric improves."""
+
+    protocol: Protocol | None
+    rows: dict[Key, dict] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
 class Comparison:
-    key: tuple[str, str]  # (method, target)
+    key: Key
     metric: str
     stored: float | None
     fresh: float | None
-    status: str  # "ok", "better", "WORSE", "MISSING"
+    status: str  # "ok", "better", "WORSE", "MISSING" (stored row absent), "NEW" (fresh row not in the reference)
 
 
-def _rows(path: Path, skip_corrupt: bool = False) -> tuple[dict[tuple[str, str], dict], dict[str, bool]]:
-    """Leaderboard rows by (method, target), and metric directions, from a JSON board or a records dir."""
-    if path.is_dir():
-        records = [r for r in newest_per_cell(load_records(path, skip_corrupt))[0] if r.ok]
-        if not records:
-            raise FileNotFoundError(f"no successful run records under {path}")
-        rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))
-        better = directions(records)
-    else:
+def boards(path: Path, skip_corrupt: bool = False) -> list[Board]:
+    """A leaderboard JSON's one table, or a records directory's tables, one per protocol."""
+    if not path.is_dir():
         board = json.loads(path.read_text())
-        rows, better = board["rows"], board.get("higher_is_better", {})
-    return {(r["method"], str(r["target"])): r for r in rows}, better
+        return [Board(board.get("protocol_fields"), {(r["method"], str(r["target"])): r for r in board["rows"]},
+                      board.get("higher_is_better", {}))]
+    found = []
+    for group in tables(load_records(path, skip_corrupt)):
+        records = [r for r in newest_per_cell(group.records)[0] if r.ok]
+        if records:
+            rows = json.loads(build_table(records_frame(records)).to_json(orient="records"))
+            found.append(Board(group.protocol, {(r["method"], str(r["target"])): r for r in rows},
+                               directions(records)))
+    if not found:
+        raise FileNotFoundError(f"no successful run records under {path}")
+    return found
+
+
+def counterpart(stored: Board, fresh: list[Board], names: tuple[str, str]) -> Board:
+    """The fresh table measured as ``stored`` was (the one sharing most rows, if several)."""
+    if stored.protocol is None or any(board.protocol is None for board in fresh):
+        raise ProtocolMismatch(
+            f"the {names[0] if stored.protocol is None else names[1]} leaderboard records no protocol, so "
+            "nothing shows it was measured like the other side: regenerate it from its records with "
+            "`harness leaderboard`")
+    alike = [board for board in fresh if not conflicts(stored.protocol, board.protocol)]
+    if alike:
+        return max(alike, key=lambda board: len(board.rows.keys() & stored.rows.keys()))
+    closest = min(fresh, key=lambda board: len(conflicts(stored.protocol, board.protocol)))
+    raise ProtocolMismatch(
+        f"the {names[1]} results were measured with another protocol than the {names[0]} leaderboard; "
+        "not comparing them. Fields that differ:\n  "
+        + "\n  ".join(differences(stored.protocol, closest.protocol, names)))
 
 
 def _metrics(row: dict) -> dict[str, float]:
@@ -50,34 +91,35 @@ def _metrics(row: dict) -> dict[str, float]:
 
 def compare(fresh_path: Path, stored_path: Path, rtol: float = 0.02,
             skip_corrupt: bool = False) -> list[Comparison]:
-    (fresh, fresh_better), (stored, stored_better) = (_rows(Path(fresh_path), skip_corrupt),
-                                                      _rows(Path(stored_path), skip_corrupt))
+    fresh_boards = boards(Path(fresh_path), skip_corrupt)
     registry = None
     out = []
-    for key, row in stored.items():
-        for metric, reference in _metrics(row).items():
-            value = _metrics(fresh.get(key, {})).get(metric)
-            if value is None:
-                out.append(Comparison(key, metric, reference, None, "MISSING"))
-                continue
-            higher = fresh_better.get(metric, stored_better.get(metric))
-            if higher is None:  # a board written before directions were recorded: ask the evaluator
-                from harness.plugins import default_registry
+    for stored in boards(Path(stored_path), skip_corrupt):
+        fresh = counterpart(stored, fresh_boards, ("stored", "fresh"))
+        for key, row in stored.rows.items():
+            for metric, reference in _metrics(row).items():
+                value = _metrics(fresh.rows.get(key, {})).get(metric)
+                if value is None:
+                    out.append(Comparison(key, metric, reference, None, "MISSING"))
+                    continue
+                higher = fresh.higher_is_better.get(metric, stored.higher_is_better.get(metric))
+                if higher is None:  # a board written before directions were recorded: ask the evaluator
+                    from harness.plugins import default_registry
 
-                registry = registry or default_registry()
-                higher = registry.higher_is_better(metric)
-            lower_better = not higher
-            change = (value - reference) / abs(reference) if reference else value - reference
-            worse = change if lower_better else -change
-            status = "WORSE" if worse > rtol else "better" if worse < -rtol else "ok"
-            out.append(Comparison(key, metric, reference, value, status))
+                    registry = registry or default_registry()
+                    higher = registry.higher_is_better(metric)
+                change = (value - reference) / abs(reference) if reference else value - reference
+                worse = -change if higher else change
+                status = "WORSE" if worse > rtol else "better" if worse < -rtol else "ok"
+                out.append(Comparison(key, metric, reference, value, status))
+        out += [Comparison(key, "—", None, None, "NEW") for key in fresh.rows if key not in stored.rows]
     return out
 
 
 def report(comparisons: list[Comparison]) -> str:
     rows = [[*c.key, c.metric, c.stored, c.fresh,
              None if c.fresh is None or not c.stored else f"{(c.fresh - c.stored) / abs(c.stored):+.2%}",
-             c.status] for c in comparisons]
+             "NEW (not in the reference)" if c.status == "NEW" else c.status] for c in comparisons]
     return tabulate(rows, headers=["method", "target", "metric", "stored", "fresh", "change", "status"],
                     tablefmt="github", floatfmt=".4g", missingval="—")
 

@@ -1,8 +1,12 @@
-"""Leaderboards: run records → one table per model, written by every registered reporter.
+"""Leaderboards: run records → one table per model, mode and protocol, written by every
+registered reporter.
 
-The dense row comes first as the reference; every metric gets a Δ column against it; the
-rest are sorted by a metric of your choice (default: the first perplexity, ascending).
-The protocol (calibration, evaluation, device, versions) is printed above each table.
+Records measured differently (another calibration set, other evaluation windows, another
+checkpoint: ``harness.protocol``) never share a ranked table: each protocol gets its own file,
+with its own dense row, and ``index.md`` lists the tables. The dense row comes first as the
+reference; every metric gets a Δ column against it (none where the protocol has no dense
+row, and the header says so); the rest are sorted by a metric of your choice (default: the
+first perplexity, ascending). The protocol is printed above each table.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.atomic import atomic_write_text
 from harness.plugins import Registry, default_registry
-from harness.results import Record, load_records, newest_per_cell, slug
+from harness.protocol import ProtocolTable, distinguishing, newest_per_cell, tables
+from harness.results import Record, load_records, slug
 
 
 def directions(records: list[Record]) -> dict[str, bool]:
@@ -193,14 +199,25 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], spe
     return notes
 
 
+def protocol_suffix(fields: list[str]) -> str:
+    """A file-name suffix from the fields that tell a model's tables apart: each field's last
+    name and its value (hashes cut to 8 characters), e.g. ``n-8.window-length-512``."""
+    def short(item: str) -> str:
+        name, value = item.split("=", 1)
+        value = value.split(":")[-1][:8] if len(value) > 16 else value
+        return slug(f"{name.rsplit('.', 1)[-1]}-{value}")
+    return ".".join(short(f) for f in fields)
+
+
 def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None,
                        formats: list[str] | None = None, registry: Registry | None = None,
                        plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
                        deltas: list[str] | None = None) -> list[Path]:
-    """One table per model and mode (matched ratio, matched speedup) from the records under
-    ``results_dir``, in every format asked for, with plots; returns the files written."""
+    """One table per model, mode (matched ratio, matched speedup) and protocol from the records
+    under ``results_dir``, in every format asked for, with plots, and ``index.md`` listing the
+    tables; returns the files written."""
     registry = registry or default_registry()
-    records, superseded = newest_per_cell(load_records(results_dir, skip_corrupt))
+    records = load_records(results_dir, skip_corrupt)
     if not records:
         raise FileNotFoundError(f"no run records under {results_dir}")
     formats = formats or list(registry.reporters)
@@ -211,25 +228,60 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     def in_table(r: Record, model: str, speed_mode: bool) -> bool:  # the dense reference heads both modes' tables
         return r.model == model and (r.method_kind == "reference" or (r.mode == "matched-speedup") == speed_mode)
 
-    written = []
+    written, index = [], []
     for model, speed_mode in dict.fromkeys((r.model, r.mode == "matched-speedup") for r in records):
-        mine = [r for r in records if in_table(r, model, speed_mode)]
-        ok = [r for r in mine if r.ok]
-        if not ok:
-            continue
-        better = directions(ok)
-        table = build_table(records_frame(ok), sort, better, metrics, deltas)
-        table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
-        older = [r for r in superseded if in_table(r, model, speed_mode)]
-        header = "\n".join([protocol_header(ok), *table_notes(ok, [r for r in mine if not r.ok], older, speed_mode)])
-        stem = Path(out_dir) / (board_stem(model) + ("-matched-speedup" if speed_mode else ""))
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        for name in formats:
-            written.append(registry.reporters[name](table, header, stem))
-        if plots:
-            from harness.plots import write_plots
-
-            # (not `metrics`: that is the caller's globs, which the next table needs too)
-            shown = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
-            written += write_plots(ok, stem, shown, better)
+        groups = [g for g in tables([r for r in records if in_table(r, model, speed_mode)])
+                  if any(r.ok for r in g.records)
+                  and (not speed_mode or any(r.mode == "matched-speedup" for r in g.records))]
+        base = board_stem(model) + ("-matched-speedup" if speed_mode else "")
+        for group, fields in zip(groups, distinguishing(groups)):
+            stem = Path(out_dir) / (base + (f"--{protocol_suffix(fields)}" if len(groups) > 1 else ""))
+            paths = write_table(group, stem, speed_mode, sort, formats, registry, plots, metrics, deltas,
+                                fields if len(groups) > 1 else None)
+            written += paths
+            index.append((stem.name, model, speed_mode, group, fields))
+    written.append(write_index(Path(out_dir), index))
     return written
+
+
+def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | None, formats: list[str],
+                registry: Registry, plots: bool, metrics: list[str] | None, deltas: list[str] | None,
+                split_by: list[str] | None) -> list[Path]:
+    """One protocol's table in every format (and its plots); ``split_by``: the fields that set it
+    apart from the model's other tables, when it has any."""
+    kept, older = newest_per_cell(group.records)
+    ok = [r for r in kept if r.ok]
+    better = directions(ok)
+    table = build_table(records_frame(ok), sort, better, metrics, deltas)
+    table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
+    table.attrs["protocol"] = group.protocol
+    notes = table_notes(ok, [r for r in kept if not r.ok], older, speed_mode)
+    if split_by:
+        notes.append(f"protocol: one of several tables of this model (index.md), set apart by {', '.join(split_by)}")
+    if not any(r.method_kind == "reference" for r in ok):
+        notes.append("no dense row was measured with this protocol: no Δ columns")
+    header = "\n".join([protocol_header(ok), *notes])
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = [registry.reporters[name](table, header, stem) for name in formats]
+    if plots:
+        from harness.plots import write_plots
+
+        # (not `metrics`: that is the caller's globs, which the next table needs too)
+        shown = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
+        written += write_plots(ok, stem, shown, better)
+    return written
+
+
+def write_index(out_dir: Path, entries: list[tuple[str, str, bool, ProtocolTable, list[str]]]) -> Path:
+    """``index.md``: every table written, with its model, mode, rows and what sets it apart."""
+    lines = ["# Leaderboards", "",
+             "One table per model, mode and protocol: rows measured differently are never ranked together.", "",
+             "| table | model | mode | rows | dense row | protocol (where a model has several) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for stem, model, speed_mode, group, fields in entries:
+        ok = [r for r in newest_per_cell(group.records)[0] if r.ok]
+        dense = "yes" if any(r.method_kind == "reference" for r in ok) else "none (no Δ)"
+        shown = ", ".join(fields) if len(fields) and sum(e[1] == model and e[2] == speed_mode for e in entries) > 1 else "—"
+        lines.append(f"| `{stem}` | {model} | {'matched speedup' if speed_mode else 'matched ratio'} | {len(ok)} "
+                     f"| {dense} | {shown} |")
+    return atomic_write_text(out_dir / "index.md", "\n".join(lines) + "\n")

@@ -129,6 +129,42 @@ def fingerprint(name: str) -> str:
     return "hub:" + name
 
 
+#: Files of a model directory whose content makes its weights what they are.
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.json")
+
+
+def identity(name: str) -> str:
+    """The checkpoint's identity, recorded with every result and part of a table's protocol: a
+    GGUF file's content hash; for a directory (a local checkpoint or an export), a hash over its
+    weight and config files' hashes (``file_fingerprint``: files over 256 MiB by size, first and
+    last MiB); for a hub id, the id at the revision in the local hub cache when there is one."""
+    from harness.datasets import file_fingerprint
+
+    path = Path(name)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        files = sorted({f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        for file in files:
+            digest.update(f"{file.name}\0{file_fingerprint(file)}\n".encode())
+        return "dir:" + digest.hexdigest()
+    source = resolve(name)
+    if source.gguf_file:
+        return "gguf:" + file_fingerprint(Path(source.path) / source.gguf_file)
+    revision = _hub_cache_revision(name)
+    return f"hub:{name}" + (f"@{revision}" if revision else "")
+
+
+def _hub_cache_revision(repo_id: str) -> str | None:
+    """The commit of the hub cache's copy of ``repo_id`` (its snapshot folder), if cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, or no hub client
+        return None
+    return Path(config).parent.name if isinstance(config, str) else None
+
+
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         # The papers evaluate fp16 models on GPU; CPUs are slow in half precision.

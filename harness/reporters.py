@@ -40,7 +40,8 @@ def write_json(table: pd.DataFrame, header: str, stem: Path) -> Path:
     path = file_for(stem, ".json")
     rows = json.loads(table.to_json(orient="records"))
     write_json_atomic(path, {"protocol": header.splitlines(), "rows": rows,
-                             "higher_is_better": table.attrs.get("higher_is_better", {})})
+                             "higher_is_better": table.attrs.get("higher_is_better", {}),
+                             "protocol_fields": table.attrs.get("protocol")})
     return path
 
 

@@ -28,7 +28,7 @@ class Record:
     """One run: a method at a target on a model, as measured. Written as one JSON file."""
 
     key: str  # hash of everything that defines the result (see ``run_key``)
-    model: str
+    model: str  # as the user named it (hub id, path, embedded name)
     architecture: str
     dtype: str
     method: str
@@ -50,6 +50,7 @@ class Record:
     memory: dict[str, Any] = field(default_factory=dict)
     match: dict[str, Any] | None = None  # matched-speedup search log
     saved_model: str | None = None
+    model_id: str | None = None  # the checkpoint's identity (models.identity): a content hash
     traceback: str | None = None
     schema: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
@@ -148,23 +149,6 @@ def write_record(path: Path, record: Record) -> None:
 def completed(path: Path) -> bool:
     record = load_record(path)
     return record is not None and record.ok
-
-
-def newest_per_cell(records: list[Record]) -> tuple[list[Record], list[Record]]:
-    """One record per cell (model, method, target, mode, dtype): the newest (``created``). A
-    results folder reused across harness versions, or settings that change a cell's key (its
-    record file's hash), holds older records of the same cells; a table shows each cell once.
-    Returns (kept, superseded)."""
-    def cell(record: Record) -> tuple:
-        return record.model, record.method, record.label, record.mode, record.dtype
-
-    newest: dict[tuple, Record] = {}
-    for record in records:
-        held = newest.get(cell(record))
-        if held is None or record.provenance.get("created", "") > held.provenance.get("created", ""):
-            newest[cell(record)] = record
-    return ([r for r in records if newest[cell(r)] is r],
-            [r for r in records if newest[cell(r)] is not r])
 
 
 def load_records(results_dir: Path, skip_corrupt: bool = False, warn=None) -> list[Record]:

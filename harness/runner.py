@@ -53,6 +53,7 @@ from harness.targets import (
     count_parameters,
     measure_ratio,
 )
+from harness.throughput import device_name
 
 #: Models smaller than this many parameters are copied for each run; larger ones are
 #: reloaded from disk instead, so two copies never sit in CPU memory at once.
@@ -80,6 +81,11 @@ class ModelSession:
     def fingerprint(self) -> str:
         """The tokenizer's identity (``models.fingerprint``): hashed once per sweep."""
         return models.fingerprint(self.name)
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The checkpoint's identity (``models.identity``), recorded in every record."""
+        return models.identity(self.name)
 
     @functools.cached_property
     def tokenizer(self):
@@ -152,23 +158,27 @@ def new_record(plan: Plan, key: str, session: ModelSession, calibration: Calibra
     mode = ("matched-speedup" if plan.speed_target else "matched-ratio") if plan.matched else f"native {method.native_knob}"
     plugin = next((p.origin for p in registry.plugins if method.name in p.methods), None)
     return Record(
-        key=key, model=session.name, architecture=session.arch.family, dtype=str(session.dtype).removeprefix("torch."),
+        key=key, model=session.name, model_id=session.identity, architecture=session.arch.family, dtype=str(session.dtype).removeprefix("torch."),
         method=method.name, method_kind=method.kind, target=asdict(plan.target), mode=mode, label=plan.label,
         calibration=calibration.describe() if calibration and method.needs_calibration else None,
         eval=eval_spec, provenance={
             "harness": harness.__version__, "versions": _versions(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": _versions().get("transformers"), "plugin": plugin,
-            "git_commit": _git_commit(), "device": _device_name(device), "seed": seed,
+            "git_commit": _git_commit(), "device": device_name(device), "seed": seed,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
-def reusable(path: Path, config: RunConfig, log=print) -> Record | None:
-    """The finished record at ``path`` if the sweep may keep it; says why when it may not."""
+def reusable(path: Path, config: RunConfig, log=print, model_id: str | None = None) -> Record | None:
+    """The finished record at ``path`` if the sweep may keep it; says why when it may not.
+    ``model_id``: the checkpoint's identity now; a record of other weights behind the same
+    path is recomputed."""
     if not path.exists():
         return None
     record = load_record(path)
     if record is None:
         log(f"{path} is unreadable (truncated or corrupt); recomputing it")
+    elif model_id and record.model_id and record.model_id != model_id:
+        log(f"{record.method} @ {record.label}: its record is of other weights ({record.model_id[:20]}…); recomputing it")
     elif record.ok and not config.overwrite:
         if config.save_models and not (record.saved_model and Path(record.saved_model).is_dir()):
             log(f"{record.method} @ {record.label}: record exists but its model was not saved; "
@@ -187,7 +197,7 @@ def compress(plan: Plan, session: ModelSession, calibration: Calibration | None,
     target = plan.target
     if plan.speed_target and plan.method.kind != "reference":
         dense_speed = next(p.state for e, p in prepared if e.name == "speed")
-        memo = probes and ProbeMemo(probes, {"device": _device_name(device), "torch": torch.__version__,
+        memo = probes and ProbeMemo(probes, {"device": device_name(device), "torch": torch.__version__,
                                              "phase": plan.speed_target.spec.label})
         found = match_speedup(plan.method, target, plan.speed_target, session.fresh_copy,
                               dense_speed.tokens_per_s(plan.speed_target.spec.label), device,
@@ -285,7 +295,7 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
     config, session, calibration, device = sweep.config, sweep.session, sweep.calibration, sweep.device
     method = plan.method
     key, path = sweep.cell(plan)
-    if (done := reusable(path, config, log)) is not None:
+    if (done := reusable(path, config, log, session.identity)) is not None:
         return done
     log(f"{method.name} @ {plan.label}: compressing ...")
     probes = probe_memo_path(path)
@@ -338,11 +348,21 @@ def run(config: RunConfig, registry: Registry | None = None, log=print) -> list[
 # --- provenance -----------------------------------------------------------------------------
 @functools.cache
 def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
+    """The commit of the harness's own checkout; None (unknown) for an installed package, or
+    a package installed inside some other repository. Git's messages never reach the terminal."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() or None if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != package.parent:
         return None
+    return git("rev-parse", "HEAD")
 
 
 @functools.cache
@@ -354,9 +374,3 @@ def _versions() -> dict[str, str | None]:
             return None
 
     return {package: version(package) for package in RECORDED_PACKAGES}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"

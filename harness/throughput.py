@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import platform
 import re
 import statistics
 import time
@@ -44,6 +45,13 @@ from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 from harness.fusion import FusionError, check_one_product_per_step, fused_groups, fused_projections
 from harness.sparse_kernels import to_semi_structured, tune_sparse_kernels
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's model ("NVIDIA H100 80GB HBM3"), or the CPU's architecture: where a speed was measured."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 @dataclass(frozen=True)
@@ -333,7 +341,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))
                        if device.type == "cuda" else None),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
     }
     if ops is not None:
         result["profile"] = ops
@@ -468,7 +476,7 @@ class Speed(Evaluator):
         # the record's identity, so rows measured before either are not resumed as if measured so
         spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile,
                                      "compile_scope": compilation.COMPILE_SCOPE if compile else None, "fused": True,
-                                     "implicit_masks": True,
+                                     "implicit_masks": True, "device": device_name(context.device),
                                      "sparse_kernels": context.config.sparse_kernels} for s in specs}
         return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))
 

@@ -15,8 +15,10 @@ evaluates). Otherwise lm-eval loads the task from the hub as usual.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import subprocess
 from pathlib import Path
 
 import torch
@@ -89,8 +91,9 @@ def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], devic
     model.to(device)  # lm-eval runs the whole model on one device
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
-        out = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=False,
-                                      bootstrap_iters=0, verbosity="ERROR", task_manager=_task_manager())
+        with _quiet_git_lookup():
+            out = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=False,
+                                          bootstrap_iters=0, verbosity="ERROR", task_manager=_task_manager())
     finally:
         model.to("cpu")
     metrics, accs, papers = {}, [], []
@@ -115,6 +118,32 @@ def evaluate_zeroshot(model: torch.nn.Module, tokenizer, tasks: list[str], devic
     return metrics, details
 
 
+@contextlib.contextmanager
+def _quiet_git_lookup():
+    """lm-eval notes the working directory's git commit by running ``git describe`` with its
+    stderr on the terminal, so outside a checkout every evaluation printed git's "fatal: not a
+    git repository". The harness records its own commit; lm-eval's lookup runs quietly here."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # an lm-eval that does not look it up
+        yield
+        return
+    evaluator.get_git_commit_hash = _git_describe
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
+def _git_describe() -> str | None:
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def _version(package: str) -> str | None:
     import importlib.metadata as md
 
@@ -134,7 +163,12 @@ class ZeroShot(Evaluator):
     requires = {"lm_eval": "lm-eval"}
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
-        return Prepared({"zeroshot": {"tasks": list(args), "limit": context.config.zeroshot_limit}}, list(args))
+        from harness.datasets import file_fingerprint
+
+        files = {task: local_task_file(task, context.config.data_dir) for task in args}
+        spec = {"tasks": list(args), "limit": context.config.zeroshot_limit, "lm_eval": _version("lm_eval"),
+                "data": {task: file_fingerprint(path) if path else "hub" for task, path in files.items()}}
+        return Prepared({"zeroshot": spec}, list(args))
 
     def evaluate(self, prepared: Prepared, model, target, context: EvalContext) -> EvalResult:
         config = context.config
