@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             from harness.leaderboard import write_leaderboards
             paths = write_leaderboards(Path(config.out), Path(args.leaderboard))
             for path in paths:
-                if path.suffix == ".md":
+                if path.suffix == ".md" and path.name != "index.md":
                     print(f"\n{path}:\n{path.read_text()}")
         if failed:
             print(f"{len(failed)} run(s) failed: " + "; ".join(f"{r.method}: {r.error}" for r in failed),

@@ -16,6 +16,12 @@ Identity: a record's file name holds the hash of everything that defines its res
 rest, failed ones included. A cell whose worker dies (OOM, node loss, a crash) is retried
 ``--retries`` times by Ray, then recorded as failed with the error; the sweep goes on.
 
+Reaching the cluster: an address where nothing answers (or ``auto`` with no cluster running)
+fails before Ray's own connection retries start, naming the address and how to start or join a
+cluster. A cluster lost mid-sweep (its GCS stops answering) ends the sweep with an error that
+says how many cells finished; their records stay in ``--out``, so rerunning the same command
+once a cluster is back resumes the sweep.
+
 Resources per cell: ``--ray-gpus`` GPUs (default 1 when the cluster has GPUs and the device
 is not "cpu"; a fraction such as 0.25 lets four quality cells share one GPU, which a small
 model's zero-shot scoring, bound by lm-eval's per-request Python work, leaves mostly idle; such
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 from pathlib import Path
 
 from harness.plan import RunConfig
@@ -120,6 +128,73 @@ def cell_resources(options: dict, speed: bool, first_accelerator: str | None) ->
     return options
 
 
+CONNECT_TIMEOUT_S = 10  # before ray.init: how long the cluster's address has to answer
+POLL_S = 5  # while cells run: how often the driver checks that the cluster still answers
+LOST_AFTER_S = 15  # a GCS silent this long is lost (well within Ray's reconnect timeout, 60 s by default)
+HOW_TO_START = ("start one with `ray start --head --port=6379` (then `ray start --address=HEAD:6379` on the "
+                "other nodes) and pass --ray-address HEAD:6379, pass --ray-address auto on a node of a running "
+                "cluster, or leave --ray-address out to start a local one")
+
+
+class RayClusterError(ConnectionError, ValueError):
+    """No Ray cluster to run on, or the sweep's cluster went away. Also a ValueError, so that the
+    command line prints it as an error rather than a traceback."""
+
+
+def _answers(address: str, timeout: float) -> bool:
+    """Whether something accepts a TCP connection at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_address(address: str | None) -> str | None:
+    """The host:port that ``ray.init(address)`` will connect to, resolved as Ray resolves it
+    (RAY_ADDRESS, ``auto``, the cluster ``ray start`` last started on this node), or None when it
+    will start a local cluster. Raises RayClusterError at once when there is no cluster to join
+    or nothing answers at its address, where Ray would retry for many minutes."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address in (None, "auto") and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+    try:
+        gcs = address.split("://", 1)[1] if address and "://" in address else canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        raise RayClusterError(f"no running Ray cluster found for --ray-address {address}: {HOW_TO_START}") from None
+    if gcs is None or ":" not in gcs or _answers(gcs, CONNECT_TIMEOUT_S):
+        return gcs
+    where = address or f"{gcs} (the cluster `ray start` last started on this node; `ray stop` forgets it)"
+    raise RayClusterError(f"cannot reach a Ray cluster at {where}: nothing answers at {gcs} within "
+                          f"{CONNECT_TIMEOUT_S} s; {HOW_TO_START}")
+
+
+def _lost(gcs: str | None) -> bool:
+    """Whether the cluster's GCS at ``gcs`` has stopped answering (for ``LOST_AFTER_S``)."""
+    deadline = time.monotonic() + LOST_AFTER_S
+    while gcs and not _answers(gcs, POLL_S):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(1)
+    return False
+
+
+def _wait(pending: list, gcs: str | None, lost) -> tuple[list, list]:
+    """``ray.wait`` for one result, checking every ``POLL_S`` that the cluster still answers and
+    raising ``lost()`` once it does not: a driver whose cluster is gone would otherwise block until
+    Ray ends the process without a word."""
+    import ray
+
+    while True:
+        finished, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+        if finished:
+            return finished, pending
+        if _lost(gcs):
+            raise lost()
+
+
 def run_on_ray(config: RunConfig, log=print) -> list[Record]:
     try:
         import ray
@@ -129,8 +204,21 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
 
     started_here = not ray.is_initialized()
     if started_here:
+        check_address(config.ray_address)
         ray.init(address=config.ray_address, runtime_env=_runtime_env() or None, include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")
+    try:
+        gcs = ray.get_runtime_context().gcs_address  # watched while cells run
+    except Exception:  # a Ray client connection, which reconnects by itself
+        gcs = None
+    records, cells = [], None
+
+    def lost() -> RayClusterError:
+        done = f"after {len(records)} of {len(cells)} cells" if cells is not None else "before its first task finished"
+        return RayClusterError(f"lost the Ray cluster at {config.ray_address or gcs} {done}; the records written so "
+                               f"far are kept in {config.out}: rerun the same command once a cluster is up to resume "
+                               "(finished cells are skipped)")
+
     try:
         gpus = config.ray_gpus
         if gpus is None:
@@ -143,10 +231,14 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
         log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
             f"{gpus} GPU(s) per cell")
         ids_ref, manifest_ref = ray.remote(first_task).options(num_returns=2, **options).remote(config, gpus)
-        manifest = ray.get(manifest_ref)  # the dense rows are done: every other cell may start
-        records, running = [], {}
-        remote_cell = ray.remote(cell_task)
-        for cell in manifest["cells"]:
+        try:
+            manifest = ray.get(_wait([manifest_ref], gcs, lost)[0][0])  # the dense rows are done
+        except ray.exceptions.RayError as error:
+            if _lost(gcs):
+                raise lost() from error
+            raise
+        running, remote_cell, cells = {}, ray.remote(cell_task), manifest["cells"]
+        for cell in cells:
             if cell["done"]:
                 records.append(load_record(Path(cell["path"])))
                 log(f"{cell['method']} @ {cell['label']}: done ({Path(cell['path']).name})")
@@ -157,11 +249,13 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
         pending = list(running)
         with tqdm(total=len(pending), desc="cells", disable=None, leave=False) as bar:
             while pending:
-                finished, pending = ray.wait(pending, num_returns=1)
+                finished, pending = _wait(pending, gcs, lost)
                 cell = running[finished[0]]
                 try:
                     record = load_record(Path(ray.get(finished[0])))
-                except ray.exceptions.RayError as error:  # the worker died, retries spent
+                except ray.exceptions.RayError as error:  # the worker died, retries spent (or the cluster did)
+                    if _lost(gcs):
+                        raise lost() from error
                     record = _failed(cell, error)
                 records.append(record)
                 bar.update()

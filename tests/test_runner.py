@@ -164,7 +164,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_leaderboard_tables(config, registry, tmp_path):
     run(config, registry, log=quiet)
     paths = write_leaderboards(config.out, tmp_path / "boards", registry=registry)
-    assert sorted(p.suffix for p in paths if p.suffix != ".png") == [".csv", ".html", ".json", ".md"]
+    assert sorted(p.suffix for p in paths if p.suffix != ".png" and p.name != "index.md") == [
+        ".csv", ".html", ".json", ".md"]
+    assert (tmp_path / "boards" / "index.md") in paths
     plot = next(p for p in paths if p.name.endswith("ppl-wikitext2-vs-ratio.png"))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = next(p for p in paths if p.suffix == ".html").read_text()
@@ -174,7 +176,7 @@ def test_leaderboard_tables(config, registry, tmp_path):
     assert rows[0]["method"] == "dense" and rows[0]["Δ ppl:wikitext2"] == 0
     assert [r["target"] for r in rows[1:]] == ["0.2", "0.5"]
     assert any("calibration" in line for line in board["protocol"])
-    md = next(p for p in paths if p.suffix == ".md").read_text()
+    md = next(p for p in paths if p.suffix == ".md" and p.name != "index.md").read_text()
     assert re.search(r"\|\s+rank\s+\| method", md) and "subsampled" in md
     with pytest.raises(ValueError, match="cannot sort by"):
         write_leaderboards(config.out, tmp_path / "boards", sort="bogus", registry=registry)
