@@ -11,12 +11,13 @@ import pytest
 from harness.plugins import MissingRequirement, load_plugins
 from harness.runner import RunConfig, run
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_plugin_example(marker: str = "plugin-example") -> str:
-    """A README code block ("write your own method/evaluation plugin"), verbatim."""
-    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
+def readme_plugin_example(marker: str = "plugin-example", source: Path = ROOT / "README.md") -> str:
+    """A documented plugin example (README.md, docs/plugins.md), verbatim: the code block after
+    ``<!-- marker -->``."""
+    text = source.read_text().split(f"<!-- {marker} -->", 1)[1]
     return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 PLUGIN_SOURCE = textwrap.dedent('''
@@ -86,7 +87,8 @@ def third_party(tmp_path, monkeypatch):
     install_fake_distribution(root, "harness_broken", "harness_broken", "raise ImportError('no such kernel')\n")
     install_fake_distribution(root, "harness_needs_more", "harness_needs_more", NEEDS_MORE_SOURCE)
     install_fake_distribution(root, "my_harness_plugin", "my_harness_plugin", readme_plugin_example())
-    install_fake_distribution(root, "my_harness_eval", "my_harness_eval", readme_plugin_example("evaluation-example"))
+    install_fake_distribution(root, "my_harness_eval", "my_harness_eval",
+                              readme_plugin_example("evaluation-example", ROOT / "docs" / "plugins.md"))
     monkeypatch.syspath_prepend(str(root))
     return root
 
@@ -152,7 +154,7 @@ def test_readme_evaluation_example_works(third_party, tiny_model_dir, data_dir, 
     assert dense.metrics["agree:top1"] == 1.0 and dense.eval["agree"] == {"tokens": 64}
     assert heavy.metrics["agree:top1"] < 1.0 and heavy.higher_is_better == {"ppl:wikitext2": False, "agree:top1": True}
     write_leaderboards(tmp_path / "results", tmp_path / "boards", sort="agree:top1", registry=registry, plots=False)
-    board = next((tmp_path / "boards").glob("*.md")).read_text()
+    board = next(p for p in (tmp_path / "boards").glob("*.md") if p.name != "index.md").read_text()
     assert "agree:top1" in board
     # the header names every evaluation, a plugin's with what its record says it ran on
     assert "evaluation: ppl:wikitext2: 1/" in board and "; agree (tokens 64)" in board
