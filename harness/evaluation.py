@@ -83,6 +83,22 @@ class Evaluator:
         """Which way ``metric`` improves (the leaderboard's ranking, ``check``'s verdict)."""
         return True
 
+    def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
+        """How a table's header states this evaluation's protocol. ``key`` is the record's
+        ``eval`` entry ("ppl:wikitext2"), ``spec`` what ``prepare`` recorded there, ``details``
+        what ``evaluate`` kept for one of the table's records (None if it kept nothing)."""
+        return describe_spec(key, spec)
+
+    def notes(self, details: list[dict]) -> list[str]:
+        """Lines under a table's protocol that this evaluation's details call for (what every
+        speedup divides by, say), given each row's ``details``; none by default."""
+        return []
+
+    def plot_axis(self, metric: str) -> str | None:
+        """Where a leaderboard plots ``metric``: "quality" (against ratio and speedup),
+        "speedup" (an x-axis for quality), or None (not plotted)."""
+        return "quality"
+
     def check(self, args: list[str], registry: Registry) -> None:
         """Refuse bad arguments before anything loads (the default accepts any)."""
 
@@ -95,6 +111,11 @@ class Evaluator:
 
     def __repr__(self) -> str:
         return f"<evaluator {self.name}>"
+
+
+def describe_spec(key: str, spec: dict) -> str:
+    """An evaluation as its record states it, for evaluators that say nothing more."""
+    return f"{key} ({', '.join(f'{name} {value}' for name, value in spec.items())})" if spec else key
 
 
 def parse_evals(items: list[str]) -> dict[str, list[str]]:

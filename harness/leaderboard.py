@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.atomic import atomic_write_text
+from harness.evaluation import describe_spec
 from harness.plugins import Registry, default_registry
 from harness.protocol import ProtocolTable, distinguishing, newest_per_cell, tables
 from harness.results import Record, load_records, slug
@@ -81,8 +82,11 @@ def build_table(frame: pd.DataFrame, sort: str | None = None,
     return table[ordered]
 
 
-def protocol_header(records: list[Record]) -> str:
-    """What every row of a table shares (or the distinct values, if they differ)."""
+def protocol_header(records: list[Record], registry: Registry | None = None) -> str:
+    """What every row of a table shares (or the distinct values, if they differ); each evaluation
+    as its evaluator describes it."""
+    registry = registry or default_registry()
+
     def distinct(get) -> str:
         values = []
         for r in records:
@@ -100,21 +104,10 @@ def protocol_header(records: list[Record]) -> str:
 
     def evals(r) -> list[str]:
         parts = []
-        for k, v in r.eval.items():
-            if k.startswith("speed:"):
-                parts.append(f"{k} (tokens/s; speedup = ÷ dense measured in the same run"
-                             + (", 2:4 on sparse kernels" if v.get("sparse_kernels") else "")
-                             + ("; roofline = fraction of the HBM roofline" if k.startswith("speed:decode")
-                                else "; peak = fraction of the measured matmul peak") + ")")
-            elif k == "zeroshot":
-                lm_eval = r.details.get("zeroshot", {}).get("lm_eval") or v.get("lm_eval")
-                parts.append(f"zero-shot (lm-eval {lm_eval}): {', '.join(v['tasks'])}"
-                             + (f", first {v['limit']} examples each (subsampled)" if v.get("limit") else ""))
-            elif "windows" in v:  # perplexity
-                parts.append(f"{k}: {v['windows']}/{v['windows_total']} windows × {v['window_length']}"
-                             + (" (subsampled)" if v["windows"] < v["windows_total"] else ""))
-            else:  # a plugin's evaluation: its name and what its record says it ran on
-                parts.append(f"{k} ({', '.join(f'{a} {b}' for a, b in v.items())})" if v else k)
+        for key, spec in r.eval.items():
+            evaluator = registry.evaluator_for(key)
+            details = r.details.get(evaluator.name) if evaluator else None
+            parts.append(evaluator.describe(key, spec, details) if evaluator else describe_spec(key, spec))
         return parts
 
     # each evaluation once, whichever rows ran it (zero-shot may cover only some rows)
@@ -169,20 +162,21 @@ def board_stem(model: str) -> str:
     return slug(re.sub(r"\.gguf$", "", model, flags=re.IGNORECASE))
 
 
-def table_notes(ok: list[Record], failed: list[Record], older: list[Record], speed_mode: bool) -> list[str]:
+def table_notes(ok: list[Record], failed: list[Record], older: list[Record], speed_mode: bool,
+                registry: Registry | None = None) -> list[str]:
     """The lines under a table's protocol that say what its rows do not: how sliced rows export,
-    what every speedup divides by, which rows missed or could not reach their target, which
-    runs failed and which older records of the same cells were left out."""
+    what each evaluation adds (what every speedup divides by, say), which rows missed or could
+    not reach their target, which runs failed and which older records of the same cells were
+    left out."""
+    registry = registry or default_registry()
     notes = []
     sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
     if sliced:  # what --save-models gives each row (harness/export.py)
         notes.append("exports: sparse rows are standard checkpoints stock transformers loads; "
                      f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
-    dense_speeds = sorted({(label, round(d["dense_tokens_per_s"])) for r in ok
-                           for label, d in (r.details.get("speed") or {}).items() if d.get("dense_tokens_per_s")})
-    if dense_speeds:  # what every speedup divides by
-        notes.append("dense, measured in the same run: " + "; ".join(f"{label} {tps:,} tokens/s"
-                                                                     for label, tps in dense_speeds))
+    for name in dict.fromkeys(name for r in ok for name in r.details):
+        if (evaluator := registry.evaluations.get(name)) is not None:
+            notes += evaluator.notes([r.details[name] for r in ok if name in r.details])
     if speed_mode:
         notes.append("mode: matched measured speedup (each method's ratio searched with shape probes)")
         if off := off_target(ok):
@@ -255,12 +249,12 @@ def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | 
     table = build_table(records_frame(ok), sort, better, metrics, deltas)
     table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
     table.attrs["protocol"] = group.protocol
-    notes = table_notes(ok, [r for r in kept if not r.ok], older, speed_mode)
+    notes = table_notes(ok, [r for r in kept if not r.ok], older, speed_mode, registry)
     if split_by:
         notes.append(f"protocol: one of several tables of this model (index.md), set apart by {', '.join(split_by)}")
     if not any(r.method_kind == "reference" for r in ok):
         notes.append("no dense row was measured with this protocol: no Δ columns")
-    header = "\n".join([protocol_header(ok), *notes])
+    header = "\n".join([protocol_header(ok, registry), *notes])
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = [registry.reporters[name](table, header, stem) for name in formats]
     if plots:
@@ -268,7 +262,8 @@ def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | 
 
         # (not `metrics`: that is the caller's globs, which the next table needs too)
         shown = [c for c in table.columns if ":" in c and not c.startswith("Δ")]
-        written += write_plots(ok, stem, shown, better)
+        axes = {m: (e.plot_axis(m) if (e := registry.evaluator_for(m)) else "quality") for m in shown}
+        written += write_plots(ok, stem, axes, better)
     return written
 
 

@@ -82,6 +82,10 @@ class Perplexity(Evaluator):
     def higher_is_better(self, metric: str) -> bool:
         return False
 
+    def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
+        return (f"{key}: {spec['windows']}/{spec['windows_total']} windows × {spec['window_length']}"
+                + (" (subsampled)" if spec["windows"] < spec["windows_total"] else ""))
+
     def check(self, args: list[str], registry) -> None:
         for dataset in args:
             registry.dataset(dataset)

@@ -112,15 +112,16 @@ def plot_quality_vs_speedup(records: list[Record], quality: str, speedup: str, s
     return path
 
 
-def write_plots(records: list[Record], stem: Path, metrics: list[str], higher_is_better: dict[str, bool],
-                allocation_methods: tuple[str, ...] = ("besa", "intraslice")) -> list[Path]:
-    quality = [m for m in metrics if not m.startswith(("speed:", "speedup:"))]
-    lower = {m: not higher_is_better.get(m, True) for m in metrics}
+def write_plots(records: list[Record], stem: Path, axes: dict[str, str | None],
+                higher_is_better: dict[str, bool]) -> list[Path]:
+    """``axes``: each shown metric's role as its evaluator states it ("quality", "speedup" or None).
+    Quality against ratio, the first quality metric against every speedup, and each record's
+    per-layer allocation where it is not uniform."""
+    quality = [m for m, axis in axes.items() if axis == "quality"]
+    lower = {m: not higher_is_better.get(m, True) for m in axes}
     written = [plot_metric_vs_ratio(records, m, stem, lower[m]) for m in quality]
-    if quality:  # the first quality metric against every measured speedup
+    if quality:
         written += [plot_quality_vs_speedup(records, quality[0], m, stem, lower[quality[0]])
-                    for m in metrics if m.startswith("speedup:")]
-    for record in records:
-        if record.ok and record.method in allocation_methods:
-            written.append(plot_allocation(record, stem))
+                    for m, axis in axes.items() if axis == "speedup"]
+    written += [plot_allocation(record, stem) for record in records if record.ok]
     return [p for p in written if p is not None]

@@ -58,12 +58,18 @@ class Registry:
                               + ", ".join(f"{n}:ARGS" for n in sorted(self.evaluations)))
         return self.evaluations[name]
 
+    def evaluator_for(self, name: str) -> Evaluator | None:
+        """The evaluator behind a metric or an ``eval`` entry named ``EVALUATION:...`` (or one of
+        its ``metric_prefixes``, such as speedup:...); None if none installed claims it."""
+        for evaluator in self.evaluations.values():
+            if name.split(":", 1)[0] in (evaluator.name, *evaluator.metric_prefixes):
+                return evaluator
+        return None
+
     def higher_is_better(self, metric: str) -> bool:
         """Direction of a metric named ``EVALUATION:...`` or produced by one (speedup:...)."""
-        for evaluator in self.evaluations.values():
-            if metric.split(":", 1)[0] in (evaluator.name, *evaluator.metric_prefixes):
-                return evaluator.higher_is_better(metric)
-        return True
+        evaluator = self.evaluator_for(metric)
+        return True if evaluator is None else evaluator.higher_is_better(metric)
 
 
 class UnknownName(ValueError):

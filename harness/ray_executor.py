@@ -166,9 +166,8 @@ def check_address(address: str | None) -> str | None:
         raise RayClusterError(f"no running Ray cluster found for --ray-address {address}: {HOW_TO_START}") from None
     if gcs is None or ":" not in gcs or _answers(gcs, CONNECT_TIMEOUT_S):
         return gcs
-    where = address or f"{gcs} (the cluster `ray start` last started on this node; `ray stop` forgets it)"
-    raise RayClusterError(f"cannot reach a Ray cluster at {where}: nothing answers at {gcs} within "
-                          f"{CONNECT_TIMEOUT_S} s; {HOW_TO_START}")
+    where = f"at {address}" if address else "`ray start` last started on this node (`ray stop` forgets it)"
+    raise RayClusterError(f"cannot reach the Ray cluster {where}: nothing answers at {gcs}; {HOW_TO_START}")
 
 
 def _lost(gcs: str | None) -> bool:

@@ -462,6 +462,21 @@ class Speed(Evaluator):
     order = 100  # last: a 2:4 model moves to sparse kernels, one way
     metric_prefixes = ("speedup", "roofline", "peak")
 
+    def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
+        return (f"{key} (tokens/s; speedup = ÷ dense measured in the same run"
+                + (", 2:4 on sparse kernels" if spec.get("sparse_kernels") else "")
+                + ("; roofline = fraction of the HBM roofline" if key.startswith("speed:decode")
+                   else "; peak = fraction of the measured matmul peak") + ")")
+
+    def notes(self, details: list[dict]) -> list[str]:
+        dense = sorted({(label, round(phase["dense_tokens_per_s"])) for rows in details
+                        for label, phase in rows.items() if phase.get("dense_tokens_per_s")})
+        return ["dense, measured in the same run: " + "; ".join(f"{label} {tps:,} tokens/s" for label, tps in dense)
+                ] if dense else []
+
+    def plot_axis(self, metric: str) -> str | None:
+        return "speedup" if metric.startswith("speedup:") else None
+
     def check(self, args: list[str], registry) -> None:
         for arg in args:
             SpeedSpec.parse(arg)

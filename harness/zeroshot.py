@@ -170,6 +170,11 @@ class ZeroShot(Evaluator):
                 "data": {task: file_fingerprint(path) if path else "hub" for task, path in files.items()}}
         return Prepared({"zeroshot": spec}, list(args))
 
+    def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
+        lm_eval = spec.get("lm_eval") or (details or {}).get("lm_eval")
+        return (f"zero-shot (lm-eval {lm_eval}): {', '.join(spec['tasks'])}"
+                + (f", first {spec['limit']} examples each (subsampled)" if spec.get("limit") else ""))
+
     def evaluate(self, prepared: Prepared, model, target, context: EvalContext) -> EvalResult:
         config = context.config
         # ~66k short scoring requests for the 7 tasks: a GPU wants far larger batches than the
