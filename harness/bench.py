@@ -19,6 +19,7 @@ from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec
 from harness.method import Target
 from harness.plugins import default_registry
+from harness.serving_config import BASELINE, ServingConfig
 from harness.shapes import SHAPES, random_model
 
 
@@ -108,17 +109,16 @@ def format_rows(rows: list[dict]) -> str:
 # --- inference speed ------------------------------------------------------------------------
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
-                layers: int | None = None, sparse_kernels: bool = True, match: str | None = None,
-                compile: bool | str | None = None, profile: bool = False, fuse: bool = True, log=print,
-                on_rows=None) -> list[dict]:
+                layers: int | None = None, serving: ServingConfig = BASELINE, match: str | None = None,
+                profile: bool = False, log=print, on_rows=None) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
     here, minutes apart, on the same device. Methods that support ``pattern`` (2:4, 4:8)
     run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
     searched until its speedup in the first spec's phase is S (``harness.speedmatch``).
-    ``profile`` adds each row's top kernels (``throughput.profile_step``); ``fuse=False`` runs
-    q/k/v and gate/up as separate products (``harness.fusion``) in every model. ``on_rows`` is
+    ``serving`` builds every measured step; ``profile`` adds each row's top kernels
+    (``throughput.profile_step``). ``on_rows`` is
     called with the rows so far after each method's (the CLI writes its JSON there, so a run
     cut short keeps the rows it measured).
     """
@@ -145,7 +145,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
         f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
-    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, compile=compile, profile=profile, fuse=fuse)
+    dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, serving, profile)
 
     def make_model():
         return copy.deepcopy(dense_model)
@@ -188,8 +188,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
         if method.kind == "reference":
             ratio, results = 0.0, dense
         else:
-            ratio, results = probe_speed(method, make_model, target, specs, device, sparse_kernels, dense_count,
-                                         compile=compile, profile=profile, fuse=fuse)
+            ratio, results = probe_speed(method, make_model, target, specs, device, serving, dense_count, profile)
         rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
         if on_rows:
             on_rows(rows)
@@ -201,8 +200,7 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
         for method in chosen:
             if method.kind == "reference":
                 continue
-            found = match_speedup(method, target_for(method, 0.0), goal, make_model, base, device,
-                                  sparse_kernels, compile, log, fuse=fuse)
+            found = match_speedup(method, target_for(method, 0.0), goal, make_model, base, device, serving, log)
             add_rows(method, target_for(method, found.ratio),
                      {"match": goal.label, "reached": found.reached, "probes": found.probes})
         return rows

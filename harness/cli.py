@@ -80,10 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
                      "measured speedup over dense in --phase is S, then evaluate there")
     run.add_argument("--phase", dest="match_phase", help="the phase --match holds to, PHASE@BxL "
                      "(default decode@1x512)")
-    run.add_argument("--no-sparse-kernels", dest="sparse_kernels", action="store_false", default=None,
-                     help="keep 2:4 weights on dense kernels when measuring speed")
-    run.add_argument("--no-compile", dest="compile", action="store_false", default=None,
-                     help="speed: time eager blocks in a CUDA graph, not the compiled step (the GPU default)")
     run.add_argument("--zeroshot-limit", type=int, help="examples per zero-shot task (quick runs; recorded)")
     run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
                      "(quick runs; recorded with the result)")
@@ -100,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-models", action="store_true", default=None,
                      help="save each compressed model under OUT/models/ (load it back with --model DIR)")
     run.add_argument("--leaderboard", metavar="DIR", help="also write leaderboards to DIR afterwards")
+    add_serving_options(run)
     ray = run.add_argument_group("Ray (spread the cells over a cluster; pip install 'compression-harness[ray]')")
     ray.add_argument("--executor", choices=["local", "ray"],
                      help="local (default): cells one after another here; ray: one Ray task per cell")
@@ -175,46 +172,64 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--ratio", type=float, default=0.25, help="ratio for methods without --pattern")
     speed.add_argument("--pattern", default="2:4", help="N:M pattern for the methods that support it")
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
-    speed.add_argument("--sparse-backend", choices=["cusparselt", "cutlass"], default="cusparselt",
-                       help="torch's 2:4 kernels: cuSPARSELt (default) or CUTLASS "
-                            "(compute capability 8.x only)")
-    speed.add_argument("--sparse-transposed-output", action="store_true",
-                       help="cuSPARSELt writes each 2:4 product's output transposed (no copy) on its default "
-                            "algorithm (default: each product's algorithm searched per phase, output copied; "
-                            "cuSPARSELt 0.8 cannot search the transposed plan)")
-    speed.add_argument("--sparse-output-copy", choices=["none", "attention", "all"], default="attention",
-                       help="which 2:4 products copy their (column-major) output to rows in a kernel of their own "
-                            "instead of inside inductor's fused consumer: the q/k/v products (default: their "
-                            "consumer, RoPE + KV-cache write, cannot read a transposed input efficiently), all, none")
-    speed.add_argument("--no-sparse-kernels", action="store_true",
-                       help="keep 2:4 weights on dense kernels (default: torch semi-structured kernels)")
-    speed.add_argument("--no-compile", dest="compile", action="store_false", default=None,
-                       help="time eager blocks in a CUDA graph instead of the compiled step (default on a GPU: "
-                            "torch.compile, then the graph: the baseline a serving engine reaches)")
     speed.add_argument("--profile", action="store_true",
                        help="also print each row's top kernels per step (torch.profiler, outside the CUDA graph)")
-    speed.add_argument("--compile-mode", dest="compile", help="inductor mode of the compiled step (default: 'default'; e.g. "
-                       "max-autotune-no-cudagraphs to autotune the products; the CUDA graph is ours either way)")
-    speed.add_argument("--compile-scope", choices=["step", "blocks"], default="step",
-                       help="what inductor compiles: the whole step as one graph (default), or each decoder block "
-                            "on its own (blocks of one shape share one compiled graph: compile time follows the "
-                            "distinct block shapes, not the depth)")
-    speed.add_argument("--inductor", metavar="KEY=VALUE", action="append", type=_inductor_option, default=[],
-                       help="an inductor setting while the step compiles (torch._inductor.config; repeatable), "
-                            "e.g. coordinate_descent_tuning=true as gpt-fast sets it")
-    speed.add_argument("--attention-kernel", choices=["flash_attention", "efficient_attention", "cudnn_attention", "math"],
-                       help="the SDPA kernel every step must use (default: torch's choice, cuDNN's on Hopper)")
-    speed.add_argument("--decode-kernels", choices=["triton", "torch"], default="triton",
-                       help="whose kernels run decode's one-row products and single-query attention on a GPU: "
-                            "'triton' (default), the fastest per shape of torch's kernel and harness.decode_kernels' "
-                            "Triton GEMV / split-KV attention, timed when first seen; 'torch': cuBLAS and SDPA alone")
-    speed.add_argument("--no-fuse", dest="fuse", action="store_false",
-                       help="run q/k/v and gate/up as separate products (default: fused, as serving engines store them)")
+    add_serving_options(speed)
     speed.add_argument("--layers", type=int, help="build only this many blocks")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--dtype", default="float16")
     speed.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     return parser
+
+
+def add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """How the measured serving step is built (``ServingConfig``): the same flags for ``run``
+    (its speed evaluation and --match) and ``bench speed``; each defaults to the baseline."""
+    from harness.serving_config import (
+        ATTENTION_KERNELS,
+        COMPILE_SCOPES,
+        SPARSE_BACKENDS,
+        SPARSE_OUTPUT_COPIES,
+    )
+
+    group = parser.add_argument_group(
+        "serving step (speed measurements; defaults: the baseline every speed table uses, a sweep file's "
+        "[serving] table sets them too)")
+    group.add_argument("--no-compile", dest="serving_compile", action="store_false", default=None,
+                       help="time eager blocks in a CUDA graph, not the compiled step (compiled on a GPU by default)")
+    group.add_argument("--compile-mode", dest="serving_compile_mode",
+                       help="inductor mode (default 'default'; max-autotune-no-cudagraphs autotunes the products)")
+    group.add_argument("--compile-scope", dest="serving_compile_scope", choices=COMPILE_SCOPES,
+                       help="compile the whole step as one graph (default) or each decoder block on its own")
+    group.add_argument("--inductor", dest="serving_inductor", metavar="KEY=VALUE", action="append",
+                       type=_inductor_option, help="an inductor setting (torch._inductor.config; repeatable)")
+    group.add_argument("--attention-kernel", dest="serving_attention_kernel", choices=ATTENTION_KERNELS,
+                       help="pin SDPA to one kernel (default: torch's choice)")
+    group.add_argument("--decode-kernels", dest="serving_decode_kernels", choices=["triton", "torch"],
+                       help="decode's one-row products and single-query attention: the faster per shape of "
+                            "torch's and the harness's Triton kernels (triton, default), or torch's alone")
+    group.add_argument("--no-fuse", dest="serving_fuse", action="store_false", default=None,
+                       help="run q/k/v and gate/up as separate products (default: fused)")
+    group.add_argument("--no-sparse-kernels", dest="serving_sparse_kernels", action="store_false", default=None,
+                       help="keep 2:4 weights on dense kernels (default: sparse tensor cores)")
+    group.add_argument("--sparse-backend", dest="serving_sparse_backend", choices=SPARSE_BACKENDS,
+                       help="torch's 2:4 kernels: cusparselt (default) or cutlass (compute capability 8.x)")
+    group.add_argument("--sparse-transposed-output", dest="serving_sparse_transposed_output", action="store_true",
+                       default=None, help="2:4 products write their output transposed on cuSPARSELt's default "
+                                          "algorithm (default: algorithm searched per phase, output copied)")
+    group.add_argument("--sparse-output-copy", dest="serving_sparse_output_copy", choices=SPARSE_OUTPUT_COPIES,
+                       help="which 2:4 products copy their output to rows in an op of their own (default: attention)")
+
+
+def serving_from(args: argparse.Namespace, base: dict | None = None):
+    """The ``ServingConfig`` of ``base`` (a sweep file's [serving] table) with the flags given."""
+    from harness.serving_config import ServingConfig
+
+    values = dict(base or {})
+    for name, value in vars(args).items():
+        if name.startswith("serving_") and value is not None:
+            values[name.removeprefix("serving_")] = dict(value) if name == "serving_inductor" else value
+    return ServingConfig.from_dict(values)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -235,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     options = values.setdefault("options", {})
     for method, knob, value in args.option_list:
         options.setdefault(method, {})[knob] = value
+    values["serving"] = serving_from(args, values.get("serving"))
     return RunConfig(**values)
 
 
@@ -327,27 +343,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     save = (lambda rows: write_json_atomic(args.json, rows)) if args.json else None  # after each method
     if args.bench == "speed":
-        import torch.sparse
-
-        from harness import compilation, sparse_kernels
+        from harness import compilation
         from harness.plan import DEFAULT_CACHE
         from harness.sparse_kernels import check_sparse_backend
 
         device = resolve_device(args.device)
-        check_sparse_backend(args.sparse_backend, device)
-        # settings of this process, which measures nothing else
-        compilation.COMPILE_SCOPE = args.compile_scope
-        compilation.INDUCTOR_OPTIONS = dict(args.inductor)
-        compilation.ATTENTION_KERNEL = args.attention_kernel
-        compilation.DECODE_KERNELS = args.decode_kernels
+        serving = serving_from(args)
+        check_sparse_backend(serving.sparse_backend, device)
         compilation.use_compile_cache(DEFAULT_CACHE)
-        # torch converts to CUTLASS's layout when told to, else to cuSPARSELt's where it has it
-        torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
-        sparse_kernels.ALGORITHM_SEARCH = not args.sparse_transposed_output
-        sparse_kernels.OUTPUT_COPY = args.sparse_output_copy
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
-                           pick_dtype(args.dtype, str(device)), args.layers, not args.no_sparse_kernels,
-                           args.match, args.compile, args.profile, args.fuse, on_rows=save)
+                           pick_dtype(args.dtype, str(device)), args.layers, serving, args.match, args.profile,
+                           on_rows=save)
         print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
 

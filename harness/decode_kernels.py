@@ -395,11 +395,11 @@ def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
 
 
 @contextlib.contextmanager
-def routed():
+def routed(attention: bool = True):
     """While inside, the ``F.linear`` calls ``takes_linear`` accepts run as ``one_row_linear``
-    (the fastest of the GEMV's tiles and cuBLAS for their shape) and the
-    ``F.scaled_dot_product_attention`` calls ``takes_attention`` accepts as
-    ``single_query_attention`` (unless ``compilation.ATTENTION_KERNEL`` pins SDPA's kernel); the
+    (the fastest of the GEMV's tiles and cuBLAS for their shape) and, with ``attention`` (off
+    where SDPA's kernel is pinned), the ``F.scaled_dot_product_attention`` calls
+    ``takes_attention`` accepts as ``single_query_attention``; the
     rest run as before. Yields {"products": {...}, "attention": {...}}, which fills as the step
     runs with each shape's kernel ("4096x11008": "triton 4x512/4", "1x32/32x512x128": "triton 64x8/4").
 
@@ -410,7 +410,7 @@ def routed():
     if not AVAILABLE:
         raise RuntimeError("the Triton kernels need the triton package (torch's CUDA builds install it); "
                            "--decode-kernels torch measures on torch's kernels instead")
-    linear, attention = F.linear, F.scaled_dot_product_attention
+    linear, sdpa = F.linear, F.scaled_dot_product_attention
     used = {"products": {}, "attention": {}}
 
     def routed_linear(input, weight, bias=None):
@@ -422,13 +422,13 @@ def routed():
                          enable_gqa=False):
         if takes_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
             return single_query_attention(query, key, value, scale)
-        return attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                         scale=scale, enable_gqa=enable_gqa)
+        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                    scale=scale, enable_gqa=enable_gqa)
 
     F.linear, _USED = routed_linear, used
-    if compilation.ATTENTION_KERNEL is None:
+    if attention:
         F.scaled_dot_product_attention = routed_attention
     try:
         yield used
     finally:
-        F.linear, F.scaled_dot_product_attention, _USED = linear, attention, None
+        F.linear, F.scaled_dot_product_attention, _USED = linear, sdpa, None

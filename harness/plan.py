@@ -18,6 +18,7 @@ from harness import models
 from harness.evaluation import Evaluator, parse_evals
 from harness.method import Method, Target, implied_ratio
 from harness.plugins import Registry, require_installed
+from harness.serving_config import BASELINE, ServingConfig
 from harness.speedmatch import SpeedTarget
 from harness.targets import validate_ratio
 
@@ -51,8 +52,7 @@ class RunConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> knobs
     match: str | None = None  # "speedup:1.25": matched measured throughput instead of ratios
     match_phase: str = "decode@1x512"
-    sparse_kernels: bool = True  # 2:4 weights on torch's semi-structured kernels for speed
-    compile: bool | None = None  # speed: torch.compile the serving step (None: on a GPU only)
+    serving: ServingConfig = BASELINE  # how every measured serving step is built (speed, --match)
     # Where the cells run (none of these changes a result, so none is in a cell's identity):
     executor: str = "local"  # "local": one after another here; "ray": one Ray task per cell
     ray_address: str | None = None  # None: start a local Ray cluster; "auto" or "ray://host:10001": join one

@@ -204,8 +204,12 @@ def run_on_ray(config: RunConfig, log=print) -> list[Record]:
     started_here = not ray.is_initialized()
     if started_here:
         check_address(config.ray_address)
-        ray.init(address=config.ray_address, runtime_env=_runtime_env() or None, include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR")
+        try:
+            ray.init(address=config.ray_address, runtime_env=_runtime_env() or None, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as error:  # something answers there, but not a Ray cluster this Ray can join
+            raise RayClusterError(f"{error} (something answers there, but not as a Ray {ray.__version__} cluster); "
+                                  f"{HOW_TO_START}") from None
     try:
         gcs = ray.get_runtime_context().gcs_address  # watched while cells run
     except Exception:  # a Ray client connection, which reconnects by itself

@@ -201,7 +201,7 @@ def compress(plan: Plan, session: ModelSession, calibration: Calibration | None,
                                              "phase": plan.speed_target.spec.label})
         found = match_speedup(plan.method, target, plan.speed_target, session.fresh_copy,
                               dense_speed.tokens_per_s(plan.speed_target.spec.label), device,
-                              config.sparse_kernels, dense_speed.compile, log=log, memo=memo)
+                              config.serving, log=log, memo=memo)
         record.match = found.to_dict()
         if not found.reached:
             raise Unreachable(f"best {found.speedup:.3f}x at r={found.ratio:.4f} (target {plan.speed_target.label})")

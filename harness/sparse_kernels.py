@@ -6,27 +6,26 @@ multiply zeros: every exactly-2:4 block linear (a fused group's stacked linear c
 
 cuSPARSELt computes W·xᵀ (the sparse operand comes first); y = x·Wᵀ is that product
 transposed. Its plan has two knobs, which the module states rather than leave to torch's
-tensor subclass (torch ≤ 2.12 runs the first plan below under ``nn.functional.linear``, torch
-2.13 the second, and an algorithm found for one plan is not valid for the other):
+tensor subclass (torch releases differ in the plan they run under ``nn.functional.linear``, and
+an algorithm found for one plan is not valid for the other):
 
-- row-major W·xᵀ (the default, ``ALGORITHM_SEARCH = True``): before each phase every distinct
-  product gets the configuration cuSPARSELt times fastest at that phase's token count, its
-  algorithm and split-K settings (``tune_sparse_kernels``), and y, a column-major view, is
-  copied once (``OUTPUT_COPY`` below says where);
-- transposed output (``ALGORITHM_SEARCH = False``, ``harness bench speed
-  --sparse-transposed-output``): cuSPARSELt writes y row-major itself, no copy, but on its
-  default algorithm: cuSPARSELt 0.8 (torch 2.11, H200) fails the search of that plan
-  ("internal error when calling cusparseLtMatmulSearch"; `leaderboards/gpu/cusparselt_calls.py`).
+- row-major W·xᵀ (the default): before each phase every distinct product gets the
+  configuration cuSPARSELt times fastest at that phase's token count, its algorithm and split-K
+  settings (``tune_sparse_kernels``), and y, a column-major view, is copied once (where:
+  ``ServingConfig.sparse_output_copy``);
+- transposed output (``ServingConfig.sparse_transposed_output``): cuSPARSELt writes y row-major
+  itself, no copy, but on its default algorithm, since cuSPARSELt cannot search that plan.
 
-Measured on an H200 (prefill@8x2048, compiled; each speedup over dense timed in the same run):
-2 blocks of the 7B shape, transposed output 0.70× (its default algorithm runs split-K kernels,
-"segment_k_on", 54 % of the step); searched plan with the copy inside the consumers 1.12×, q/k/v
-copied on their own 1.29× (the default), every product copied on its own 1.26×; the whole 7B shape
-1.31× at prefill@8x2048 and 1.16× at decode@1x512 (``leaderboards/gpu/speed_llama-2-7b_h200.md``).
+Where the copy goes matters: inductor folds a column-major read into the consumer, which is free
+for a pointwise consumer it tiles in 2-D (SiLU·mul, the residual add) but not for q/k/v, whose
+consumer, RoPE and the KV cache's ``index_copy_`` (an indirect store), then reads the product one
+strided element at a time; so by default the q/k/v products copy their output in an op of their
+own (``rows_from_columns``). ``leaderboards/`` holds the measurements behind these defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -34,19 +33,6 @@ from torch import nn
 
 from harness.adapters import ModelAdapter
 from harness.fusion import fused_groups
-
-ALGORITHM_SEARCH = True  # see the module docstring; set per process by the speed bench
-
-#: Which products copy their column-major output to rows in a kernel of their own
-#: (``rows_from_columns``) rather than leave the copy to inductor, which folds it into the
-#: consumer: "none", "attention" (the q/k/v products) or "all". Folding is free where the
-#: consumer is a plain pointwise op inductor can tile in 2-D (SiLU·mul, the residual add). It
-#: is not for q/k/v: RoPE and the KV cache's ``index_copy_`` (an indirect store) fuse into one
-#: kernel that reads the transposed product one strided element at a time. Profiled
-#: 2026-12-03, H200, 7B prefill@8x2048: those kernels took 67 ms of a 329 ms 2:4 step at
-#: ~0.5 TB/s, against 13 ms for dense's RoPE kernel. "attention" measured best (2026-12-04,
-#: module docstring). Set per process by the speed bench.
-OUTPUT_COPY = "attention"
 
 
 def split_k_mode_keyword() -> str | None:
@@ -102,23 +88,24 @@ class SemiStructuredLinear(nn.Module):
     tensor as the weight, under ``linear``. Inference only: nothing in it is trainable.
     """
 
-    def __init__(self, linear: nn.Linear, own_copy: bool = False):
+    def __init__(self, linear: nn.Linear, own_copy: bool = False, backend: str = "cusparselt",
+                 transposed_output: bool = False):
         super().__init__()
-        self.own_copy = own_copy  # the output's row-major copy as an op of its own (OUTPUT_COPY)
+        self.own_copy = own_copy  # the output's row-major copy as an op of its own
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # inference only: cuSPARSELt's product has no backward, and a bias that required grad made
-        # torch.compile trace a training graph through it (failed on the H200, 2026-12-04)
+        # inference only: cuSPARSELt's product has no backward, and a bias that requires grad
+        # makes torch.compile trace a training graph through it
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         weight = linear.weight.detach()
-        if torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS:
-            self.backend = "cutlass"
-            self.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)
+        self.backend = backend
+        if backend == "cutlass":
+            with _cutlass_layout():
+                self.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)
         else:
-            self.backend = "cusparselt"
             # the kernels' shape and dtype limits, with torch's message (the caller reports it)
             torch.sparse.SparseSemiStructuredTensorCUSPARSELT._validate_device_dim_dtype_shape(weight)
             self.register_buffer("packed", torch._cslt_compress(weight))
-            self.transpose_result, self.config = not ALGORITHM_SEARCH, {"alg_id": 0}
+            self.transpose_result, self.config = transposed_output, {"alg_id": 0}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -189,7 +176,19 @@ def tune_sparse_kernels(adapter: ModelAdapter, tokens: int) -> dict[str, dict[st
     return chosen
 
 
-def to_semi_structured(adapter: ModelAdapter) -> dict:
+@contextlib.contextmanager
+def _cutlass_layout():
+    """torch converts a weight to CUTLASS's layout while its class-wide switch says so."""
+    tensor = torch.sparse.SparseSemiStructuredTensor
+    before, tensor._FORCE_CUTLASS = tensor._FORCE_CUTLASS, True
+    try:
+        yield
+    finally:
+        tensor._FORCE_CUTLASS = before
+
+
+def to_semi_structured(adapter: ModelAdapter, backend: str = "cusparselt", transposed_output: bool = False,
+                       output_copy: str = "attention") -> dict:
     """Swap every exactly-2:4 block linear for a ``SemiStructuredLinear`` (GPU, fp16/bf16); a
     fused group's stacked linear (``harness.fusion``) is one linear here, and 2:4 when its parts are.
 
@@ -201,14 +200,14 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     attention = set(adapter.arch.attention_inputs)
 
     def own_copy(roles) -> bool:
-        return OUTPUT_COPY == "all" or (OUTPUT_COPY == "attention" and bool(attention & set(roles)))
+        return output_copy == "all" or (output_copy == "attention" and bool(attention & set(roles)))
 
     def convert(linear: nn.Linear, put, roles) -> None:
         if not is_two_four(linear.weight):
             skipped["not 2:4"] = skipped.get("not 2:4", 0) + 1
             return
         try:
-            put(SemiStructuredLinear(linear, own_copy(roles)))
+            put(SemiStructuredLinear(linear, own_copy(roles), backend, transposed_output))
         except Exception as error:  # e.g. a dimension the kernels do not tile
             reason = f"{type(error).__name__}: {str(error)[:80]}"
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -222,4 +221,4 @@ def to_semi_structured(adapter: ModelAdapter) -> dict:
     sparse = [module for module in adapter.model.modules() if isinstance(module, SemiStructuredLinear)]
     backends = sorted({module.backend for module in sparse})  # "cusparselt" or "cutlass"
     return {"converted": len(sparse), "backend": ",".join(backends) or None, "skipped": skipped,
-            "own_copy": sum(module.own_copy for module in sparse), "output_copy": OUTPUT_COPY}
+            "own_copy": sum(module.own_copy for module in sparse), "output_copy": output_copy}

@@ -27,6 +27,7 @@ import torch
 
 from harness.adapters import ModelAdapter
 from harness.method import Method, Target, implied_ratio
+from harness.serving_config import BASELINE, ServingConfig
 from harness.targets import ParameterCount, measure_ratio
 from harness.throughput import SpeedSpec, measure_model
 
@@ -94,16 +95,15 @@ class ProbeMemo:
 
 
 def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
-                specs: list[SpeedSpec], device: torch.device, sparse_kernels: bool = True,
-                dense_count: ParameterCount | None = None, compile: bool | str | None = None,
-                profile: bool = False, fuse: bool = True) -> tuple[float | None, dict[str, dict]]:
+                specs: list[SpeedSpec], device: torch.device, serving: ServingConfig = BASELINE,
+                dense_count: ParameterCount | None = None, profile: bool = False) -> tuple[float | None, dict[str, dict]]:
     """``method``'s shapes at ``target`` on a fresh model from ``make_model``: their measured
     ratio (when ``dense_count`` is given) and tokens/s for every spec."""
     model = make_model()
     adapter = ModelAdapter(model)
     method.shape_probe(adapter, target)
     ratio = measure_ratio(dense_count, adapter).ratio if dense_count is not None else None
-    results = measure_model(adapter, target.pattern, specs, device, sparse_kernels, compile, profile, fuse)
+    results = measure_model(adapter, target.pattern, specs, device, serving, profile)
     del model, adapter
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -160,17 +160,15 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
 
 
 def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
-                  dense_tokens_per_s: float, device: torch.device, sparse_kernels: bool = True,
-                  compile: bool | str | None = None, log=print, fuse: bool = True,
-                  memo: ProbeMemo | None = None) -> SearchResult:
+                  dense_tokens_per_s: float, device: torch.device, serving: ServingConfig = BASELINE,
+                  log=print, memo: ProbeMemo | None = None) -> SearchResult:
     """The one speed-match service (``harness run --match`` and ``harness bench speed --match``):
     ``method``'s ratio whose shape probe runs ``goal.speedup`` × dense in ``goal.spec``.
     ``target`` gives the pattern and the method's options; its ratio is what is searched."""
 
     def speedup_at(ratio: float) -> float:
         probe = Target(ratio, target.pattern, target.options)
-        _, results = probe_speed(method, make_model, probe, [goal.spec], device, sparse_kernels, compile=compile,
-                                 fuse=fuse)
+        _, results = probe_speed(method, make_model, probe, [goal.spec], device, serving)
         return results[goal.spec.label]["tokens_per_s"] / dense_tokens_per_s
 
     log(f"{method.name}: searching the ratio for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")

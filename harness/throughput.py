@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import platform
 import re
@@ -44,6 +45,7 @@ from harness import compilation, decode_kernels, hookimpl
 from harness.adapters import ModelAdapter
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared
 from harness.fusion import FusionError, check_one_product_per_step, fused_groups, fused_projections
+from harness.serving_config import BASELINE, ServingConfig
 from harness.sparse_kernels import to_semi_structured, tune_sparse_kernels
 
 
@@ -270,25 +272,20 @@ def profile_step(run, device: torch.device, steps: int = 3, top: int = 12) -> li
             for key, us, count in timed[:top]]
 
 
-def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeats: int | None = None,
-            warmup: int = 5, cuda_graph: bool = True, compile: bool | str | None = None, profile: bool = False) -> dict:
-    """Throughput of one phase; the model must already sit on ``device`` in eval mode.
+def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, serving: ServingConfig = BASELINE,
+            repeats: int | None = None, warmup: int = 5, cuda_graph: bool = True, profile: bool = False) -> dict:
+    """Throughput of one phase, the step built as ``serving`` says; the model must already sit on
+    ``device`` in eval mode.
 
-    ``compile`` runs the step through ``torch.compile`` (inductor fuses the small decode
-    ops around the matrix products) before the CUDA graph is captured: the baseline a
-    serving engine reaches. ``None`` (the default) compiles on a GPU and not on a CPU (where
-    inductor builds C++ for minutes and nobody serves from). ``compilation.COMPILE_MODE`` is inductor's
-    default mode: max-autotune took over 5 minutes for three phases of two models; the
-    compile time is recorded (``compile_s``); a string ``compile`` names another inductor mode
-    (e.g. "max-autotune-no-cudagraphs": autotuned products, our graph); its inductor settings are
-    ``compilation.inductor_options(device)``, and SDPA runs on ``compilation.ATTENTION_KERNEL``
-    when one is set; ``compilation.DECODE_KERNELS`` picks whose kernels run one-row products and
-    single-query attention. ``profile`` adds ``profile_step``'s table of the compiled step
-    (outside the CUDA graph, whose replay hides its kernels from the profiler).
+    Compiled (``serving.compiles``), the step runs through ``torch.compile`` (inductor fuses the
+    small decode ops around the matrix products) before the CUDA graph is captured: the baseline
+    a serving engine reaches; the compile time is recorded (``compile_s``). ``profile`` adds
+    ``profile_step``'s table of the compiled step (outside the CUDA graph, whose replay hides its
+    kernels from the profiler).
     """
-    mode = compile if isinstance(compile, str) else compilation.COMPILE_MODE
-    scope, options = compilation.COMPILE_SCOPE, compilation.inductor_options(device)
-    compile = device.type == "cuda" if compile is None else bool(compile)
+    mode, scope = serving.compile_mode, serving.compile_scope
+    options = compilation.inductor_options(device, serving.inductor)
+    compile = serving.compiles(device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -301,7 +298,8 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
             group.counting, group.products = True, 0
         step = ServingStep.for_spec(adapter, spec, device)  # a decode step's prompt fills the cache here
     # the timed step alone on the chosen kernels (flash refuses the prompt's mask)
-    with torch.no_grad(), compilation.attention_kernel(), compilation.decode_kernels(device) as chosen:
+    routes = compilation.decode_kernels(serving.decode_kernels, device, attention=serving.attention_kernel is None)
+    with torch.no_grad(), compilation.attention_kernel(serving.attention_kernel), routes as chosen:
         step()  # allocates the cache (prefill) and checks the step runs
         fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
         with contextlib.ExitStack() as stack:
@@ -332,8 +330,8 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, repeat
         "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
         "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
         "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
-        "attention_kernel": compilation.ATTENTION_KERNEL,
-        "decode_kernels": compilation.DECODE_KERNELS if device.type == "cuda" else "torch",
+        "attention_kernel": serving.attention_kernel,
+        "decode_kernels": serving.decode_kernels if device.type == "cuda" else "torch",
         # each one-row product shape's and single-query attention shape's kernel (harness.decode_kernels)
         "gemv_kernels": dict(chosen["products"]) if chosen and chosen["products"] else None,
         "attention_kernels": dict(chosen["attention"]) if chosen and chosen["attention"] else None,
@@ -402,11 +400,10 @@ def roofline(result: dict, bandwidth: float | None) -> float | None:
 
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
-                  sparse_kernels: bool = True, compile: bool | str | None = None, profile: bool = False,
-                  fuse: bool = True) -> dict[str, dict]:
+                  serving: ServingConfig = BASELINE, profile: bool = False) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``, its shared-input linears fused as a
-    serving engine stores them (``harness.fusion``; ``fuse=False`` to compare); a 2:4 model
-    moves to sparse kernels first.
+    serving engine stores them (``harness.fusion``, unless ``serving.fuse`` is off); a 2:4 model
+    moves to sparse kernels first (unless ``serving.sparse_kernels`` is off).
 
     The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
     a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
@@ -414,10 +411,11 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
     spec's token count (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.configs``).
     """
     adapter.model.to(device)
-    with fused_projections(adapter) if fuse else contextlib.nullcontext([]):
+    with fused_projections(adapter) if serving.fuse else contextlib.nullcontext([]):
         kernels = None
-        if sparse_kernels and pattern == "2:4" and device.type == "cuda":
-            kernels = to_semi_structured(adapter)
+        if serving.sparse_kernels and pattern == "2:4" and device.type == "cuda":
+            kernels = to_semi_structured(adapter, serving.sparse_backend, serving.sparse_transposed_output,
+                                         serving.sparse_output_copy)
         try:
             results = {}
             for spec in specs:
@@ -428,12 +426,12 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
                     except Exception as error:  # an optimisation: measure on the configurations as they are, say why
                         spec_kernels = {**kernels, "configs": None,
                                         "search_error": f"{type(error).__name__}: {error}"[:200]}
-                results[spec.label] = {**measure(adapter, spec, device, compile=compile, profile=profile),
-                                       "sparse_kernels": spec_kernels}
+                results[spec.label] = {**measure(adapter, spec, device, serving, profile=profile),
+                                       "sparse_kernels": spec_kernels, "serving": serving.to_dict()}
             return results
         except FusionError as error:  # measure unfused rather than triple a product
             failure = str(error)
-    results = measure_model(adapter, pattern, specs, device, sparse_kernels, compile, profile, fuse=False)
+    results = measure_model(adapter, pattern, specs, device, dataclasses.replace(serving, fuse=False), profile)
     return {label: {**result, "fusion_error": failure} for label, result in results.items()}
 
 
@@ -442,13 +440,13 @@ class DenseSpeed:
     """The dense model's throughput per spec, measured once, on first use, in this process:
     every speedup is a ratio measured side by side in one run."""
 
-    def __init__(self, dense_model, specs: list[SpeedSpec], device: torch.device, compile: bool | None = None):
-        self.dense_model, self.specs, self.device, self.compile = dense_model, specs, device, compile
+    def __init__(self, dense_model, specs: list[SpeedSpec], device: torch.device, serving: ServingConfig):
+        self.dense_model, self.specs, self.device, self.serving = dense_model, specs, device, serving
 
     @functools.cached_property
     def results(self) -> dict[str, dict]:
         return measure_model(ModelAdapter(copy.deepcopy(self.dense_model())), "unstructured", self.specs,
-                             self.device, compile=self.compile)
+                             self.device, self.serving)
 
     def tokens_per_s(self, label: str) -> float:
         return self.results[label]["tokens_per_s"]
@@ -483,22 +481,21 @@ class Speed(Evaluator):
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         specs = list(dict.fromkeys(SpeedSpec.parse(a) for a in args))
-        compile = context.device.type == "cuda" if context.config.compile is None else context.config.compile
+        serving = context.config.serving
+        compile = serving.compiles(context.device.type == "cuda")
         if compile:
             compilation.use_compile_cache(context.config.cache_dir)
-        # "fused": shared-input linears run as one product (harness.fusion); "implicit_masks": SDPA's
-        # causal kernel instead of explicit masks where they say nothing more (ServingStep). Part of
-        # the record's identity, so rows measured before either are not resumed as if measured so
-        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "compiled": compile,
-                                     "compile_scope": compilation.COMPILE_SCOPE if compile else None, "fused": True,
-                                     "implicit_masks": True, "device": device_name(context.device),
-                                     "sparse_kernels": context.config.sparse_kernels} for s in specs}
-        return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, compile))
+        # The spec is part of the record's identity and of its table's protocol: every serving
+        # setting, the device, and "implicit_masks" (SDPA's causal kernel instead of explicit
+        # masks where they say nothing more, ServingStep).
+        settings = {**serving.to_dict(), "compile": compile}
+        spec = {f"speed:{s.label}": {"batch": s.batch, "length": s.length, "implicit_masks": True,
+                                     "device": device_name(context.device), **settings} for s in specs}
+        return Prepared(spec, DenseSpeed(context.dense_model, specs, context.device, serving))
 
     def evaluate(self, prepared: Prepared, model: ModelAdapter, target, context: EvalContext) -> EvalResult:
         dense: DenseSpeed = prepared.state
-        details = measure_model(model, target.pattern, dense.specs, context.device, context.config.sparse_kernels,
-                                dense.compile)
+        details = measure_model(model, target.pattern, dense.specs, context.device, dense.serving)
         bandwidth, peak = hardware_ceilings(str(context.device), model.dtype)
         metrics = {}
         for label, result in details.items():

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from harness import compilation, decode_kernels
+from harness import decode_kernels
 from harness.adapters import ModelAdapter
+from harness.serving_config import ServingConfig
 from harness.throughput import ServingStep, SpeedSpec, capture_graph, measure
 
 pytestmark = pytest.mark.skipif(not decode_kernels.AVAILABLE, reason="Triton is not installed")
@@ -115,9 +116,8 @@ def test_a_routed_decode_step_gives_the_steps_logits(arch):
     torch.testing.assert_close(routed.float(), expected.float(), rtol=1e-2, atol=1e-2)
 
 
-def test_a_pinned_sdpa_kernel_keeps_attention(monkeypatch):
-    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "math")
-    with decode_kernels.routed():
+def test_a_pinned_sdpa_kernel_keeps_attention():
+    with decode_kernels.routed(attention=False):
         assert F.linear.__name__ == "routed_linear"
         assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
 
@@ -126,8 +126,8 @@ def test_a_pinned_sdpa_kernel_keeps_attention(monkeypatch):
 def test_a_measured_decode_step_runs_on_the_chosen_kernels(monkeypatch):
     model = tiny_model("llama3").cuda().half()
     model.set_attn_implementation("sdpa")
-    monkeypatch.setattr(compilation, "DECODE_KERNELS", "triton")
-    result = measure(ModelAdapter(model), SpeedSpec.parse("decode@1x64"), torch.device("cuda"), repeats=3,
+    result = measure(ModelAdapter(model), SpeedSpec.parse("decode@1x64"), torch.device("cuda"),
+                     ServingConfig(decode_kernels="triton"), repeats=3,
                      warmup=1, profile=True)
     assert result["decode_kernels"] == "triton" and result["compiled"] and result["cuda_graph"]
     kernels = result["gemv_kernels"]

@@ -17,6 +17,7 @@ from harness.fusion import (
 )
 from harness.method import Target
 from harness.plugins import default_registry
+from harness.serving_config import ServingConfig
 from harness.throughput import ServingStep, SpeedSpec, measure_model, weight_bytes
 
 CPU = torch.device("cpu")
@@ -91,7 +92,7 @@ def test_compiled_fused_step_compiles_once():
 def test_measure_model_fuses_and_reports_it():
     adapter = ModelAdapter(tiny_model("llama3"))
     fused = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU)["decode@1x8"]
-    plain = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU, fuse=False)["decode@1x8"]
+    plain = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x8")], CPU, ServingConfig(fuse=False))["decode@1x8"]
     assert fused["fused_groups"] == 2 * len(adapter.blocks) and plain["fused_groups"] == 0
     assert "fusion_error" not in fused and fused["weights_bytes"] == plain["weights_bytes"]
 
@@ -114,9 +115,8 @@ def test_a_sparse_linear_runs_its_stated_plan_and_equals_the_dense_product(fake_
     cut back to the tokens, row-major, equal to the dense product with the bias."""
     from harness import sparse_kernels
 
-    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", not transposed)
     linear = torch.nn.Linear(64, 48, dtype=torch.bfloat16)
-    sparse = sparse_kernels.SemiStructuredLinear(linear)
+    sparse = sparse_kernels.SemiStructuredLinear(linear, transposed_output=transposed)
     assert sparse.transpose_result is transposed and sparse.config == {"alg_id": 0}
     assert not list(sparse.parameters()) and sparse.packed.shape == (48, 64)  # inference only: buffers
     assert torch.equal(sparse.bias, linear.bias) and not sparse.bias.requires_grad
@@ -201,16 +201,20 @@ def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypat
     """CUTLASS (``--sparse-backend cutlass``): torch's semi-structured weight under ``linear``,
     nothing to search (a CPU stand-in for the GPU-only conversion)."""
     from harness import sparse_kernels
-    from harness.cli import build_parser
+    from harness.cli import build_parser, serving_from
 
-    monkeypatch.setattr(torch.sparse.SparseSemiStructuredTensor, "_FORCE_CUTLASS", True)
-    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda weight: weight.clone())
+    layouts = []
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda weight: layouts.append(
+        torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS) or weight.clone())
     adapter = two_four_model()
-    kernels = sparse_kernels.to_semi_structured(adapter)
+    kernels = sparse_kernels.to_semi_structured(adapter, backend="cutlass")
     assert kernels["backend"] == "cutlass" and kernels["converted"] == 7 * len(adapter.blocks)
+    assert all(layouts) and not torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS  # set while converting only
     assert sparse_kernels.tune_sparse_kernels(adapter, tokens=3) == {}
-    assert build_parser().parse_args(["bench", "speed"]).sparse_backend == "cusparselt"
-    assert build_parser().parse_args(["bench", "speed", "--sparse-backend", "cutlass"]).sparse_backend == "cutlass"
+    for command in (["bench", "speed"], ["run"]):
+        assert serving_from(build_parser().parse_args(command)).sparse_backend == "cusparselt"
+        chosen = build_parser().parse_args(command + ["--sparse-backend", "cutlass"])
+        assert serving_from(chosen).sparse_backend == "cutlass"
 
 
 def test_cutlass_2_4_is_refused_on_a_gpu_it_does_not_run_on(monkeypatch, capsys):

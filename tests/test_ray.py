@@ -1,9 +1,16 @@
 """Sweeps on a real local Ray cluster (2 CPUs): the same records as a sequential run, stable
-cell identities, a dead worker recorded as failed and rerun alone, and shared caches safe
-under concurrent writers. Marked ``ray`` (deselect with -m "not ray")."""
+cell identities, a dead worker recorded as failed and rerun alone, shared caches safe under
+concurrent writers, an unreachable cluster refused at once, and a cluster lost mid-sweep
+reported and resumed. Marked ``ray`` (deselect with -m "not ray")."""
 
 import multiprocessing
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +27,11 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """One local cluster for the module; workers load the crash plugin through the environment."""
+    """One local cluster for the module; workers load the crash and hold plugins through the
+    environment."""
     flags = tmp_path_factory.mktemp("flags")
-    env = {"HARNESS_PLUGINS": "ray_crash_plugin", "HARNESS_TEST_CRASH_FLAG": str(flags / "crash"),
-           "HARNESS_TEST_CRASH_COUNT": str(flags / "count"),
+    env = {"HARNESS_PLUGINS": "ray_crash_plugin,ray_hold_plugin", "HARNESS_TEST_CRASH_FLAG": str(flags / "crash"),
+           "HARNESS_TEST_CRASH_COUNT": str(flags / "count"), "HARNESS_TEST_HOLD_FLAG": str(flags / "hold"),
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -184,7 +192,6 @@ def test_zero_shot_cells_on_shared_gpus_give_the_sequential_records(cluster, tin
     """What the device sweeps do with RAY_GPUS=0.25: lm-eval scoring in Ray workers, two cells
     to a GPU, the same accuracies as the sequential run."""
     import json
-    import shutil
 
     tasks = data_dir.parent / (data_dir.name + "-with-tasks")
     shutil.copytree(data_dir, tasks, dirs_exist_ok=True)
@@ -203,3 +210,111 @@ def test_zero_shot_cells_on_shared_gpus_give_the_sequential_records(cluster, tin
     assert all(r.ok for r in shared)
     accuracy = lambda records: {(r.method, r.label): r.metrics["zeroshot:piqa"] for r in records}  # noqa: E731
     assert accuracy(shared) == accuracy(sequential) and table(shared) == table(sequential)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _kill_session(sid: int) -> None:
+    """Every process of session ``sid``: a cluster's ``ray start`` and all it started, workers
+    included (they leave its process group, not its session)."""
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_an_unreachable_address_fails_at_once_saying_how_to_start_a_cluster(tmp_path):
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--executor", "ray", "--ray-address", address,
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=90)
+    assert time.monotonic() - start < 30
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot reach the Ray cluster at {address}" in done.stderr and "ray start --head" in done.stderr
+
+
+@pytest.mark.parametrize("address, last_started", [("auto", None), (None, "stale")])
+def test_no_cluster_to_join_fails_at_once(address, last_started, monkeypatch, tmp_path):
+    """``auto`` with no cluster on this node; no address, where ``ray start`` left the address of
+    a cluster since gone (ray.init would join it, and retry for many minutes)."""
+    from ray._private import services
+
+    stale = f"127.0.0.1:{_free_port()}"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: last_started and stale)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init was reached"))
+    with pytest.raises(ValueError, match="ray start --head") as error:
+        run(RunConfig(executor="ray", ray_address=address, out=tmp_path), log=lambda *a: None)
+    expected = ["no running Ray cluster found for --ray-address auto"] if address else [
+        "cannot reach the Ray cluster `ray start` last started", f":{stale.split(':')[1]};", "`ray stop` forgets it"]
+    assert all(text in str(error.value) for text in expected), error.value
+
+
+def test_a_cluster_lost_mid_sweep_is_reported_and_a_rerun_resumes(cluster, tiny_model_dir, data_dir, tmp_path):
+    """The driver joins a cluster of its own, which dies while the ``hold`` cell runs: the command
+    says how far it got and fails; rerun on another cluster, it runs that cell alone."""
+    hold = cluster / "hold"
+    held = hold.with_name(hold.name + ".held")
+    port, out, log = _free_port(), tmp_path / "out", tmp_path / "driver.log"
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={temp}"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = None
+    try:
+        _wait_for(lambda: _listening(port), 60, "the cluster")
+        hold.touch()
+        # a silent cluster counts as lost after a second here (LOST_AFTER_S in real runs)
+        code = ("import sys, harness.ray_executor as r; r.POLL_S = r.LOST_AFTER_S = 1; "
+                "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+        driver = subprocess.Popen(
+            [sys.executable, "-c", code, "run", "--model", str(tiny_model_dir), "--methods", "dense,magnitude,hold",
+             "--ratios", "0.3", "--calib", "wikitext2:4x32", "--eval-windows", "2", "--eval-length", "32",
+             "--device", "cpu", "--out", str(out), "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"),
+             "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        _wait_for(lambda: driver.poll() is not None or held.exists() and len(list(out.glob("*.json"))) == 2, 120,
+                  "dense and magnitude done, hold running")
+        assert driver.poll() is None, log.read_text()  # still running
+        _kill_session(head.pid)  # this cluster only: not the module's
+        driver.wait(timeout=60)
+        stderr = log.read_text()
+        assert driver.returncode == 2, stderr
+        assert f"lost the Ray cluster at 127.0.0.1:{port} after 2 of 3 cells" in stderr, stderr
+        assert f"kept in {out}: rerun the same command" in stderr
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        _kill_session(head.pid)
+        head.wait()
+        hold.unlink(missing_ok=True)
+        shutil.rmtree(temp, ignore_errors=True)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    config = grid(tiny_model_dir, data_dir, tmp_path, "out", executor="ray")
+    config.methods = ["dense", "magnitude", "hold"]
+    records = {r.method: r for r in run(config, log=lambda *a: None)}
+    assert all(r.ok for r in records.values()) and set(records) == {"dense", "magnitude", "hold"}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json") if p.name in kept} == kept  # reused

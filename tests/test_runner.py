@@ -218,6 +218,34 @@ cache_dir = "{tmp_path / 'cache'}"
     assert main(["run", "--config", str(bad)]) == 2
 
 
+def test_serving_settings_reach_every_speed_row_from_a_sweep_file_and_flags(config, tmp_path):
+    """A sweep file's [serving] table and `harness run`'s serving flags make one ServingConfig,
+    which every speed row records and the speed evaluation's spec (so its table's protocol) holds."""
+    from harness.results import load_records
+
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'''
+model = "{config.model}"
+methods = ["dense", "magnitude"]
+ratios = [0.3]
+calibration = "wikitext2:4x32"
+evals = ["speed:decode@1x8"]
+data_dir = "{config.data_dir}"
+cache_dir = "{tmp_path / 'cache'}"
+
+[serving]
+decode_kernels = "torch"
+sparse_output_copy = "all"
+''')
+    assert main(["run", "--config", str(sweep), "--out", str(tmp_path / "res"), "--no-fuse"]) == 0
+    for record in load_records(tmp_path / "res"):
+        row = record.details["speed"]["decode@1x8"]["serving"]
+        assert row["decode_kernels"] == "torch" and row["sparse_output_copy"] == "all" and row["fuse"] is False
+        assert record.eval["speed:decode@1x8"]["fuse"] is False
+    (tmp_path / "bad.toml").write_text(sweep.read_text() + 'decode_kernel = "torch"\n')
+    assert main(["run", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "res")]) == 2
+
+
 def test_speed_rows_carry_the_hardware_fractions(config, registry, monkeypatch):
     """Decode against the memory roofline, prefill against the matmul peak (figures a GPU
     measures; here stand-ins): each row says how far it is from the hardware, not only from dense."""

@@ -13,6 +13,7 @@ from conftest import synthetic_calibration, tiny_model
 from harness.adapters import ModelAdapter
 from harness.method import Target
 from harness.plugins import default_registry
+from harness.serving_config import ServingConfig
 from harness.sparse_kernels import is_two_four
 from harness.sparsity import prune_mask
 from harness.throughput import ServingStep, SpeedSpec, StaticKVCache, measure
@@ -60,7 +61,7 @@ def test_kv_cache_bytes_are_the_analytic_size():
     result = measure(adapter, SpeedSpec.parse("decode@3x20"), torch.device("cpu"), repeats=3, warmup=1)
     assert result["kv_cache_bytes"] == 2 * 2 * 3 * 2 * 20 * 16 * 4
     assert result["weights_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()])
-    assert result["device"] == "cpu" and result["cuda_graph"] is False
+    assert result["device"].startswith("cpu") and result["cuda_graph"] is False
     assert result["tokens_per_s"] == pytest.approx(3 / (result["step_ms"] / 1e3))
 
 
@@ -161,15 +162,13 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias, plan, monk
     """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major,
     eager and compiled, on each cuSPARSELt plan (output transposed by cuSPARSELt, or copied:
     by inductor in the consumer, or by the module's own copy op)."""
-    from harness import sparse_kernels
     from harness.sparse_kernels import SemiStructuredLinear
 
-    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", plan != "transposed")
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
     with torch.no_grad():
         linear.weight.mul_(prune_mask(linear.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
-    sparse = SemiStructuredLinear(linear, own_copy=plan == "copy-own")
+    sparse = SemiStructuredLinear(linear, own_copy=plan == "copy-own", transposed_output=plan == "transposed")
     compiled = torch.compile(lambda x: torch.nn.functional.silu(sparse(x)), dynamic=False)
     for tokens in (1, 7, 64, 300):  # decode, padded and unpadded prefill sizes
         x = torch.randn(2, tokens, 512, device="cuda", dtype=torch.float16)
@@ -185,13 +184,11 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias, plan, monk
     ("none", {"q_k_v": False, "gate_up": False, "o": False, "down": False}),
     ("all", {"q_k_v": True, "gate_up": True, "o": True, "down": True})])
 def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, monkeypatch):
-    """OUTPUT_COPY picks the products by role (a fused group by its members), and the 2:4
+    """The output-copy setting picks the products by role (a fused group by its members), and the 2:4
     model on sparse kernels, compiled, gives the masked dense model's logits either way."""
-    from harness import sparse_kernels
     from harness.fusion import fused_projections
     from harness.sparse_kernels import SemiStructuredLinear, to_semi_structured
 
-    monkeypatch.setattr(sparse_kernels, "OUTPUT_COPY", output_copy)
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -207,7 +204,7 @@ def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, mon
     with torch.no_grad():
         expected = model(ids).logits
         with fused_projections(adapter, offload=False):
-            kernels = to_semi_structured(adapter)
+            kernels = to_semi_structured(adapter, output_copy=output_copy)
             block = adapter.blocks[0]
             copies = {name.removeprefix("fused_").split(".")[0] if name.startswith("fused_") else
                       name.split(".")[-1].removesuffix("_proj"): module.own_copy
@@ -222,10 +219,7 @@ def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, mon
 def test_a_tuned_sparse_algorithm_computes_the_same_product(monkeypatch):
     from types import SimpleNamespace
 
-    from harness import sparse_kernels
     from harness.sparse_kernels import SemiStructuredLinear, tune_sparse_kernels
-
-    monkeypatch.setattr(sparse_kernels, "ALGORITHM_SEARCH", True)  # the searchable plan (the default)
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, device="cuda", dtype=torch.float16)
@@ -240,7 +234,6 @@ def test_a_tuned_sparse_algorithm_computes_the_same_product(monkeypatch):
 
 
 def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
-    from harness import compilation
 
     seen = []
 
@@ -251,23 +244,25 @@ def test_a_compile_mode_reaches_inductor_and_the_record(monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     adapter = ModelAdapter(tiny_model("llama3"))
     spec, cpu = SpeedSpec.parse("decode@1x8"), torch.device("cpu")
-    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile="max-autotune-no-cudagraphs")
+    compiled = ServingConfig(compile=True)
+    autotuned = ServingConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    result = measure(adapter, spec, cpu, autotuned, repeats=2, warmup=1)
     assert seen == ["max-autotune-no-cudagraphs"]
     assert result["compile_mode"] == "max-autotune-no-cudagraphs" and result["compile_scope"] == "step"
-    assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_mode"] == "default"
+    assert measure(adapter, spec, cpu, compiled, repeats=2, warmup=1)["compile_mode"] == "default"
     eager = measure(adapter, spec, cpu, repeats=2, warmup=1)  # CPU default: eager
     assert eager["compile_mode"] is None and eager["compile_scope"] is None
     assert seen == ["max-autotune-no-cudagraphs", "default"]
-    monkeypatch.setattr(compilation, "COMPILE_SCOPE", "blocks")  # regional: one compile per block
-    assert measure(adapter, spec, cpu, repeats=2, warmup=1, compile=True)["compile_scope"] == "blocks"
+    blocks = ServingConfig(compile=True, compile_scope="blocks")  # regional: one compile per block
+    assert measure(adapter, spec, cpu, blocks, repeats=2, warmup=1)["compile_scope"] == "blocks"
     assert seen == ["max-autotune-no-cudagraphs", "default"] + ["default"] * len(adapter.blocks)
-    from harness.cli import build_parser  # the command line hands the mode to the same argument
+    from harness.cli import build_parser, serving_from  # run and bench speed take the same flags
 
-    speed = ["bench", "speed", "--compile-mode", "max-autotune-no-cudagraphs"]
-    assert build_parser().parse_args(speed).compile == "max-autotune-no-cudagraphs"
-    assert build_parser().parse_args(["bench", "speed", "--no-compile"]).compile is False
-    assert build_parser().parse_args(speed).compile_scope == "step"
-    assert build_parser().parse_args(speed + ["--compile-scope", "blocks"]).compile_scope == "blocks"
+    for command in (["bench", "speed"], ["run"]):
+        chosen = serving_from(build_parser().parse_args(command + ["--compile-mode", "max-autotune-no-cudagraphs"]))
+        assert chosen.compile_mode == "max-autotune-no-cudagraphs" and chosen.compile_scope == "step"
+        assert serving_from(build_parser().parse_args(command + ["--no-compile"])).compile is False
+        assert serving_from(build_parser().parse_args(command + ["--compile-scope", "blocks"])).compile_scope == "blocks"
 
 
 def test_sdpa_steps_pass_no_mask_where_causal_says_it_all(any_arch):
@@ -371,8 +366,7 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
 
     from torch._inductor import config as inductor_config
 
-    from harness import compilation
-    from harness.cli import _inductor_option, build_parser
+    from harness.cli import _inductor_option, build_parser, serving_from
 
     seen = []
 
@@ -383,15 +377,15 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(compilation, "INDUCTOR_OPTIONS", {"coordinate_descent_tuning": True})
+    serving = ServingConfig(compile=True, inductor={"coordinate_descent_tuning": True})
     before = inductor_config.coordinate_descent_tuning
     adapter = ModelAdapter(tiny_model("llama3"))
-    result = measure(adapter, SpeedSpec.parse("decode@1x8"), torch.device("cpu"), repeats=2, warmup=1, compile=True)
+    result = measure(adapter, SpeedSpec.parse("decode@1x8"), torch.device("cpu"), serving, repeats=2, warmup=1)
     assert seen and all(seen) and inductor_config.coordinate_descent_tuning == before is False
     assert result["inductor_options"] == {"coordinate_descent_tuning": True}
     args = build_parser().parse_args(["bench", "speed", "--inductor", "coordinate_descent_tuning=true",
                                       "--inductor", "max_autotune_gemm_backends=TRITON"])
-    assert args.inductor == [("coordinate_descent_tuning", True), ("max_autotune_gemm_backends", "TRITON")]
+    assert serving_from(args).inductor == {"coordinate_descent_tuning": True, "max_autotune_gemm_backends": "TRITON"}
     with pytest.raises(argparse.ArgumentTypeError):
         _inductor_option("no_such_setting=1")
 
@@ -404,9 +398,9 @@ def test_hopper_steps_compile_with_programmatic_dependent_launch_unless_told_oth
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
         assert compilation.inductor_options(gpu) == expected
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
-    monkeypatch.setattr(compilation, "INDUCTOR_OPTIONS", {"triton.enable_pdl": False, "coordinate_descent_tuning": True})
-    assert compilation.inductor_options(gpu) == {"triton.enable_pdl": False, "coordinate_descent_tuning": True}
-    assert compilation.inductor_options(torch.device("cpu")) == compilation.INDUCTOR_OPTIONS
+    told = {"triton.enable_pdl": False, "coordinate_descent_tuning": True}
+    assert compilation.inductor_options(gpu, told) == told
+    assert compilation.inductor_options(torch.device("cpu"), told) == told
 
 
 def test_programmatic_launch_is_asked_for_only_where_the_gpu_has_it(monkeypatch):
@@ -421,49 +415,46 @@ def test_programmatic_launch_is_asked_for_only_where_the_gpu_has_it(monkeypatch)
 
 
 def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(monkeypatch):
-    from harness import compilation
     from harness.bench import speed_header
     from harness.cli import build_parser
+    from harness.serving_config import ATTENTION_KERNELS
 
     model = tiny_model("llama3")
     model.config._attn_implementation = "sdpa"  # the tiny models attend eagerly; a served one through SDPA
     adapter = ModelAdapter(model)
     spec, cpu = SpeedSpec.parse("decode@1x8"), torch.device("cpu")
-    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "math")
-    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    result = measure(adapter, spec, cpu, ServingConfig(compile=False, attention_kernel="math"), repeats=2, warmup=1)
     assert result["attention_kernel"] == "math"
     assert "SDPA on math" in speed_header([{**result, "method": "dense", "compiled": False}])
-    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "efficient_attention")  # none on a CPU: SDPA refuses
-    with pytest.raises(RuntimeError, match="No viable backend"):
-        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
-    monkeypatch.setattr(compilation, "ATTENTION_KERNEL", "fastest")
-    with pytest.raises(ValueError, match="attention kernel must be one of"):
-        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    with pytest.raises(RuntimeError, match="No viable backend"):  # none on a CPU: SDPA refuses
+        measure(adapter, spec, cpu, ServingConfig(compile=False, attention_kernel="efficient_attention"),
+                repeats=2, warmup=1)
+    with pytest.raises(ValueError, match="attention_kernel must be one of"):
+        ServingConfig(attention_kernel="fastest")
     choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["bench"]
-                   ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "attention_kernel")
-    assert tuple(choices) == compilation.ATTENTION_KERNELS
+                   ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "serving_attention_kernel")
+    assert tuple(choices) == ATTENTION_KERNELS
 
 
 def test_the_decode_kernel_setting_is_checked_recorded_and_offered(monkeypatch):
-    from harness import compilation
     from harness.bench import speed_header
-    from harness.cli import build_parser
+    from harness.cli import build_parser, serving_from
+    from harness.serving_config import BASELINE, DECODE_KERNELS
 
     adapter, spec, cpu = ModelAdapter(tiny_model("llama3")), SpeedSpec.parse("decode@1x8"), torch.device("cpu")
-    assert compilation.DECODE_KERNELS == "triton"  # the default: the fastest of torch's and ours per shape
-    result = measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    assert BASELINE.decode_kernels == "triton"  # the default: the fastest of torch's and ours per shape
+    result = measure(adapter, spec, cpu, ServingConfig(compile=False), repeats=2, warmup=1)
     assert result["decode_kernels"] == "torch" and result["gemv_kernels"] is None  # no Triton target on a CPU
-    monkeypatch.setattr(compilation, "DECODE_KERNELS", "cutlass")
-    with pytest.raises(ValueError, match="decode kernels must be one of"):
-        measure(adapter, spec, cpu, repeats=2, warmup=1, compile=False)
+    with pytest.raises(ValueError, match="decode_kernels must be one of"):
+        ServingConfig(decode_kernels="cutlass")
     row = {"method": "dense", "compiled": True, "cuda_graph": True, "decode_kernels": "triton"}
     assert "fastest of torch's kernel and harness.decode_kernels' Triton kernels" in speed_header([row])
     assert "Triton kernels" not in speed_header([{**row, "decode_kernels": "torch"}])
     assert "Rows differ" in speed_header([row, {**row, "decode_kernels": "torch"}])
     speed = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]
-                 ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "decode_kernels")
-    assert tuple(sorted(speed.choices)) == tuple(sorted(compilation.DECODE_KERNEL_CHOICES))
-    assert speed.default == "triton"
+                 ._subparsers._group_actions[0].choices["speed"]._actions if a.dest == "serving_decode_kernels")
+    assert tuple(sorted(speed.choices)) == tuple(sorted(DECODE_KERNELS))
+    assert serving_from(build_parser().parse_args(["bench", "speed"])).decode_kernels == "triton"
 
 
 def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
