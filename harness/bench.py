@@ -78,12 +78,18 @@ def bench_compress(shape: str, methods: list[str], n: int, length: int, pattern:
         total = time.perf_counter() - start
         # a method that never walks the calibration blocks (magnitude) times as one piece
         per_block = calibration.block_seconds or [total / layers]
+        # three phases, each extrapolated by what it scales with: capturing block 0's inputs (the
+        # calibration set, not the depth), the block-by-block walk (median block × depth), and the
+        # method's work outside that walk (IntraSlice's allocation pass over every block: depth)
+        other = max(0.0, total - calibration.capture_seconds - sum(calibration.block_seconds))
+        extrapolated = total if layers == full_layers else (
+            calibration.capture_seconds + statistics.median(per_block) * full_layers + other * full_layers / layers)
         row = {
             "shape": shape, "method": name, "pattern": pattern, "ratio": target.ratio,
             "calibration": f"{n}x{length}", "blocks_run": layers, "blocks_full": full_layers,
-            "total_s": total, "capture_s": calibration.capture_seconds,
+            "total_s": total, "capture_s": calibration.capture_seconds, "outside_walk_s": other,
             "median_block_s": statistics.median(per_block), "max_block_s": max(per_block),
-            "total_extrapolated_s": calibration.capture_seconds + statistics.median(per_block) * full_layers,
+            "total_extrapolated_s": extrapolated,
             "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
@@ -101,9 +107,9 @@ def bench_compress(shape: str, methods: list[str], n: int, length: int, pattern:
 def format_rows(rows: list[dict]) -> str:
     from tabulate import tabulate
 
-    cols = ["shape", "method", "pattern", "calibration", "blocks_run", "total_s", "median_block_s",
-            "total_extrapolated_s", "peak_gpu_gib", "device"]
-    return tabulate([[r[c] for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".2f")
+    cols = ["shape", "method", "pattern", "calibration", "blocks_run", "total_s", "capture_s", "median_block_s",
+            "outside_walk_s", "total_extrapolated_s", "peak_gpu_gib", "device"]
+    return tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=".2f")
 
 
 # --- inference speed ------------------------------------------------------------------------
@@ -158,7 +164,8 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
 
     def row(method, target, spec, result, extra=None):
         base = dense[spec.label]
-        out = {"shape": shape, "method": method.name, "pattern": target.pattern, "target": target.ratio,
+        pattern = "structured" if method.kind == "structured" else target.pattern  # sliced, not masked
+        out = {"shape": shape, "method": method.name, "pattern": pattern, "target": target.ratio,
                "ratio": result.get("ratio"), "phase": spec.label, "tokens_per_s": result["tokens_per_s"],
                "speedup": result["tokens_per_s"] / base["tokens_per_s"], "step_ms": result["step_ms"],
                "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,

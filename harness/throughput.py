@@ -292,6 +292,9 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, servin
         torch.cuda.reset_peak_memory_stats(device)
         gpu = device.index if device.index is not None else torch.cuda.current_device()
         decode_kernels.PEAK_BEFORE_TIMING.pop(gpu, None)
+        # what else sits on the device (a dense model kept beside a compressed one, say): left out
+        # of the peak, which is the measured model's alone (weights, cache, activations, workspace)
+        elsewhere = max(0, torch.cuda.memory_allocated(device) - weight_bytes(adapter.model))
     repeats = repeats or (20 if spec.phase == "prefill" else 100)
     with torch.no_grad():
         for group in fused_groups(adapter.model):
@@ -338,7 +341,7 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, servin
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
         "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))
-                       if device.type == "cuda" else None),
+                       - elsewhere if device.type == "cuda" else None),
         "device": device_name(device),
     }
     if ops is not None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import synthetic_calibration, tiny_model
 
+from harness import hookimpl
 from harness.adapters import ModelAdapter
 from harness.method import Target
 from harness.plugins import default_registry
@@ -134,11 +135,12 @@ def test_profile_names_where_a_step_spends_its_time():
 def test_bench_speed_command_prints_rows_and_profiles(capsys):
     from harness.cli import main
 
-    assert main(["bench", "speed", "--shape", "smollm2-135m", "--layers", "2", "--methods", "dense,magnitude",
+    assert main(["bench", "speed", "--shape", "smollm2-135m", "--layers", "2", "--methods", "dense,magnitude,slicegpt",
                  "--phases", "prefill@1x32", "--ratio", "0.3", "--pattern", "unstructured", "--device", "cpu",
                  "--no-compile", "--profile"]) == 0
     out = capsys.readouterr().out
-    assert "| dense" in out and "| magnitude" in out
+    assert "| dense" in out and "| magnitude | unstructured" in out
+    assert "| slicegpt  | structured" in out  # sliced, not masked
     assert "dense unstructured prefill@1x32: top kernels per step" in out
 
 
@@ -345,6 +347,48 @@ def test_bench_speed_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatc
               "--no-compile", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["dense", "magnitude"]
+
+
+def test_bench_compress_extrapolates_each_phase_by_what_it_scales_with(monkeypatch):
+    """Work a method does outside the block-by-block walk (a global pass over every block) grows
+    with the depth too: one block run of a 30-block shape extrapolates it 30 times, not zero."""
+    import time as clock
+
+    from baselines.magnitude import Magnitude
+    from harness import bench
+    from harness.plugins import load_plugins
+
+    class GlobalPass(Magnitude):
+        name = "global-pass"
+
+        def compress(self, model, calibration, target):
+            clock.sleep(0.05 * len(model.blocks))  # a pass over every block before the walk
+            for _ in calibration.sequential(model):
+                pass
+            return super().compress(model, calibration, target)
+
+    class Plugin:
+        @hookimpl
+        def register_methods(self, register):
+            register(GlobalPass())
+
+    registry = load_plugins(extra=[Plugin()])
+    monkeypatch.setattr(bench, "default_registry", lambda: registry)
+    (row,) = bench.bench_compress("smollm2-135m", ["global-pass"], 2, 16, layers=1, device="cpu",
+                                  dtype=torch.float32, log=lambda *a: None)
+    assert row["outside_walk_s"] >= 0.05 and row["blocks_full"] == 30
+    assert row["total_extrapolated_s"] >= 30 * 0.05 + 30 * row["median_block_s"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is a GPU figure")
+def test_a_rows_peak_memory_is_the_measured_models_alone():
+    """Another model resident on the GPU (the dense one a bench keeps) is not the measured model's."""
+    model = tiny_model("llama3").cuda().half()
+    spec, gpu = SpeedSpec.parse("decode@1x64"), torch.device("cuda")
+    alone = measure(ModelAdapter(model), spec, gpu, repeats=3, warmup=1)["peak_bytes"]
+    resident = torch.empty(256 * 2**20, dtype=torch.uint8, device=gpu)
+    beside = measure(ModelAdapter(model), spec, gpu, repeats=3, warmup=1)["peak_bytes"]
+    assert beside < alone + 16 * 2**20 and alone < resident.numel()
 
 
 def test_bench_compress_writes_its_rows_as_it_goes(tmp_path):
