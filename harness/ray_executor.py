@@ -86,7 +86,7 @@ def first_task(config: RunConfig, gpus: float | None = None):
                               sweep.device, config.seed)
         speed = plan.speed_target is not None or any(e.name == "speed" for e, _ in sweep.prepared)
         cells.append({"index": index, "method": plan.method.name, "label": plan.label, "path": str(path),
-                      "done": reusable(path, config, _quiet) is not None, "speed": speed,
+                      "done": reusable(path, config, _quiet, sweep.session.identity) is not None, "speed": speed,
                       "skeleton": skeleton.to_json()})
     ids = None if sweep.calibration is None else sweep.calibration.input_ids
     return ids, {"cells": cells, "accelerator": _node_accelerator()}
