@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.adapters import CACHE_KEYWORDS, ModelAdapter
 from harness.atomic import atomic_write
+from harness.models.adapters import CACHE_KEYWORDS, ModelAdapter
 
 
 # --- the calibration set ------------------------------------------------------------------

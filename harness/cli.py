@@ -11,7 +11,7 @@ from pathlib import Path
 import tomllib
 
 from harness import __version__
-from harness.runner import RunConfig
+from harness.config import RunConfig
 
 EXAMPLES = """\
 examples:
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_serving_options(parser: argparse.ArgumentParser) -> None:
     """How the measured serving step is built (``ServingConfig``): the same flags for ``run``
     (its speed evaluation and --match) and ``bench speed``; each defaults to the baseline."""
-    from harness.serving_config import (
+    from harness.serving.config import (
         ATTENTION_KERNELS,
         COMPILE_SCOPES,
         SPARSE_BACKENDS,
@@ -223,7 +223,7 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
 
 def serving_from(args: argparse.Namespace, base: dict | None = None):
     """The ``ServingConfig`` of ``base`` (a sweep file's [serving] table) with the flags given."""
-    from harness.serving_config import ServingConfig
+    from harness.serving.config import ServingConfig
 
     values = dict(base or {})
     for name, value in vars(args).items():
@@ -232,26 +232,35 @@ def serving_from(args: argparse.Namespace, base: dict | None = None):
     return ServingConfig.from_dict(values)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values = {}
+def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
+    """The runs a command asks for. A sweep file's top-level keys are ``RunConfig`` fields shared
+    by every run; each ``[[runs]]`` table is one run, overriding them (its ``options`` merged
+    into the shared ones); without ``[[runs]]`` the file is one run. Flags override the file."""
+    shared, runs = {}, [{}]
     if args.config:
         try:
-            values = tomllib.loads(args.config.read_text())
+            shared = tomllib.loads(args.config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ValueError(f"cannot read sweep file {args.config}: {error}") from None
+        runs = shared.pop("runs", None) or [{}]
         known = {f.name for f in fields(RunConfig)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown keys in {args.config}: {sorted(unknown)}; known: {sorted(known)}")
-    for f in fields(RunConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = value
-    options = values.setdefault("options", {})
-    for method, knob, value in args.option_list:
-        options.setdefault(method, {})[knob] = value
-    values["serving"] = serving_from(args, values.get("serving"))
-    return RunConfig(**values)
+        for where, table in [("", shared)] + [(f" [[runs]] #{i + 1}", run) for i, run in enumerate(runs)]:
+            if unknown := set(table) - known:
+                raise ValueError(f"unknown keys in {args.config}{where}: {sorted(unknown)}; known: {sorted(known)}")
+    configs = []
+    for run in runs:
+        values = {**shared, **run}
+        values["options"] = {m: {**shared.get("options", {}).get(m, {}), **run.get("options", {}).get(m, {})}
+                             for m in {*shared.get("options", {}), *run.get("options", {})}}
+        for f in fields(RunConfig):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                values[f.name] = value
+        for method, knob, value in args.option_list:
+            values["options"].setdefault(method, {})[knob] = value
+        values["serving"] = serving_from(args, values.get("serving"))
+        configs.append(RunConfig(**values))
+    return configs
 
 
 def _inductor_option(text: str) -> tuple[str, object]:
@@ -304,7 +313,12 @@ def cmd_plugins() -> int:
 
 
 def cmd_export(source: Path, out: Path) -> int:
-    from harness.export import is_compressed_dir, load_compressed, read_metadata, save_compressed
+    from harness.models.export import (
+        is_compressed_dir,
+        load_compressed,
+        read_metadata,
+        save_compressed,
+    )
     from harness.results import load_record
 
     if source.suffix == ".json":
@@ -326,16 +340,16 @@ def cmd_export(source: Path, out: Path) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import (
+    from harness.models.loading import pick_dtype
+    from harness.results import write_json_atomic
+    from harness.run.bench import (
         bench_compress,
         bench_speed,
         format_rows,
         format_speed_rows,
         speed_header,
     )
-    from harness.models import pick_dtype
-    from harness.results import write_json_atomic
-    from harness.runner import resolve_device
+    from harness.run.plan import resolve_device
 
     if args.bench == "table":
         rows = [row for path in args.rows for row in json.loads(path.read_text())]
@@ -343,9 +357,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     save = (lambda rows: write_json_atomic(args.json, rows)) if args.json else None  # after each method
     if args.bench == "speed":
-        from harness import compilation
-        from harness.plan import DEFAULT_CACHE
-        from harness.sparse_kernels import check_sparse_backend
+        from harness.config import DEFAULT_CACHE
+        from harness.serving import compilation
+        from harness.serving.sparse_kernels import check_sparse_backend
 
         device = resolve_device(args.device)
         serving = serving_from(args)
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plugins":
             return cmd_plugins()
         if args.command == "check":
-            from harness.check import compare, failed, report
+            from harness.report.check import compare, failed, report
 
             comparisons = compare(args.results, args.against, args.rtol, args.skip_corrupt)
             print(report(comparisons))
@@ -387,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args.source, args.out)
         if args.command == "leaderboard":
-            from harness.leaderboard import write_leaderboards
+            from harness.report.leaderboard import write_leaderboards
 
             for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots,
                                            skip_corrupt=args.skip_corrupt, metrics=args.metrics,
@@ -395,11 +409,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         from harness.results import completed
-        from harness.runner import run
+        from harness.run import run
 
-        config = config_from_args(args)
+        configs = configs_from_args(args)
+        if len(configs) > 1:  # every run of a sweep file checked before the first one starts
+            from harness.plugins import default_registry
+            from harness.run.plan import plan_evaluations, plan_runs
+
+            for config in configs:
+                plan_runs(config, default_registry()), plan_evaluations(config, default_registry())
+        config = configs[0]
         try:
-            records = run(config)
+            records = [record for config in configs for record in run(config)]
         except KeyboardInterrupt:
             kept = sum(1 for p in Path(config.out).glob("*.json") if completed(p))
             print(f"\nharness: interrupted; {kept} finished record(s) kept in {config.out}, "
@@ -407,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         failed = [r for r in records if not r.ok]
         if args.leaderboard:
-            from harness.leaderboard import write_leaderboards
+            from harness.report.leaderboard import write_leaderboards
             paths = write_leaderboards(Path(config.out), Path(args.leaderboard))
             for path in paths:
                 if path.suffix == ".md" and path.name != "index.md":

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from harness.adapters import ModelAdapter
-    from harness.method import Target
-    from harness.plugins import Registry
-    from harness.runner import RunConfig
+    from harness.config import RunConfig
+    from harness.data.datasets import TextDataset
+    from harness.models.adapters import ModelAdapter
+    from harness.targets import Target
 
 
 @dataclass
@@ -44,7 +44,7 @@ class EvalContext:
     """What an evaluator may use: the run's settings and the model, loaded only when asked."""
 
     config: RunConfig  # the run's settings (eval windows, zero-shot limit, data dir, ...)
-    registry: Registry
+    dataset: Callable[[str], TextDataset]  # a registered dataset by name ("wikitext2")
     device: torch.device
     context_length: int  # the model's context, capped at 2048: the papers' window
     model_fingerprint: str  # the tokenizer's identity (``models.fingerprint``), for token caches
@@ -99,8 +99,9 @@ class Evaluator:
         "speedup" (an x-axis for quality), or None (not plotted)."""
         return "quality"
 
-    def check(self, args: list[str], registry: Registry) -> None:
-        """Refuse bad arguments before anything loads (the default accepts any)."""
+    def check(self, args: list[str], dataset: Callable[[str], TextDataset]) -> None:
+        """Refuse bad arguments before anything loads (the default accepts any); ``dataset``
+        finds a registered dataset by name, or refuses the name."""
 
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         raise NotImplementedError

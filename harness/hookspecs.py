@@ -37,7 +37,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
     """Register text datasets for calibration and perplexity.
 
     Call ``register(dataset)`` once per dataset, an instance of
-    :class:`harness.datasets.TextDataset` (a name, how to read it from the hub and from a
+    :class:`harness.data.datasets.TextDataset` (a name, how to read it from the hub and from a
     local directory).
     """
 

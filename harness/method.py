@@ -16,63 +16,16 @@ model, then *measures* what the method achieved; a method never reports its own 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-if TYPE_CHECKING:
-    from torch import nn
+from harness.targets import PATTERNS, Target, implied_ratio, parse_pattern  # noqa: F401  (the method API)
 
-    from harness.adapters import Architecture, ModelAdapter
+if TYPE_CHECKING:
     from harness.calibration import Calibration
+    from harness.models.adapters import Architecture, ModelAdapter
 
 Kind = Literal["unstructured", "structured", "reference"]
-PATTERNS = ("unstructured", "2:4", "4:8")
-
-
-def implied_ratio(pattern: str) -> float | None:
-    """The element ratio an N:M pattern fixes, 1 − N/M (2:4 → 0.5); None when unstructured."""
-    n_m = parse_pattern(pattern)
-    return 1 - n_m[0] / n_m[1] if n_m else None
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """``"2:4"`` → ``(2, 4)`` (keep N of every M consecutive inputs); unstructured → None."""
-    if pattern == "unstructured":
-        return None
-    match = re.fullmatch(r"(\d+):(\d+)", pattern)
-    if not match or not 0 < int(match[1]) < int(match[2]):
-        raise ValueError(f"pattern must be 'unstructured' or 'N:M' with 0 < N < M, got {pattern!r}")
-    return int(match[1]), int(match[2])
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the harness asks of a method.
-
-    ``ratio`` is the fraction of decoder-block linear parameters to remove, as the harness
-    will measure it on the compressed model (see ``harness/targets.py``). For an N:M
-    ``pattern`` the ratio is implied: 1 − N/M. ``options`` are the method's own knobs
-    (e.g. SliceGPT's slicing fraction), passed through from the CLI or sweep file.
-    """
-
-    ratio: float
-    pattern: str = "unstructured"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_m(self) -> tuple[int, int] | None:
-        return parse_pattern(self.pattern)
-
-    def mask_sparsity(self, *linears: nn.Linear) -> float:
-        """The mask sparsity that makes these linears lose ``ratio`` of their nonzero
-        parameters, zeros they already hold accounted for (``harness.sparsity.mask_sparsity``)."""
-        from harness.sparsity import mask_sparsity
-
-        return mask_sparsity(linears, self.ratio)
-
-    def label(self) -> str:
-        return self.pattern if self.n_m else f"{self.ratio:g}"
 
 
 @dataclass(frozen=True)
@@ -111,7 +64,7 @@ class Method:
     #: Sparsity patterns the method can produce, from ``PATTERNS`` (structured methods:
     #: "unstructured" only, meaning "any ratio").
     patterns: ClassVar[tuple[str, ...]] = ("unstructured",)
-    #: Adapter family names (``harness.adapters.FAMILIES``) it supports; None = all.
+    #: Adapter family names (``harness.models.adapters.FAMILIES``) it supports; None = all.
     architectures: ClassVar[tuple[str, ...] | None] = None
     #: False for methods that never look at data (the harness then skips calibration).
     needs_calibration: ClassVar[bool] = True
@@ -141,7 +94,7 @@ class Method:
 
     def require(self, arch: Architecture) -> None:
         """Raise ``UnsupportedArchitecture`` with ``unsupported``'s reason, if there is one."""
-        from harness.adapters import UnsupportedArchitecture
+        from harness.models.adapters import UnsupportedArchitecture
 
         if (why := self.unsupported(arch)) is not None:
             raise UnsupportedArchitecture(why)

@@ -15,12 +15,10 @@ from functools import lru_cache
 
 import pluggy
 
-from harness import hookspecs
-from harness.datasets import TextDataset
+from harness import ENTRY_POINT_GROUP, hookspecs
+from harness.data.datasets import TextDataset
 from harness.evaluation import Evaluator
 from harness.method import PATTERNS, Method
-
-ENTRY_POINT_GROUP = "harness"
 
 
 @dataclass

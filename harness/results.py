@@ -50,7 +50,8 @@ class Record:
     memory: dict[str, Any] = field(default_factory=dict)
     match: dict[str, Any] | None = None  # matched-speedup search log
     saved_model: str | None = None
-    model_id: str | None = None  # the checkpoint's identity (models.identity): a content hash
+    model_id: str | None = None  # the checkpoint's identity (models.loading.identity): a content hash
+    model_name: str | None = None  # its name for tables and folders (models.loading.display_name)
     traceback: str | None = None
     schema: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
@@ -58,6 +59,12 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def name(self) -> str:
+        """The model's name in tables, file names and plots (records made before ``model_name``
+        existed: the model argument as given)."""
+        return self.model_name or self.model
 
     @property
     def pattern(self) -> str:

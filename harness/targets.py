@@ -1,4 +1,5 @@
-"""The measured compression ratio: the one number every comparison is matched on.
+"""What a method is asked for (``Target``) and what it achieved: the measured compression
+ratio, the one number every comparison is matched on.
 
     r = 1 − P_blocks(compressed) / P_blocks(dense)
 
@@ -17,12 +18,62 @@ head is counted once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from harness.adapters import ModelAdapter
+from harness.models.adapters import ModelAdapter
+
+PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+def implied_ratio(pattern: str) -> float | None:
+    """The element ratio an N:M pattern fixes, 1 − N/M (2:4 → 0.5); None when unstructured."""
+    n_m = parse_pattern(pattern)
+    return 1 - n_m[0] / n_m[1] if n_m else None
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """``"2:4"`` → ``(2, 4)`` (keep N of every M consecutive inputs); unstructured → None."""
+    if pattern == "unstructured":
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if not match or not 0 < int(match[1]) < int(match[2]):
+        raise ValueError(f"pattern must be 'unstructured' or 'N:M' with 0 < N < M, got {pattern!r}")
+    return int(match[1]), int(match[2])
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the harness asks of a method.
+
+    ``ratio`` is the fraction of decoder-block linear parameters to remove, as the harness
+    will measure it on the compressed model (see ``harness/targets.py``). For an N:M
+    ``pattern`` the ratio is implied: 1 − N/M. ``options`` are the method's own knobs
+    (e.g. SliceGPT's slicing fraction), passed through from the CLI or sweep file.
+    """
+
+    ratio: float
+    pattern: str = "unstructured"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    def mask_sparsity(self, *linears: nn.Linear) -> float:
+        """The mask sparsity that makes these linears lose ``ratio`` of their nonzero
+        parameters, zeros they already hold accounted for (``harness.sparsity.mask_sparsity``)."""
+        from harness.sparsity import mask_sparsity
+
+        return mask_sparsity(linears, self.ratio)
+
+    def label(self) -> str:
+        return self.pattern if self.n_m else f"{self.ratio:g}"
+
 
 #: A "matched ratio" is within this many ratio units (±0.5 percentage points).
 RATIO_TOLERANCE = 0.005

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels (harness.decode_kernels) run in Triton's interpreter
+if not torch.cuda.is_available():  # Triton kernels (harness.serving.decode_kernels) run in Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,7 +103,7 @@ def _words(n: int, seed: int) -> str:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A local datasets directory in the layout harness.datasets reads."""
+    """A local datasets directory in the layout harness.data.datasets reads."""
     root = tmp_path_factory.mktemp("data")
     (root / "wikitext2").mkdir()
     (root / "wikitext2" / "test.joined.txt").write_text(_words(400, 1))
@@ -172,7 +172,7 @@ def needs_smollm2():
 
 @pytest.fixture
 def fake_cusparselt(monkeypatch) -> list[dict]:
-    """cuSPARSELt's contract on the CPU, for ``harness.sparse_kernels`` (its kernels are GPU-only):
+    """cuSPARSELt's contract on the CPU, for ``harness.serving.sparse_kernels`` (its kernels are GPU-only):
     compression keeps the weight; the product is W·B plus the bias per output row, (out × n)
     row-major, or written transposed, (n × out), when asked. Returns the products' calls."""
     calls = []

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter, UnsupportedArchitecture
+from harness.models.adapters import ModelAdapter, UnsupportedArchitecture
 
 EXPECTED_ROLES = {
     "llama": ("q", "k", "v", "o", "gate", "up", "down"),

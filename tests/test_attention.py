@@ -1,8 +1,8 @@
 import torch
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
-from harness.attention import SlimValueAttention
+from harness.models.adapters import ModelAdapter
+from harness.models.attention import SlimValueAttention
 
 
 def logits(model):
@@ -33,7 +33,7 @@ def test_blocks_take_the_cache_under_the_keyword_they_declare(any_arch):
 
 
 def test_slim_attention_reads_the_cache_under_either_name():
-    from harness.throughput import StaticKVCache
+    from harness.serving.step import StaticKVCache
 
     adapter = ModelAdapter(tiny_model("llama3"))
     attention = SlimValueAttention(adapter, adapter.blocks[0], adapter.head_dim // 2)

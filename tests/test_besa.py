@@ -7,9 +7,9 @@ import torch
 from conftest import synthetic_calibration, tiny_model
 
 from baselines.wanda.wanda import Wanda
-from harness.adapters import ModelAdapter
 from harness.calibration import sequential
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.targets import count_parameters, measure_ratio
 from methods.besa.besa import BESA, LearnedSparsityLinear
 

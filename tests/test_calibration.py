@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, sequential
-from harness.perplexity import eval_windows, perplexity
+from harness.evaluations.perplexity import eval_windows, perplexity
+from harness.models.adapters import ModelAdapter
 
 
 def test_driver_reproduces_the_full_models_hidden_states(any_arch):

@@ -7,8 +7,9 @@ from pathlib import Path
 from harness.cli import main
 
 BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
-RECORDS = BOARDS / "records" / "smollm2-h100"
-STORED = BOARDS / "smollm2-135m-instruct.json"
+SMOLLM2, QWEN = BOARDS / "smollm2-135m-instruct", BOARDS / "qwen2.5-coder-0.5b-instruct-awq"
+RECORDS = SMOLLM2 / "records"
+STORED = SMOLLM2 / "smollm2-135m-instruct--dtype-float32.json"
 
 
 def copy_records(tmp_path, records: Path = RECORDS) -> Path:
@@ -18,10 +19,13 @@ def copy_records(tmp_path, records: Path = RECORDS) -> Path:
 
 
 def edit(fresh: Path, method: str, label: str, factor: float, metric: str = "ppl:wikitext2") -> None:
-    (path,) = [p for p in fresh.glob(f"*__{method}__{label}__*.json")]
-    record = json.loads(path.read_text())
-    record["metrics"][metric] *= factor
-    path.write_text(json.dumps(record))
+    paths = list(fresh.glob(f"*__{method}__{label}__*.json"))  # a folder may hold it in several protocols
+    for path in paths:
+        record = json.loads(path.read_text())
+        if metric in record["metrics"]:
+            record["metrics"][metric] *= factor
+            path.write_text(json.dumps(record))
+    assert paths
 
 
 def test_identical_results_pass(tmp_path, capsys):
@@ -59,12 +63,12 @@ def test_a_missing_row_fails(tmp_path, capsys):
 def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
     """The Qwen2.5-0.5B leaderboard (perplexity + zero-shot columns) gates its own records, and a
     zero-shot average that dropped 3 % (higher is better) fails the check."""
-    stored = BOARDS / "qwen2.5-0.5b-h200" / "tmp-dev-qwen.json"
-    fresh = copy_records(tmp_path, BOARDS / "records" / "qwen2.5-0.5b-h200")
+    stored = QWEN / "qwen2.5-coder-0.5b-instruct-awq.json"
+    fresh = copy_records(tmp_path, QWEN / "records")
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     assert "harness check: OK" in capsys.readouterr().out
     # zero-shot ran on some rows only: the table's header names each evaluation once
-    from harness.leaderboard import protocol_header
+    from harness.report.leaderboard import protocol_header
     from harness.results import load_records
 
     evaluation = next(line for line in protocol_header(load_records(fresh)).splitlines() if "evaluation" in line)
@@ -79,8 +83,8 @@ def test_the_qwen_table_gates_zero_shot_too(tmp_path, capsys):
 def test_the_smollm2_zero_shot_table_gates_each_task(tmp_path, capsys):
     """SmolLM2's zero-shot leaderboard gates its own records, and one task's accuracy that fell
     5 % (a per-task column, not only the average) fails the check on that row."""
-    stored = BOARDS / "smollm2-zeroshot-h200" / "tmp-dev-smollm2.json"
-    fresh = copy_records(tmp_path, BOARDS / "records" / "smollm2-zeroshot-h200")
+    stored = SMOLLM2 / "smollm2-135m-instruct--dtype-float16.json"
+    fresh = copy_records(tmp_path, SMOLLM2 / "records")
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     assert "harness check: OK" in capsys.readouterr().out
     edit(fresh, "wanda", "0.5", 0.95, "zeroshot:hellaswag")
@@ -93,8 +97,8 @@ def test_the_smollm2_zero_shot_table_gates_each_task(tmp_path, capsys):
 def test_the_qwen_matched_speedup_table_gates_speed_and_quality(tmp_path, capsys):
     """The matched-speedup table of the same folder is a gate of its own: a speedup that fell 5 %
     fails it (higher is better), as would the perplexity measured there."""
-    stored = BOARDS / "qwen2.5-0.5b-h200" / "tmp-dev-qwen-matched-speedup.json"
-    fresh = copy_records(tmp_path, BOARDS / "records" / "qwen2.5-0.5b-h200")
+    stored = QWEN / "qwen2.5-coder-0.5b-instruct-awq-matched-speedup.json"
+    fresh = copy_records(tmp_path, QWEN / "records")
     assert main(["check", str(fresh), "--against", str(stored)]) == 0
     capsys.readouterr()
     edit(fresh, "intraslice", "s-1.2", 0.95, "speedup:prefill@8x2048")

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from harness import decode_kernels
-from harness.adapters import ModelAdapter
-from harness.serving_config import ServingConfig
-from harness.throughput import ServingStep, SpeedSpec, capture_graph, measure
+from harness.models.adapters import ModelAdapter
+from harness.serving import decode_kernels
+from harness.serving.config import ServingConfig
+from harness.serving.step import ServingStep, SpeedSpec, capture_graph
+from harness.serving.timing import measure
 
 pytestmark = pytest.mark.skipif(not decode_kernels.AVAILABLE, reason="Triton is not installed")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,7 +188,7 @@ def test_the_attention_merges_right_on_every_replay():
 
 def test_sliced_heads_take_the_decode_attention():
     # IntraSlice's value heads are narrower than its query/key heads and need not be a power of two
-    from harness.attention import SlimValueAttention
+    from harness.models.attention import SlimValueAttention
 
     torch.manual_seed(0)
     model = tiny_model("llama3")

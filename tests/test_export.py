@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import SHARED_DATA, logits_of, needs_smollm2, synthetic_calibration, tiny_model
 
-from harness.adapters import ModelAdapter
-from harness.export import SIDECAR, read_metadata, save_compressed
 from harness.method import Target
-from harness.models import ModelNotFound, load_model
+from harness.models.adapters import ModelAdapter
+from harness.models.export import SIDECAR, read_metadata, save_compressed
+from harness.models.loading import ModelNotFound, load_model
 from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
@@ -115,7 +115,7 @@ def test_export_command_reexports_a_record(tmp_path, tiny_model_dir, data_dir):
     meta = read_metadata(record.saved_model)
     assert meta["method"] == "intraslice" and meta["record"] == record.key and meta["ratio"] == record.achieved["ratio"]
     loaded, _ = load_model(record.saved_model)
-    from harness.export import export_ratio
+    from harness.models.export import export_ratio
 
     assert export_ratio(record.saved_model, count_parameters(ModelAdapter(loaded))) == record.achieved["ratio"]
     assert main(["export", str(record.path), str(tmp_path / "again")]) == 0

@@ -6,8 +6,11 @@ import pytest
 import torch
 from conftest import synthetic_calibration, tiny_model
 
-from harness.adapters import ModelAdapter
-from harness.fusion import (
+from harness.method import Target
+from harness.models.adapters import ModelAdapter
+from harness.plugins import default_registry
+from harness.serving.config import ServingConfig
+from harness.serving.fusion import (
     FusedMember,
     FusionError,
     SharedInputGroup,
@@ -15,10 +18,8 @@ from harness.fusion import (
     fused_groups,
     fused_projections,
 )
-from harness.method import Target
-from harness.plugins import default_registry
-from harness.serving_config import ServingConfig
-from harness.throughput import ServingStep, SpeedSpec, measure_model, weight_bytes
+from harness.serving.step import ServingStep, SpeedSpec, weight_bytes
+from harness.serving.timing import measure_model
 
 CPU = torch.device("cpu")
 
@@ -113,7 +114,7 @@ def test_a_sparse_linear_runs_its_stated_plan_and_equals_the_dense_product(fake_
     """Whatever torch's subclass would do, the product runs the module's plan: the input's rows
     padded to cuSPARSELt's multiple (8 in bf16), the output transposed or not as stated, then
     cut back to the tokens, row-major, equal to the dense product with the bias."""
-    from harness import sparse_kernels
+    from harness.serving import sparse_kernels
 
     linear = torch.nn.Linear(64, 48, dtype=torch.bfloat16)
     sparse = sparse_kernels.SemiStructuredLinear(linear, transposed_output=transposed)
@@ -132,7 +133,7 @@ def test_sparse_kernel_count_survives_a_fusion_fallback(fake_cusparselt):
     """A failed fusion check after the 2:4 conversion re-measures unfused; the record must then
     count every linear on sparse kernels (o/down from the first pass, q/k/v/gate/up from the
     second), not only the second pass's."""
-    from harness import sparse_kernels
+    from harness.serving import sparse_kernels
 
     adapter = two_four_model()
     blocks = len(adapter.blocks)
@@ -147,7 +148,7 @@ def test_each_phase_tunes_one_sparse_algorithm_per_distinct_product(fake_cuspars
     plan the product runs (row-major output, padded rows), and every sparse linear of that shape
     gets the winner; a transposed-output plan is not searched. With torch's older search (the
     algorithm alone), a product runs the algorithm found."""
-    from harness import sparse_kernels
+    from harness.serving import sparse_kernels
 
     searches = []
 
@@ -178,7 +179,7 @@ def test_a_product_runs_the_split_k_its_search_chose(fake_cusparselt, monkeypatc
     runs all of them, under the keyword this torch's ``_cslt_sparse_mm`` names them by."""
     from types import SimpleNamespace
 
-    from harness import sparse_kernels
+    from harness.serving import sparse_kernels
 
     searched = []
 
@@ -200,8 +201,8 @@ def test_a_product_runs_the_split_k_its_search_chose(fake_cusparselt, monkeypatc
 def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypatch):
     """CUTLASS (``--sparse-backend cutlass``): torch's semi-structured weight under ``linear``,
     nothing to search (a CPU stand-in for the GPU-only conversion)."""
-    from harness import sparse_kernels
     from harness.cli import build_parser, serving_from
+    from harness.serving import sparse_kernels
 
     layouts = []
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda weight: layouts.append(
@@ -220,8 +221,8 @@ def test_the_sparse_backend_is_recorded_and_chosen_on_the_command_line(monkeypat
 def test_cutlass_2_4_is_refused_on_a_gpu_it_does_not_run_on(monkeypatch, capsys):
     """torch's CUTLASS 2:4 kernels are built for compute capability 8.x only (on an H200 the
     first product fails deep in a compiled step): the command refuses before building anything."""
-    from harness import sparse_kernels
     from harness.cli import main
+    from harness.serving import sparse_kernels
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     for capability, refused in (((9, 0), True), ((8, 6), False), ((8, 0), False), ((10, 0), True)):
@@ -234,6 +235,6 @@ def test_cutlass_2_4_is_refused_on_a_gpu_it_does_not_run_on(monkeypatch, capsys)
         sparse_kernels.check_sparse_backend("cusparselt", torch.device("cuda"))  # cuSPARSELt: no limit here
     sparse_kernels.check_sparse_backend("cutlass", torch.device("cpu"))  # nothing to refuse off the GPU
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr("harness.runner.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("harness.run.plan.resolve_device", lambda name: torch.device("cuda"))
     assert main(["bench", "speed", "--sparse-backend", "cutlass", "--methods", "dense"]) == 2
     assert "8.x only" in capsys.readouterr().err

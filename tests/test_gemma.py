@@ -10,8 +10,8 @@ to the target or refuses with a message that names what the architecture lacks.
 import pytest
 from conftest import PARTIAL, synthetic_calibration, tiny_model
 
-from harness.adapters import ModelAdapter, UnsupportedArchitecture
 from harness.method import Target
+from harness.models.adapters import ModelAdapter, UnsupportedArchitecture
 from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
@@ -44,7 +44,7 @@ def test_methods_that_do_not_refuse_naming_what_is_missing(method, reason, name)
 
 
 def test_the_runner_refuses_before_loading_weights(tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    from harness.runner import RunConfig, run
+    from harness.run import RunConfig, run
 
     model = tiny_model("gemma2")
     model.save_pretrained(tmp_path / "gemma")
@@ -53,7 +53,7 @@ def test_the_runner_refuses_before_loading_weights(tiny_model_dir, data_dir, tmp
     def no_loading(*args, **kwargs):
         raise AssertionError("refused only after loading the weights")
 
-    monkeypatch.setattr("harness.models.load_model", no_loading)
+    monkeypatch.setattr("harness.models.loading.load_model", no_loading)
     with pytest.raises(UnsupportedArchitecture, match="slicegpt needs blocks whose residual stream"):
         run(RunConfig(model=str(tmp_path / "gemma"), methods=["dense", "slicegpt"], ratios=[0.3],
                       calibration="wikitext2:4x32", out=tmp_path / "out", data_dir=str(data_dir),

@@ -8,8 +8,8 @@ from conftest import logits_of as logits
 from conftest import synthetic_calibration as calibration
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.targets import count_parameters, measure_ratio
 from methods.intraslice import allocation
 from methods.intraslice import intraslice as algo
@@ -238,7 +238,7 @@ def test_ablations_touch_only_their_parts(name):
 
 
 def test_refuses_what_it_cannot_slice():
-    from harness.adapters import architecture_for
+    from harness.models.adapters import architecture_for
 
     assert "partial" not in (IntraSlice().unsupported(architecture_for("llama")) or "")
     assert "rotates only part" in IntraSlice().unsupported(architecture_for("phi"))

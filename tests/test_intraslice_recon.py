@@ -6,8 +6,8 @@ from conftest import logits_of as logits
 from conftest import synthetic_calibration as calibration
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.targets import count_parameters, measure_ratio
 from methods.intraslice.reconstruction import (
     IntraSliceReconstruction as IntraSlice,
@@ -160,8 +160,8 @@ def test_greedy_refit_beats_magnitude_selection():
 
 @pytest.mark.parametrize("method", ["intraslice", "intraslice-recon", "slicegpt"])
 def test_compressed_model_saves_and_reloads_with_same_logits(method, tmp_path):
-    from harness.export import save_compressed
-    from harness.models import load_model
+    from harness.models.export import save_compressed
+    from harness.models.loading import load_model
     from harness.plugins import default_registry
 
     model = tiny_model("llama3")

@@ -17,7 +17,7 @@ from harness import hookimpl
 from harness.cli import main
 from harness.method import Method
 from harness.plugins import load_plugins
-from harness.runner import RunConfig, run
+from harness.run import RunConfig, run
 
 
 def quiet(*args):
@@ -63,7 +63,7 @@ def test_data_dir_from_the_environment_is_part_of_the_identity(config, monkeypat
     assert all(r.eval["ppl:wikitext2"]["source"].startswith(str(other)) for r in records)
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "nonexistent"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from harness.hub import hub_unreachable
+    from harness.data.hub import hub_unreachable
 
     hub_unreachable.cache_clear()
     config.out = tmp_path / "fresh"
@@ -131,7 +131,7 @@ class Plugin:
 
 def test_ctrl_c_says_what_was_kept_and_exits_130(config, monkeypatch, capsys):
     registry = load_plugins(extra=[Plugin()])
-    monkeypatch.setattr("harness.runner.default_registry", lambda: registry)
+    monkeypatch.setattr("harness.run.sweep.default_registry", lambda: registry)
     argv = ["run", "--model", config.model, "--methods", "dense,interrupted", "--ratios", "0.3",
             "--calib", "wikitext2:4x32", "--eval-windows", "2", "--eval-length", "32",
             "--out", str(config.out), "--data-dir", config.data_dir, "--cache-dir", str(config.cache_dir)]
@@ -143,8 +143,8 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(config, monkeypatch, capsys):
 def test_an_unsupported_gguf_is_refused_from_its_metadata(tmp_path):
     import gguf
 
-    from harness import models
-    from harness.adapters import UnsupportedArchitecture
+    from harness.models import loading as models
+    from harness.models.adapters import UnsupportedArchitecture
 
     path = tmp_path / "mamba.gguf"
     writer = gguf.GGUFWriter(str(path), "mamba")
@@ -159,9 +159,9 @@ def test_an_unsupported_gguf_is_refused_from_its_metadata(tmp_path):
 
 
 def test_offline_hub_access_fails_fast_with_the_paths_tried(monkeypatch, tmp_path):
-    from harness import models
-    from harness.datasets import BUILTIN
-    from harness.hub import hub_unreachable
+    from harness.data.datasets import BUILTIN
+    from harness.data.hub import hub_unreachable
+    from harness.models import loading as models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.plugins import MissingRequirement, load_plugins
-from harness.runner import RunConfig, run
+from harness.run import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_readme_plugin_example_works(third_party, tiny_model_dir, data_dir, tmp_
 
 
 def test_readme_evaluation_example_works(third_party, tiny_model_dir, data_dir, tmp_path):
-    from harness.leaderboard import write_leaderboards
+    from harness.report.leaderboard import write_leaderboards
 
     registry = load_plugins()
     assert "agree" in registry.evaluations
@@ -176,8 +176,8 @@ def test_missing_requirement_is_listed_and_refused_before_any_cell(third_party, 
 
 
 def test_evaluation_requirements_are_checked(monkeypatch):
+    from harness.evaluations.zeroshot import ZeroShot
     from harness.plugins import missing_requirements
-    from harness.zeroshot import ZeroShot
 
     assert missing_requirements(ZeroShot()) == []  # lm-eval is a dependency of the project
     monkeypatch.setattr(ZeroShot, "requires", {"lm_eval_not_here": "lm-eval"})

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.leaderboard import write_leaderboards
-from harness.protocol import conflicts, protocol_of, tables
+from harness.report.leaderboard import write_leaderboards
+from harness.report.protocol import conflicts, protocol_of, tables
 from harness.results import load_records
-from harness.runner import RunConfig, run
+from harness.run import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 quiet = lambda *a: None  # noqa: E731
@@ -113,7 +113,7 @@ def test_a_rerun_of_the_same_protocol_supersedes_but_another_protocol_does_not(t
     (out / newest.path.name.replace(older["key"], "0123456789")).write_text(json.dumps(older))
     write_leaderboards(out, tmp_path / "boards", formats=["markdown"], plots=False)
     texts = [p.read_text() for p in (tmp_path / "boards").glob("*.md") if p.name != "index.md"]
-    superseded = [t for t in texts if "superseded: 1 older record(s)" in t]
+    superseded = [t for t in texts if "superseded: 1 other record(s)" in t]
     assert len(superseded) == 1 and "0123456789" in superseded[0]
 
 
@@ -198,8 +198,8 @@ def test_git_lookups_outside_a_checkout_are_silent_and_record_no_commit(tmp_path
     site = tmp_path / "site-packages"
     shutil.copytree(ROOT / "harness", site / "harness", ignore=shutil.ignore_patterns("__pycache__"))
     script = ("import lm_eval.evaluator as e\n"
-              "from harness.runner import _git_commit\n"
-              "from harness.zeroshot import _quiet_git_lookup\n"
+              "from harness.run.sweep import _git_commit\n"
+              "from harness.evaluations.zeroshot import _quiet_git_lookup\n"
               "print('commit', _git_commit())\n"
               "with _quiet_git_lookup():\n"
               "    e.get_git_commit_hash()\n")

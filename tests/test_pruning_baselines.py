@@ -6,8 +6,8 @@ from conftest import synthetic_calibration, tiny_model
 
 from baselines.sparsegpt.sparsegpt import SparseGPT, sparsegpt_prune
 from baselines.wanda.wanda import Wanda
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.sparsity import prune_mask
 from harness.targets import count_parameters, measure_ratio
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from harness.plan import RunConfig
-from harness.runner import prepare_sweep, run
+from harness.config import RunConfig
+from harness.run import run
+from harness.run.sweep import prepare_sweep
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -85,7 +86,7 @@ def test_ray_grid_equals_the_sequential_run(cluster, tiny_tokenizer_dir, data_di
 
 
 def test_quality_cells_share_a_gpu_and_speed_cells_never_do():
-    from harness.ray_executor import cell_resources
+    from harness.run.ray import cell_resources
 
     shared = {"num_gpus": 0.25, "max_retries": 1}
     assert cell_resources(shared, speed=False, first_accelerator="H200") == shared
@@ -100,7 +101,7 @@ def test_quality_cells_share_a_gpu_and_speed_cells_never_do():
 def test_a_cell_on_a_fraction_of_a_gpu_caps_its_memory_there(monkeypatch):
     import torch
 
-    from harness.ray_executor import cap_gpu_memory
+    from harness.run.ray import cap_gpu_memory
 
     caps = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -178,7 +179,7 @@ def test_two_writers_of_one_cache_key_leave_one_valid_file(tmp_path):
 
 
 def test_workers_get_the_harness_and_hugging_face_settings(monkeypatch):
-    from harness.ray_executor import _runtime_env
+    from harness.run.ray import _runtime_env
 
     for key, value in {"HARNESS_CACHE_DIR": "/c", "HF_DATASETS_OFFLINE": "1", "HF_HOME": "/h",
                        "PYTHONPATH": "/site", "UNRELATED_SECRET": "x"}.items():
@@ -288,7 +289,7 @@ def test_a_cluster_lost_mid_sweep_is_reported_and_a_rerun_resumes(cluster, tiny_
         _wait_for(lambda: _listening(port), 60, "the cluster")
         hold.touch()
         # a silent cluster counts as lost after a second here (LOST_AFTER_S in real runs)
-        code = ("import sys, harness.ray_executor as r; r.POLL_S = r.LOST_AFTER_S = 1; "
+        code = ("import sys, harness.run.ray as r; r.POLL_S = r.LOST_AFTER_S = 1; "
                 "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
         driver = subprocess.Popen(
             [sys.executable, "-c", code, "run", "--model", str(tiny_model_dir), "--methods", "dense,magnitude,hold",

@@ -11,14 +11,15 @@ from conftest import SHARED_DATA, needs_smollm2
 
 from harness.cli import main
 
-CI = Path(__file__).resolve().parents[1] / "leaderboards" / "ci"
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / "leaderboards" / "ci"
 
 pytestmark = needs_smollm2()
 
 
 def test_quick_smollm2_run_is_not_worse_than_the_stored_reference(tmp_path, capsys):
     out = tmp_path / "results"
-    code = main(["run", "--config", str(CI / "smollm2-quick.toml"), "--out", str(out),
+    code = main(["run", "--config", str(ROOT / "experiments" / "ci-smollm2-quick.toml"), "--out", str(out),
                  "--data-dir", str(SHARED_DATA), "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     code = main(["check", str(out), "--against", str(CI / "smollm2-quick.json"), "--rtol", "0.02"])

@@ -7,11 +7,11 @@ import pytest
 
 from harness import hookimpl
 from harness.cli import main
-from harness.leaderboard import write_leaderboards
 from harness.method import CompressionReport, Method
 from harness.plugins import load_plugins
+from harness.report.leaderboard import write_leaderboards
 from harness.results import write_json_atomic
-from harness.runner import RunConfig, run
+from harness.run import RunConfig, run
 
 
 class Exploding(Method):
@@ -81,7 +81,7 @@ def test_records_and_resume(config, registry, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a finished sweep must not load the model again")
 
-    monkeypatch.setattr("harness.models.load_model", no_loading)
+    monkeypatch.setattr("harness.models.loading.load_model", no_loading)
     again = run(config, registry, log=logs.append)
     assert sum("skipped" in line for line in logs) == 3
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
@@ -218,6 +218,37 @@ cache_dir = "{tmp_path / 'cache'}"
     assert main(["run", "--config", str(bad)]) == 2
 
 
+def test_a_sweep_file_lists_its_runs_sharing_the_top_level_keys(config, tmp_path):
+    """[[runs]] tables override the shared keys, one run each, checked before the first starts."""
+    from harness.results import load_records
+
+    sweep = tmp_path / "sweep.toml"
+    shared = f'''
+model = "{config.model}"
+calibration = "wikitext2:4x32"
+eval_windows = 1
+eval_length = 32
+data_dir = "{config.data_dir}"
+cache_dir = "{tmp_path / 'cache'}"
+options = {{ sparsegpt = {{ blocksize = 64 }} }}
+'''
+    sweep.write_text(shared + '''
+[[runs]]
+methods = ["dense", "sparsegpt"]
+ratios = [0.25]
+
+[[runs]]
+methods = ["sparsegpt"]
+pattern = "2:4"
+''')
+    assert main(["run", "--config", str(sweep), "--out", str(tmp_path / "res")]) == 0
+    cells = sorted((r.method, r.label, r.target["options"].get("blocksize")) for r in load_records(tmp_path / "res"))
+    assert cells == [("dense", "0", None), ("sparsegpt", "0.25", 64), ("sparsegpt", "2:4", 64)]
+    (tmp_path / "bad.toml").write_text(shared + '[[runs]]\nmethods = ["magnitude"]\n[[runs]]\nmethods = ["nope"]\n')
+    assert main(["run", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()  # the second run's bad method stopped the first too
+
+
 def test_serving_settings_reach_every_speed_row_from_a_sweep_file_and_flags(config, tmp_path):
     """A sweep file's [serving] table and `harness run`'s serving flags make one ServingConfig,
     which every speed row records and the speed evaluation's spec (so its table's protocol) holds."""
@@ -249,9 +280,9 @@ sparse_output_copy = "all"
 def test_speed_rows_carry_the_hardware_fractions(config, registry, monkeypatch):
     """Decode against the memory roofline, prefill against the matmul peak (figures a GPU
     measures; here stand-ins): each row says how far it is from the hardware, not only from dense."""
-    from harness import throughput
+    from harness.evaluations import speed
 
-    monkeypatch.setattr(throughput, "hardware_ceilings", lambda device, dtype: (1e11, 1e12))
+    monkeypatch.setattr(speed, "hardware_ceilings", lambda device, dtype: (1e11, 1e12))
     config.methods, config.ratios = ["dense"], [0.5]
     config.evals = ["speed:decode@1x16,prefill@1x16"]
     (dense,) = run(config, registry, log=quiet)
@@ -266,9 +297,9 @@ def test_a_matched_speedup_cell_killed_midway_resumes_its_search(config, registr
     """The deadline kills a cell in its speed search (after two probes); the rerun reads those
     probes back from the file beside the record, measures only the others, and removes the
     file once the record is written. Speed is a closed-form curve here: 1 + 0.8 r²."""
-    from harness import speedmatch
-    from harness.runner import probe_memo_path
-    from harness.throughput import DenseSpeed
+    from harness.evaluations.speed import DenseSpeed
+    from harness.run import speedmatch
+    from harness.run.sweep import probe_memo_path
 
     calls = []
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import logits_of, synthetic_calibration, tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.plugins import default_registry
-from harness.sparse_kernels import is_two_four
+from harness.serving.sparse_kernels import is_two_four
 from harness.targets import count_parameters, measure_ratio
 
 

@@ -12,8 +12,8 @@ from baselines.slicegpt.slicegpt import (
     make_rotation_invariant,
     width_for_slicing,
 )
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.targets import count_parameters, measure_ratio
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import SHARED_DATA, needs_smollm2
 
-from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, CalibrationSpec, draw_windows, tokenize
-from harness.datasets import BUILTIN
+from harness.data.datasets import BUILTIN
+from harness.evaluations.perplexity import eval_windows, perplexity
 from harness.method import Target
-from harness.perplexity import eval_windows, perplexity
+from harness.models.adapters import ModelAdapter
 from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
@@ -23,7 +23,7 @@ pytestmark = needs_smollm2()
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from harness.models import load_model
+    from harness.models.loading import load_model
 
     model, tokenizer = load_model()
     wikitext = BUILTIN[0]
@@ -106,7 +106,7 @@ def test_slicegpt_rises_with_slicing_and_equals_dense_at_zero(results, smollm2):
 
 def test_dequantised_gguf_cache_gives_the_same_model(smollm2, tmp_path):
     """The second load reads the cached safetensors: same weights, same tying, same tokenizer."""
-    from harness.models import dequantized_cache, load_model, load_tokenizer, resolve
+    from harness.models.loading import dequantized_cache, load_model, load_tokenizer, resolve
 
     model, tokenizer = load_model(cache_dir=tmp_path)
     cached_dir = dequantized_cache(resolve("smollm2-135m-instruct"), torch.float32, tmp_path)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.plugins import default_registry
-from harness.speedmatch import SpeedTarget, search_ratio
+from harness.run.speedmatch import SpeedTarget, search_ratio
 
 
 def goal(s=1.25, tol=0.02):
@@ -64,7 +64,7 @@ def test_a_cut_search_resumes_from_its_probes(tmp_path):
     """A search killed after two probes is rerun: it retraces the same ratios, reads the two
     measured ones from the memo and measures only the rest, ending where an uncut search ends.
     Probes from another device are not reused, and a line cut by the kill is ignored."""
-    from harness.speedmatch import ProbeMemo
+    from harness.run.speedmatch import ProbeMemo
 
     curve, measured = (lambda r: 1 / (1 - r)), []
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.sparsity import prune_mask
 from harness.targets import RatioMismatch, check_ratio, count_parameters, measure_ratio
 

@@ -11,13 +11,14 @@ import torch
 from conftest import synthetic_calibration, tiny_model
 
 from harness import hookimpl
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.plugins import default_registry
-from harness.serving_config import ServingConfig
-from harness.sparse_kernels import is_two_four
+from harness.serving.config import ServingConfig
+from harness.serving.sparse_kernels import is_two_four
+from harness.serving.step import ServingStep, SpeedSpec, StaticKVCache
+from harness.serving.timing import measure
 from harness.sparsity import prune_mask
-from harness.throughput import ServingStep, SpeedSpec, StaticKVCache, measure
 
 
 def full_forward_last(model, ids):
@@ -73,7 +74,7 @@ def test_a_decode_step_reads_every_weight_but_the_untouched_embedding_rows(tied)
     from conftest import tiny_config
     from transformers import AutoModelForCausalLM
 
-    from harness.throughput import decode_read_bytes, weight_bytes
+    from harness.serving.step import decode_read_bytes, weight_bytes
 
     config = tiny_config("llama3")
     config.tie_word_embeddings = tied
@@ -118,7 +119,7 @@ def test_static_cache_writes_where_positions_point():
 def test_profile_names_where_a_step_spends_its_time():
     """The profile's table is the step's own operators: the matrix products lead a prefill,
     shares are fractions of the profiled total, and measure() attaches it only on request."""
-    from harness.throughput import profile_step
+    from harness.serving.timing import profile_step
 
     adapter = ModelAdapter(tiny_model("llama3"))
     cpu = torch.device("cpu")
@@ -147,7 +148,7 @@ def test_bench_speed_command_prints_rows_and_profiles(capsys):
 def test_the_row_copy_op_is_the_transpose_eager_and_compiled():
     """``rows_from_columns`` (the 2:4 products' own output copy) is a registered op whose fake
     shape matches its kernel, and gives the transpose, eager and inside a compiled function."""
-    from harness.sparse_kernels import rows_from_columns
+    from harness.serving.sparse_kernels import rows_from_columns
 
     columns = torch.randn(24, 40)
     torch.library.opcheck(torch.ops.harness.rows_from_columns.default, (columns,),
@@ -164,7 +165,7 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias, plan, monk
     """On the GPU: the sparse-kernel linear gives the masked dense product, laid out row-major,
     eager and compiled, on each cuSPARSELt plan (output transposed by cuSPARSELt, or copied:
     by inductor in the consumer, or by the module's own copy op)."""
-    from harness.sparse_kernels import SemiStructuredLinear
+    from harness.serving.sparse_kernels import SemiStructuredLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.float16)
@@ -188,8 +189,8 @@ def test_semi_structured_linear_equals_the_masked_dense_product(bias, plan, monk
 def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, monkeypatch):
     """The output-copy setting picks the products by role (a fused group by its members), and the 2:4
     model on sparse kernels, compiled, gives the masked dense model's logits either way."""
-    from harness.fusion import fused_projections
-    from harness.sparse_kernels import SemiStructuredLinear, to_semi_structured
+    from harness.serving.fusion import fused_projections
+    from harness.serving.sparse_kernels import SemiStructuredLinear, to_semi_structured
 
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -221,7 +222,7 @@ def test_the_q_k_v_products_copy_their_output_on_their_own(output_copy, own, mon
 def test_a_tuned_sparse_algorithm_computes_the_same_product(monkeypatch):
     from types import SimpleNamespace
 
-    from harness.sparse_kernels import SemiStructuredLinear, tune_sparse_kernels
+    from harness.serving.sparse_kernels import SemiStructuredLinear, tune_sparse_kernels
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 256, device="cuda", dtype=torch.float16)
@@ -297,7 +298,7 @@ def test_compiled_step_equals_the_eager_one_and_blocks_are_restored(monkeypatch,
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
-    from harness.compilation import compiled_step
+    from harness.serving.compilation import compiled_step
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: real_compile(
@@ -329,8 +330,8 @@ def test_bench_speed_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatc
     method (or is killed at a deadline) leaves the rows it measured."""
     import json
 
-    from harness import speedmatch
     from harness.cli import main
+    from harness.run import speedmatch
 
     real_probe = speedmatch.probe_speed
 
@@ -355,8 +356,8 @@ def test_bench_compress_extrapolates_each_phase_by_what_it_scales_with(monkeypat
     import time as clock
 
     from baselines.magnitude import Magnitude
-    from harness import bench
     from harness.plugins import load_plugins
+    from harness.run import bench
 
     class GlobalPass(Magnitude):
         name = "global-pass"
@@ -435,7 +436,7 @@ def test_inductor_settings_hold_while_the_step_compiles(monkeypatch):
 
 
 def test_hopper_steps_compile_with_programmatic_dependent_launch_unless_told_otherwise(monkeypatch):
-    from harness import compilation
+    from harness.serving import compilation
 
     gpu = torch.device("cuda", 0)
     for capability, expected in (((9, 0), {"triton.enable_pdl": True}), ((8, 0), {})):
@@ -448,20 +449,20 @@ def test_hopper_steps_compile_with_programmatic_dependent_launch_unless_told_oth
 
 
 def test_programmatic_launch_is_asked_for_only_where_the_gpu_has_it(monkeypatch):
-    from harness import compilation
+    from harness.serving.device import programmatic_launch
 
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     for capability, expected in (((8, 0), False), ((9, 0), True), ((10, 0), True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
-        assert compilation.programmatic_launch(gpu) is expected
+        assert programmatic_launch(gpu) is expected
     monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm reports gfx94x as 9.4 but has no griddepcontrol
-    assert not compilation.programmatic_launch(gpu) and not compilation.programmatic_launch(cpu)
+    assert not programmatic_launch(gpu) and not programmatic_launch(cpu)
 
 
 def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(monkeypatch):
-    from harness.bench import speed_header
     from harness.cli import build_parser
-    from harness.serving_config import ATTENTION_KERNELS
+    from harness.run.bench import speed_header
+    from harness.serving.config import ATTENTION_KERNELS
 
     model = tiny_model("llama3")
     model.config._attn_implementation = "sdpa"  # the tiny models attend eagerly; a served one through SDPA
@@ -481,9 +482,9 @@ def test_the_attention_kernel_setting_binds_every_sdpa_call_of_a_measurement(mon
 
 
 def test_the_decode_kernel_setting_is_checked_recorded_and_offered(monkeypatch):
-    from harness.bench import speed_header
     from harness.cli import build_parser, serving_from
-    from harness.serving_config import BASELINE, DECODE_KERNELS
+    from harness.run.bench import speed_header
+    from harness.serving.config import BASELINE, DECODE_KERNELS
 
     adapter, spec, cpu = ModelAdapter(tiny_model("llama3")), SpeedSpec.parse("decode@1x8"), torch.device("cpu")
     assert BASELINE.decode_kernels == "triton"  # the default: the fastest of torch's and ours per shape
@@ -492,7 +493,7 @@ def test_the_decode_kernel_setting_is_checked_recorded_and_offered(monkeypatch):
     with pytest.raises(ValueError, match="decode_kernels must be one of"):
         ServingConfig(decode_kernels="cutlass")
     row = {"method": "dense", "compiled": True, "cuda_graph": True, "decode_kernels": "triton"}
-    assert "fastest of torch's kernel and harness.decode_kernels' Triton kernels" in speed_header([row])
+    assert "fastest of torch's kernel and harness.serving.decode_kernels' Triton kernels" in speed_header([row])
     assert "Triton kernels" not in speed_header([{**row, "decode_kernels": "torch"}])
     assert "Rows differ" in speed_header([row, {**row, "decode_kernels": "torch"}])
     speed = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]
@@ -504,7 +505,7 @@ def test_the_decode_kernel_setting_is_checked_recorded_and_offered(monkeypatch):
 def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    from harness.compilation import use_compile_cache
+    from harness.serving.compilation import use_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # so that the test's own setting is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
@@ -515,7 +516,7 @@ def test_compiled_steps_are_cached_under_the_harness_cache(tmp_path, monkeypatch
 
 
 def test_the_speed_table_sums_each_methods_compile_time():
-    from harness.bench import format_speed_rows
+    from harness.run.bench import format_speed_rows
 
     rows = [{"method": "dense", "pattern": "unstructured", "phase": p, "compile_s": s}
             for p, s in (("decode@1x512", 35.5), ("prefill@8x2048", 24.0))]
@@ -527,8 +528,8 @@ def test_the_speed_table_sums_each_methods_compile_time():
 def test_a_speed_table_says_what_it_was_measured_against(tmp_path, capsys):
     import json
 
-    from harness.bench import speed_header
     from harness.cli import main
+    from harness.run.bench import speed_header
 
     row = {"method": "dense", "pattern": "unstructured", "phase": "decode@1x512", "tokens_per_s": 228.8,
            "device": "NVIDIA H200", "dtype": "float16", "torch": "2.11.0", "compiled": True,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import synthetic_calibration, tiny_model
 
-from harness.adapters import ModelAdapter
 from harness.method import Target
+from harness.models.adapters import ModelAdapter
 from harness.plugins import default_registry
 from harness.targets import (
     RatioMismatch,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from harness.zeroshot import evaluate_zeroshot, task_config
+from harness.evaluations.zeroshot import evaluate_zeroshot, task_config
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def test_zeroshot_scores_the_in_memory_model(task_dir, tiny_tokenizer_dir):
 def test_zeroshot_columns_through_the_cli(tiny_model_dir, data_dir, task_dir, tmp_path):
     import shutil
 
-    from harness.leaderboard import write_leaderboards
-    from harness.runner import RunConfig, run
+    from harness.report.leaderboard import write_leaderboards
+    from harness.run import RunConfig, run
 
     shutil.copytree(task_dir / "zeroshot", data_dir / "zeroshot", dirs_exist_ok=True)
     records = run(RunConfig(model=str(tiny_model_dir), methods=["dense", "magnitude"], ratios=[0.3],
@@ -82,7 +82,7 @@ def test_out_of_memory_halves_the_batch_until_it_fits(monkeypatch):
     from a smaller batch, and the record says which batch ran. Below 1 the error stands."""
     from types import SimpleNamespace
 
-    from harness import zeroshot
+    from harness.evaluations import zeroshot
 
     tried = []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.adapters import ModelAdapter
-from harness.export import exportable
+from harness.models.adapters import ModelAdapter
+from harness.models.export import exportable
 
 
 @exportable

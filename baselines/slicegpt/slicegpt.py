@@ -40,9 +40,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.adapters import ModelAdapter
 from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
+from harness.models.adapters import ModelAdapter
 from harness.targets import count_parameters
 
 from .modules import ShortcutBlock, ShortcutRMSNorm

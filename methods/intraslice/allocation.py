@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.adapters import ModelAdapter
 from harness.calibration import Calibration, capture_block_inputs
+from harness.models.adapters import ModelAdapter
 
 GROUP = 8  # windows whose gradients are summed (the authors' ``group = 8``)
 MAX_RATIO = 0.8  # per-layer cap (``recorrect_prune_rate(..., max_prune_rate=0.8)``)

@@ -26,7 +26,7 @@ keep = H·hd − round(H·hd·a)):
    |q ⊙ k| (after RoPE) over tokens, summed over the kept heads of a KV group; fold
    dimension j with j + hd/2 (the pair RoPE rotates together); keep the top w/2 pairs per
    group, one set shared by the group's heads. W_q and W_k lose the rows of dropped pairs
-   and RoPE runs on the kept frequencies only (``harness.attention.SlicedAttention``);
+   and RoPE runs on the kept frequencies only (``harness.models.attention.SlicedAttention``);
    the softmax keeps the dense 1/√hd scale, as the code's masked q/k do.
 3. V/O. Recompute the attention output R with the sliced Q/K and the deleted heads zeroed.
    Per KV group, U_g = top-w eigenvectors of Σ_{kept h ∈ g} R_hᵀR_h. With Z = per-head
@@ -58,7 +58,8 @@ the predicted r (allocation and rounding rules, no head deletion) meets the targ
 deletions then keep more K/V (the remaining heads of a group get wider), and that drift is
 carried into the MLP width of the same and later layers in multiples of 8, so the measured
 r meets the target in one sweep. The record keeps both widths (``mlp_planned``, ``mlp``):
-on SmolLM2 at r = 0.3, 600 of ~32k kept neurons moved, at most 56 in a layer (~5 %). With
+how far the correction moved each layer is read off them (a few percent of a layer's neurons
+on SmolLM2). With
 ``-o intraslice.sparsity=S`` nothing is corrected: the authors' run, reproduced.
 
 The code's flags and their defaults (``run_IntraSlice.py``), and what they are here:
@@ -87,10 +88,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.adapters import ModelAdapter
-from harness.attention import SlicedAttention, apply_rotary, pair_dimensions
 from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
+from harness.models.adapters import ModelAdapter
+from harness.models.attention import SlicedAttention, apply_rotary, pair_dimensions
 from harness.targets import count_parameters
 
 from . import allocation

@@ -13,7 +13,7 @@ MLP selection. Which choice came from where:
    orthonormal columns  o_h Q_g Q_gᵀ W_o,hᵀ = A_h X (Q_gᵀ W_v,g)ᵀ (W_o,h Q_g)ᵀ:
    Q_gᵀ folds into the value projection's rows of group g and Q_g into the output projection's columns of every head of
    the group. Q_g = top-k eigenvectors of Σ_{h∈g} E[o_hᵀ o_h] (float64): an exact PCA that
-   adds nothing. Value heads become k wide (``harness.attention.SlimValueAttention``);
+   adds nothing. Value heads become k wide (``harness.models.attention.SlimValueAttention``);
    Q and K stay intact because RoPE does not commute with a general rotation.
 2. MLP (abstract: *approximate* PCA that fuses completely; the construction is ours).
    h = act(x W_gᵀ) ⊙ (x W_uᵀ) is elementwise, so no rotation passes the nonlinearity; the
@@ -50,10 +50,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.adapters import ModelAdapter
-from harness.attention import SlimValueAttention
 from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
+from harness.models.adapters import ModelAdapter
+from harness.models.attention import SlimValueAttention
 from harness.targets import block_parameters, count_parameters
 
 from .intraslice import (

@@ -1,0 +1,1 @@
+"""The built-in evaluations, registered like any plugin: perplexity, zero-shot accuracy, speed."""

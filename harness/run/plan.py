@@ -1,0 +1,109 @@
+"""What a run asks for, checked before anything loads: methods × targets, and evaluations.
+
+``plan_runs`` and ``plan_evaluations`` refuse bad input with one clear error (unknown
+method, knob or evaluation; a ratio outside (0, 1); a pattern a method cannot produce),
+so nothing is loaded, computed or written for a request that cannot run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.config import RunConfig
+from harness.evaluation import Evaluator, parse_evals
+from harness.method import Method
+from harness.plugins import Registry, require_installed
+from harness.run.speedmatch import SpeedTarget
+from harness.targets import Target, implied_ratio, validate_ratio
+
+#: Ratios of a run that names none (N:M patterns imply their own).
+DEFAULT_RATIOS = (0.2, 0.3)
+#: Speed runs keep structured widths in multiples of this (see the methods' ``align``).
+SPEED_ALIGN = 8
+
+
+@dataclass
+class Plan:
+    method: Method
+    target: Target
+    matched: bool = True  # False: a native-knob run, its ratio measured but not enforced
+    speed_target: SpeedTarget | None = None  # matched-speedup mode: the ratio is searched
+
+    @property
+    def label(self) -> str:
+        if self.speed_target:
+            return f"s={self.speed_target.speedup:g}"
+        if self.matched:
+            return self.target.label()
+        knob = self.method.native_knob
+        return f"{knob}={self.target.options[knob]:g}"
+
+
+def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
+    """Check the request against the registry; return the runs it asks for."""
+    implied = implied_ratio(config.pattern)
+    if list(config.methods) == ["all"]:  # every installed method that can do the pattern
+        names = [n for n, m in registry.methods.items() if not m.ablation_of
+                 and (m.kind == "reference" or config.pattern in m.patterns)]
+    else:
+        names = list(dict.fromkeys(config.methods))
+    methods = sorted((registry.method(name) for name in names), key=lambda m: m.kind != "reference")
+    speed_target = SpeedTarget.parse(config.match, config.match_phase) if config.match else None
+    if speed_target and config.ratios:
+        raise ValueError("--match searches the ratio; drop --ratios")
+    if implied is not None:
+        if any(abs(r - implied) > 1e-9 for r in config.ratios or ()):
+            raise ValueError(f"pattern {config.pattern} fixes the ratio at {implied:g}; drop --ratios")
+        ratios = [implied]
+    else:
+        ratios = [validate_ratio(float(r)) for r in (config.ratios if config.ratios is not None else list(DEFAULT_RATIOS))]
+        if not ratios:
+            raise ValueError("no ratios given")
+    plans = []
+    for method in methods:
+        options = config.options.get(method.name, {})
+        method.check_options(options)  # a misspelt knob is refused, not silently ignored
+        require_installed(method)  # before any cell starts, not when this one comes up
+        if method.kind == "reference":  # dense: one row, nothing removed
+            plans.append(Plan(method, Target(0.0, "unstructured", options)))
+            continue
+        if config.pattern not in method.patterns:
+            raise ValueError(f"method {method.name!r} does not support pattern {config.pattern!r} "
+                             f"(it supports: {', '.join(method.patterns)})")
+        if method.native_knob and method.native_knob in options:
+            plans.append(Plan(method, Target(0.0, config.pattern, options), matched=False))
+            continue
+        if speed_target:  # structured shapes in multiples of 8 unless the user says otherwise
+            if method.kind == "structured":
+                options = {"align": SPEED_ALIGN, **options}
+            plans.append(Plan(method, Target(implied or 0.0, config.pattern, options),
+                              speed_target=speed_target))
+            continue
+        for ratio in ratios:
+            plans.append(Plan(method, Target(ratio, config.pattern, options)))
+    unknown = set(config.options) - {m.name for m in methods}
+    if unknown:
+        raise ValueError(f"options given for methods not in this run: {', '.join(sorted(unknown))}")
+    return plans
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def plan_evaluations(config: RunConfig, registry: Registry) -> list[tuple[Evaluator, list[str]]]:
+    """The evaluations asked for, each checked, in the order they run (speed last)."""
+    evals = parse_evals(config.evals)
+    if config.match:  # the matched phase is always measured on the final model
+        evals["speed"] = [config.match_phase] + [a for a in evals.get("speed", []) if a != config.match_phase]
+    chosen = [(registry.evaluation(name), args) for name, args in evals.items()]
+    for evaluator, args in chosen:
+        require_installed(evaluator)
+        evaluator.check(args, registry.dataset)
+    return sorted(chosen, key=lambda pair: pair[0].order)

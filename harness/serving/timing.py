@@ -1,0 +1,245 @@
+"""Timing a serving step as a server sees it: compiled, captured as a CUDA graph, replayed.
+
+``measure`` times one phase of a model (``harness.serving.step``) built as a ``ServingConfig``
+says: torch.compile first (inductor fuses the small decode ops around the matrix products),
+then one CUDA graph, each replay timed with CUDA events after warm-up; the median is reported.
+On a CPU the same step runs eagerly under ``time.perf_counter`` and every figure says "cpu".
+``measure_model`` times every phase, with q/k/v and gate/up fused as serving engines store them
+(``harness.serving.fusion``) and 2:4 weights on sparse kernels (``harness.serving.sparse_kernels``):
+unstructured sparsity runs dense kernels and is honestly ≈ 1.0× (the zeros are multiplied).
+
+How far from the hardware: ``roofline`` compares a decode step with the time the device's
+measured memory bandwidth needs to read its weights and cache; ``peak_fraction`` a prefill step
+with the measured dense matrix-product rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from harness.models.adapters import ModelAdapter
+from harness.serving import compilation, decode_kernels
+from harness.serving.config import BASELINE, ServingConfig
+from harness.serving.device import device_name
+from harness.serving.fusion import (
+    FusionError,
+    check_one_product_per_step,
+    fused_groups,
+    fused_projections,
+)
+from harness.serving.sparse_kernels import to_semi_structured, tune_sparse_kernels
+from harness.serving.step import (
+    ServingStep,
+    SpeedSpec,
+    capture_graph,
+    decode_read_bytes,
+    step_flops,
+    weight_bytes,
+)
+
+
+def time_steps(run, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``run``: CUDA events on a GPU, perf_counter on a CPU."""
+    for _ in range(warmup):
+        run()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+    return times
+
+def profile_step(run, device: torch.device, steps: int = 3, top: int = 12) -> list[dict]:
+    """Where one step's time goes: the ``top`` kernels (GPU) or operators' self time (CPU) by
+    total time over ``steps`` calls of ``run``, each with its ms per step, share and calls."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        if cuda:
+            torch.cuda.synchronize(device)
+    timed = []
+    for event in prof.key_averages():
+        if cuda:  # kernels only (an operator's row would count its kernels again)
+            if event.device_type != DeviceType.CUDA:
+                continue
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        else:
+            us = event.self_cpu_time_total
+        if us > 0:
+            timed.append((event.key, us, event.count))
+    total = sum(us for _, us, _ in timed) or 1.0
+    timed.sort(key=lambda row: -row[1])
+    return [{"op": key[:120], "ms_per_step": us / 1e3 / steps, "share": us / total, "calls_per_step": count / steps}
+            for key, us, count in timed[:top]]
+
+def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, serving: ServingConfig = BASELINE,
+            repeats: int | None = None, warmup: int = 5, cuda_graph: bool = True, profile: bool = False) -> dict:
+    """Throughput of one phase, the step built as ``serving`` says; the model must already sit on
+    ``device`` in eval mode.
+
+    Compiled (``serving.compiles``), the step runs through ``torch.compile`` (inductor fuses the
+    small decode ops around the matrix products) before the CUDA graph is captured: the baseline
+    a serving engine reaches; the compile time is recorded (``compile_s``). ``profile`` adds
+    ``profile_step``'s table of the compiled step (outside the CUDA graph, whose replay hides its
+    kernels from the profiler).
+    """
+    mode, scope = serving.compile_mode, serving.compile_scope
+    options = compilation.inductor_options(device, serving.inductor)
+    compile = serving.compiles(device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        gpu = device.index if device.index is not None else torch.cuda.current_device()
+        decode_kernels.PEAK_BEFORE_TIMING.pop(gpu, None)
+        # what else sits on the device (a dense model kept beside a compressed one, say): left out
+        # of the peak, which is the measured model's alone (weights, cache, activations, workspace)
+        elsewhere = max(0, torch.cuda.memory_allocated(device) - weight_bytes(adapter.model))
+    repeats = repeats or (20 if spec.phase == "prefill" else 100)
+    with torch.no_grad():
+        for group in fused_groups(adapter.model):
+            group.counting, group.products = True, 0
+        step = ServingStep.for_spec(adapter, spec, device)  # a decode step's prompt fills the cache here
+    # the timed step alone on the chosen kernels (flash refuses the prompt's mask)
+    routes = compilation.kernel_routes(serving.decode_kernels, device, attention=serving.attention_kernel is None)
+    with torch.no_grad(), compilation.attention_kernel(serving.attention_kernel), routes as chosen:
+        step()  # allocates the cache (prefill) and checks the step runs
+        fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
+        with contextlib.ExitStack() as stack:
+            compiled, compile_error, compile_s = step, None, None
+            if compile:
+                try:
+                    start = time.perf_counter()
+                    compiled = stack.enter_context(compilation.compiled_step(step, mode, scope, options))
+                    compiled()
+                    compile_s = time.perf_counter() - start
+                except Exception as error:  # report it and measure the eager step
+                    stack.close()
+                    compiled, compile_error = step, f"{type(error).__name__}: {error}"[:300]
+            run, graphed, graph_error = compiled, False, None
+            if device.type == "cuda" and cuda_graph:
+                try:
+                    run, graphed = capture_graph(compiled), True
+                except Exception as error:  # an op that cannot be captured: time it eagerly, say so
+                    graph_error = f"{type(error).__name__}: {error}"[:300]
+                    torch.cuda.synchronize(device)
+            times = time_steps(run, device, warmup, repeats)
+            ops = profile_step(compiled, device) if profile else None
+    seconds = statistics.median(times)
+    result = {
+        "phase": spec.phase, "batch": spec.batch, "length": spec.length,
+        "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
+        "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
+        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
+        "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
+        "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
+        "attention_kernel": serving.attention_kernel,
+        "decode_kernels": serving.decode_kernels if device.type == "cuda" else "torch",
+        # each one-row product shape's and single-query attention shape's kernel (harness.serving.decode_kernels)
+        "gemv_kernels": dict(chosen["products"]) if chosen and chosen["products"] else None,
+        "attention_kernels": dict(chosen["attention"]) if chosen and chosen["attention"] else None,
+        "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
+        "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
+        "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))
+                       - elsewhere if device.type == "cuda" else None),
+        "device": device_name(device),
+    }
+    if ops is not None:
+        result["profile"] = ops
+    if graph_error:
+        result["cuda_graph_error"] = graph_error
+    if compile_error:
+        result["compile_error"] = compile_error
+    del step, run
+    return result
+
+def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 20) -> float | None:
+    """Measured device-memory bandwidth in bytes/s (a copy reads and writes every byte)."""
+    if device.type != "cuda":
+        return None
+    n = int(gib * 2**30) // 2
+    src = torch.empty(n, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    seconds = statistics.median(time_steps(lambda: dst.copy_(src), device, 3, repeats))
+    return 2 * n * 2 / seconds
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float16, n: int = 8192,
+                repeats: int = 10) -> float | None:
+    """Measured dense matrix-product rate in FLOP/s (n×n×n on random data), the prefill ceiling."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    seconds = statistics.median(time_steps(lambda: a @ b, device, 3, repeats))
+    return 2 * n**3 / seconds
+
+
+def peak_fraction(result: dict, peak: float | None) -> float | None:
+    """Fraction of the measured matrix-product peak a prefill step reaches."""
+    if peak is None or result["phase"] != "prefill" or not result.get("flops"):
+        return None
+    return result["flops"] / (result["step_ms"] / 1e3) / peak
+
+def roofline(result: dict, bandwidth: float | None) -> float | None:
+    """Fraction of the memory roofline a decode step reaches: (bytes it must read / bandwidth) /
+    step time. It must read the weights (``decode_read_bytes``) and the whole KV cache."""
+    if bandwidth is None or result["phase"] != "decode":
+        return None
+    weights = result.get("decode_read_bytes", result["weights_bytes"])  # rows measured before it existed
+    return (weights + result["kv_cache_bytes"]) / bandwidth / (result["step_ms"] / 1e3)
+
+def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
+                  serving: ServingConfig = BASELINE, profile: bool = False) -> dict[str, dict]:
+    """Every spec's throughput of a model on ``device``, its shared-input linears fused as a
+    serving engine stores them (``harness.serving.fusion``, unless ``serving.fuse`` is off); a 2:4 model
+    moves to sparse kernels first (unless ``serving.sparse_kernels`` is off).
+
+    The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
+    a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
+    spec, every sparse product gets cuSPARSELt's fastest configuration (algorithm, split-K) at that
+    spec's token count (``tune_sparse_kernels``; the choice is in the result's ``sparse_kernels.configs``).
+    """
+    adapter.model.to(device)
+    with fused_projections(adapter) if serving.fuse else contextlib.nullcontext([]):
+        kernels = None
+        if serving.sparse_kernels and pattern == "2:4" and device.type == "cuda":
+            kernels = to_semi_structured(adapter, serving.sparse_backend, serving.sparse_transposed_output,
+                                         serving.sparse_output_copy)
+        try:
+            results = {}
+            for spec in specs:
+                spec_kernels = kernels
+                if kernels and kernels["converted"]:
+                    try:
+                        spec_kernels = {**kernels, "configs": tune_sparse_kernels(adapter, spec.tokens_per_step)}
+                    except Exception as error:  # an optimisation: measure on the configurations as they are, say why
+                        spec_kernels = {**kernels, "configs": None,
+                                        "search_error": f"{type(error).__name__}: {error}"[:200]}
+                results[spec.label] = {**measure(adapter, spec, device, serving, profile=profile),
+                                       "sparse_kernels": spec_kernels, "serving": serving.to_dict()}
+            return results
+        except FusionError as error:  # measure unfused rather than triple a product
+            failure = str(error)
+    results = measure_model(adapter, pattern, specs, device, dataclasses.replace(serving, fuse=False), profile)
+    return {label: {**result, "fusion_error": failure} for label, result in results.items()}
