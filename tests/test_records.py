@@ -124,7 +124,8 @@ def test_real_model_tables_order_the_methods_as_the_papers_do(board):
             assert average[method, "0.5"] < average[method, "0.3"], method
 
 
-@pytest.mark.parametrize("board", ["llama-2-7b-shape/speed_llama-2-7b_h200.md", "llama-2-7b-shape/match_llama-2-7b_h200.md"])
+@pytest.mark.parametrize("board", ["llama-2-7b-shape/speed_llama-2-7b_h100.md", "history/gpu-runs/speed_llama-2-7b_h200.md",
+                                   "history/gpu-runs/match_llama-2-7b_h200.md"])
 def test_committed_speed_tables_show_their_json_rows(board):
     """A 7B speed table (its runs' tables, one under another) shows exactly the rows of the JSON
     beside it as `harness bench table` formats them, under the header that names the baseline."""

@@ -14,8 +14,8 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/dev/site .device/whl/*.whl && \
 #   PYTHONPATH=/tmp/dev/site bash benchmarks/gpu/speed_experiments.sh [EXPERIMENT ...]
 # The `full-*` experiments' rows are the tables of leaderboards/llama-2-7b-shape/: their JSON
-# ($OUT/speed-*.json, $OUT/match-*.json) goes there as speed_llama-2-7b_h200.json and
-# match_llama-2-7b_h200.json; `harness bench table FILE ...` prints the tables for the .md files.
+# ($OUT/speed-*.json, $OUT/match-*.json) goes there as speed_llama-2-7b_<gpu>.json and
+# match_llama-2-7b_<gpu>.json; `harness bench table FILE ...` prints the tables for the .md files.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-/tmp/dev/site}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || true
