@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"compression-harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    for add in (_run_command, _leaderboard_command, _plugins_command, _export_command, _check_command,
+                _bench_command):
+        add(sub)
+    return parser
+
+
+def _run_command(sub) -> None:
+    """`harness run`: compress and evaluate, one record per method and target."""
     run = sub.add_parser("run", help="compress and evaluate: one record per method and target",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", type=Path, help="a TOML sweep file; flags given here override it")
@@ -108,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-accelerator", help="GPU type every cell runs on, e.g. H100 (speed cells are "
                                                "pinned to the first task's GPU type anyway)")
 
+
+
+def _leaderboard_command(sub) -> None:
+    """`harness leaderboard`: tables, plots and an index from run records."""
     board = sub.add_parser("leaderboard", help="build leaderboard tables from run records")
     board.add_argument("results", type=Path, help="directory of run records")
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="output directory")
@@ -121,9 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--skip-corrupt", action="store_true",
                        help="leave out record files that cannot be read (default: refuse, naming them)")
 
+
+
+def _plugins_command(sub) -> None:
+    """`harness plugins`: what is installed."""
     sub.add_parser("plugins", help="list loaded plugins, their methods, versions and origins "
                    "(exit status 1 if one failed to load or lacks a package it runs on)")
 
+
+
+def _export_command(sub) -> None:
+    """`harness export`: a compressed model as safetensors (+ shape plan)."""
     export = sub.add_parser(
         "export", help="write a compressed model as safetensors + config (+ shape plan) that loads without pickle",
         description="Re-export a compressed model: SOURCE is a run record (.json) whose model was saved with "
@@ -133,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="a run record (.json) or an export directory")
     export.add_argument("out", type=Path, help="directory to write")
 
+
+
+def _check_command(sub) -> None:
+    """`harness check`: the regression gate."""
     check = sub.add_parser("check", help="fail if fresh results are worse than a stored leaderboard")
     check.add_argument("results", type=Path, help="directory of run records, or a leaderboard JSON")
     check.add_argument("--against", type=Path, required=True, help="the stored leaderboard JSON")
@@ -140,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skip-corrupt", action="store_true",
                        help="leave out record files that cannot be read (default: refuse, naming them)")
 
+
+
+def _bench_command(sub) -> None:
+    """`harness bench compress | speed | table`: benchmarks on random-weight models of named shapes."""
     bench = sub.add_parser("bench", help="benchmarks on random-initialised models of named shapes")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     comp = bench_sub.add_parser("compress", help="time compression: total and per-block seconds, peak GPU memory")
@@ -179,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="auto")
     speed.add_argument("--dtype", default="float16")
     speed.add_argument("--json", type=Path, help="also write the rows to this JSON file")
-    return parser
 
 
 def add_serving_options(parser: argparse.ArgumentParser) -> None:

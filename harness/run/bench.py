@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.calibration import Calibration, CalibrationSpec
+from harness.method import Method
 from harness.models.adapters import ModelAdapter
 from harness.models.shapes import SHAPES, random_model
 from harness.plugins import default_registry
 from harness.serving.config import BASELINE, ServingConfig
-from harness.targets import Target
+from harness.serving.device import device_name
+from harness.targets import Target, count_parameters
 
 
 def _sync(device: torch.device) -> None:
@@ -114,6 +116,43 @@ def format_rows(rows: list[dict]) -> str:
 
 
 # --- inference speed ------------------------------------------------------------------------
+#: What a speed row keeps of its measurement as it is (``serving.timing.measure``'s result).
+MEASURED_FIELDS = ("tokens_per_s", "step_ms", "cuda_graph", "compiled", "compile_mode", "compile_scope",
+                   "inductor_options", "compile_s", "attention_kernel", "decode_kernels", "gemv_kernels",
+                   "attention_kernels", "fused_groups", "device", "profile")
+
+
+def speed_target(method: Method, pattern: str, ratio: float) -> Target:
+    """What a method is measured at: ``pattern`` where it produces N:M patterns, else ``ratio``
+    (structured methods keep GPU-friendly widths, multiples of 8: their ``align`` option)."""
+    if method.kind == "reference":
+        return Target(0.0)
+    if pattern in method.patterns and pattern != "unstructured":
+        return Target(0.5, pattern)
+    return Target(ratio, "unstructured", {"align": 8} if method.kind == "structured" else {})
+
+
+def speed_row(shape: str, method: Method, target: Target, label: str, result: dict, dense: dict,
+              ceilings: tuple[float | None, float | None], dtype: torch.dtype) -> dict:
+    """One row of a speed table: the measurement as it is, its identity, and what the table derives
+    from it (speedup over the same run's dense, GiB, roofline and peak fractions)."""
+    from harness.serving.timing import peak_fraction, roofline
+
+    bandwidth, peak = ceilings
+    kernels = result.get("sparse_kernels") or {}
+    return {"shape": shape, "method": method.name, "target": target.ratio, "ratio": result.get("ratio"),
+            "pattern": "structured" if method.kind == "structured" else target.pattern, "phase": label,
+            **{key: result[key] for key in MEASURED_FIELDS if key in result},
+            "speedup": result["tokens_per_s"] / dense["tokens_per_s"],
+            "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
+            "peak_gib": result["peak_bytes"] / 2**30 if result["peak_bytes"] else None,
+            "roofline": roofline(result, bandwidth), "peak_frac": peak_fraction(result, peak),
+            "sparse_kernels": kernels.get("converted"), "sparse_backend": kernels.get("backend"),
+            "sparse_configs": kernels.get("configs"), "sparse_output_copy": kernels.get("output_copy"),
+            "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+            "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None, "peak_tflops": peak / 1e12 if peak else None}
+
+
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, serving: ServingConfig = BASELINE, match: str | None = None,
@@ -125,95 +164,50 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     run in it; the others at ``ratio``. With ``match="speedup:S"`` each method's ratio is
     searched until its speedup in the first spec's phase is S (``harness.run.speedmatch``).
     ``serving`` builds every measured step; ``profile`` adds each row's top kernels
-    (``throughput.profile_step``). ``on_rows`` is
-    called with the rows so far after each method's (the CLI writes its JSON there, so a run
-    cut short keeps the rows it measured).
+    (``serving.timing.profile_step``). ``on_rows`` is called with the rows so far after each
+    method's (the CLI writes its JSON there, so a run cut short keeps the rows it measured).
     """
     import copy
 
     from harness.run.speedmatch import SpeedTarget, match_speedup, probe_speed
     from harness.serving.step import SpeedSpec
-    from harness.serving.timing import (
-        matmul_peak,
-        measure_model,
-        memory_bandwidth,
-        peak_fraction,
-        roofline,
-    )
-    from harness.targets import count_parameters
+    from harness.serving.timing import matmul_peak, measure_model, memory_bandwidth
 
-    registry = default_registry()
-    device = torch.device(device)
-    specs = [SpeedSpec.parse(s) for s in specs]
-    chosen = [registry.method(m) for m in methods]
+    device, specs = torch.device(device), [SpeedSpec.parse(s) for s in specs]
+    chosen = [default_registry().method(m) for m in methods]
     dense_model = random_model(shape, dtype, layers, init_device=device.type).to(device)
     dense_count = count_parameters(ModelAdapter(dense_model))
-    bandwidth, peak = memory_bandwidth(device), matmul_peak(device, dtype)
-    log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, "
-        f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
-        + (f"copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "no bandwidth figure on CPU"))
+    ceilings = memory_bandwidth(device), matmul_peak(device, dtype)
+    log(f"{shape}: {sum(p.numel() for p in dense_model.parameters()) / 1e9:.2f}B parameters, {dtype}, "
+        f"{device_name(device)}; " + (f"copy bandwidth {ceilings[0] / 1e9:.0f} GB/s" if ceilings[0]
+                                      else "no bandwidth figure on CPU"))
     dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, serving, profile)
-
-    def make_model():
-        return copy.deepcopy(dense_model)
-
-    def target_for(method, r):
-        if pattern in method.patterns and pattern != "unstructured":
-            return Target(0.5, pattern)
-        # GPU-friendly widths (multiples of 8) for structured methods: see their ``align`` option
-        return Target(r, "unstructured", {"align": 8} if method.kind == "structured" else {})
-
-    def row(method, target, spec, result, extra=None):
-        base = dense[spec.label]
-        pattern = "structured" if method.kind == "structured" else target.pattern  # sliced, not masked
-        out = {"shape": shape, "method": method.name, "pattern": pattern, "target": target.ratio,
-               "ratio": result.get("ratio"), "phase": spec.label, "tokens_per_s": result["tokens_per_s"],
-               "speedup": result["tokens_per_s"] / base["tokens_per_s"], "step_ms": result["step_ms"],
-               "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
-               "peak_gib": result["peak_bytes"] / 2**30 if result["peak_bytes"] else None,
-               "roofline": roofline(result, bandwidth), "peak_frac": peak_fraction(result, peak),
-               "cuda_graph": result["cuda_graph"],
-               "compiled": result["compiled"], "compile_mode": result.get("compile_mode"),
-               "compile_scope": result.get("compile_scope"), "inductor_options": result.get("inductor_options"),
-               "compile_s": result.get("compile_s"), "attention_kernel": result.get("attention_kernel"),
-               "decode_kernels": result.get("decode_kernels"), "gemv_kernels": result.get("gemv_kernels"),
-               "attention_kernels": result.get("attention_kernels"),
-               "fused_groups": result.get("fused_groups"),
-               "sparse_kernels": (result.get("sparse_kernels") or {}).get("converted"),
-               "sparse_backend": (result.get("sparse_kernels") or {}).get("backend"),
-               "sparse_configs": (result.get("sparse_kernels") or {}).get("configs"),
-               "sparse_output_copy": (result.get("sparse_kernels") or {}).get("output_copy"),
-               "device": result["device"], "dtype": str(dtype).removeprefix("torch."),
-               "torch": torch.__version__, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None,
-               "peak_tflops": peak / 1e12 if peak else None}
-        if "profile" in result:
-            out["profile"] = result["profile"]
-        out.update(extra or {})
-        log(json.dumps({k: v for k, v in out.items() if k not in ("torch", "device", "dtype", "profile")}, default=str))
-        return out
-
-    def add_rows(method, target, extra=None):  # one probe model, every spec measured on it
+    goal = SpeedTarget.parse(match, specs[0].label) if match else None
+    rows: list[dict] = []
+    for method in chosen:
+        target, extra = speed_target(method, pattern, ratio), {}
         if method.kind == "reference":
-            ratio, results = 0.0, dense
+            if goal:
+                continue
+            results = {label: {**result, "ratio": 0.0} for label, result in dense.items()}
         else:
-            ratio, results = probe_speed(method, make_model, target, specs, device, serving, dense_count, profile)
-        rows.extend(row(method, target, spec, {**results[spec.label], "ratio": ratio}, extra) for spec in specs)
+            if goal:
+                found = match_speedup(method, speed_target(method, pattern, 0.0), goal,
+                                      lambda: copy.deepcopy(dense_model), dense[goal.spec.label]["tokens_per_s"],
+                                      device, serving, log)
+                target = speed_target(method, pattern, found.ratio)
+                extra = {"match": goal.label, "reached": found.reached, "probes": found.probes}
+            measured, results = probe_speed(method, lambda: copy.deepcopy(dense_model), target, specs, device,
+                                            serving, dense_count, profile)
+            results = {label: {**result, "ratio": measured} for label, result in results.items()}
+        for spec in specs:
+            row = {**speed_row(shape, method, target, spec.label, results[spec.label], dense[spec.label],
+                               ceilings, dtype), **extra}
+            log(json.dumps({k: v for k, v in row.items() if k not in ("torch", "device", "dtype", "profile")},
+                           default=str))
+            rows.append(row)
         if on_rows:
             on_rows(rows)
-
-    rows = []
-    if match:
-        goal = SpeedTarget.parse(match, specs[0].label)
-        base = dense[goal.spec.label]["tokens_per_s"]
-        for method in chosen:
-            if method.kind == "reference":
-                continue
-            found = match_speedup(method, target_for(method, 0.0), goal, make_model, base, device, serving, log)
-            add_rows(method, target_for(method, found.ratio),
-                     {"match": goal.label, "reached": found.reached, "probes": found.probes})
-        return rows
-    for method in chosen:
-        add_rows(method, target_for(method, ratio) if method.kind != "reference" else Target(0.0))
     return rows
 
 

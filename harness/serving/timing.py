@@ -100,22 +100,14 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, servin
 
     Compiled (``serving.compiles``), the step runs through ``torch.compile`` (inductor fuses the
     small decode ops around the matrix products) before the CUDA graph is captured: the baseline
-    a serving engine reaches; the compile time is recorded (``compile_s``). ``profile`` adds
+    a serving engine reaches; the compile time is recorded (``compile_s``). A step that fails to
+    compile or to capture is timed as it is, and the result says why. ``profile`` adds
     ``profile_step``'s table of the compiled step (outside the CUDA graph, whose replay hides its
     kernels from the profiler).
     """
-    mode, scope = serving.compile_mode, serving.compile_scope
-    options = compilation.inductor_options(device, serving.inductor)
     compile = serving.compiles(device.type == "cuda")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        gpu = device.index if device.index is not None else torch.cuda.current_device()
-        decode_kernels.PEAK_BEFORE_TIMING.pop(gpu, None)
-        # what else sits on the device (a dense model kept beside a compressed one, say): left out
-        # of the peak, which is the measured model's alone (weights, cache, activations, workspace)
-        elsewhere = max(0, torch.cuda.memory_allocated(device) - weight_bytes(adapter.model))
+    options = compilation.inductor_options(device, serving.inductor) if compile else {}
+    elsewhere = _start_memory_count(adapter, device)
     repeats = repeats or (20 if spec.phase == "prefill" else 100)
     with torch.no_grad():
         for group in fused_groups(adapter.model):
@@ -126,53 +118,89 @@ def measure(adapter: ModelAdapter, spec: SpeedSpec, device: torch.device, servin
     with torch.no_grad(), compilation.attention_kernel(serving.attention_kernel), routes as chosen:
         step()  # allocates the cache (prefill) and checks the step runs
         fused = check_one_product_per_step(adapter.model, steps=2 if spec.phase == "decode" else 1)
-        with contextlib.ExitStack() as stack:
-            compiled, compile_error, compile_s = step, None, None
-            if compile:
-                try:
-                    start = time.perf_counter()
-                    compiled = stack.enter_context(compilation.compiled_step(step, mode, scope, options))
-                    compiled()
-                    compile_s = time.perf_counter() - start
-                except Exception as error:  # report it and measure the eager step
-                    stack.close()
-                    compiled, compile_error = step, f"{type(error).__name__}: {error}"[:300]
-            run, graphed, graph_error = compiled, False, None
-            if device.type == "cuda" and cuda_graph:
-                try:
-                    run, graphed = capture_graph(compiled), True
-                except Exception as error:  # an op that cannot be captured: time it eagerly, say so
-                    graph_error = f"{type(error).__name__}: {error}"[:300]
-                    torch.cuda.synchronize(device)
-            times = time_steps(run, device, warmup, repeats)
+        with _compiled(step, serving, options, compile) as (compiled, compile_s, compile_error):
+            run, graph_error = _graphed(compiled, device) if device.type == "cuda" and cuda_graph else (compiled, None)
+            times = sorted(time_steps(run, device, warmup, repeats))
             ops = profile_step(compiled, device) if profile else None
     seconds = statistics.median(times)
     result = {
         "phase": spec.phase, "batch": spec.batch, "length": spec.length,
         "tokens_per_s": spec.tokens_per_step / seconds, "step_ms": seconds * 1e3,
-        "step_ms_p10": sorted(times)[len(times) // 10] * 1e3, "step_ms_p90": sorted(times)[(9 * len(times)) // 10] * 1e3,
-        "repeats": repeats, "cuda_graph": graphed, "compiled": compile and compile_error is None, "fused_groups": fused,
-        "compile_mode": mode if compile else None, "compile_scope": scope if compile else None,
-        "inductor_options": dict(options) if compile and options else None, "compile_s": compile_s,
+        "step_ms_p10": times[len(times) // 10] * 1e3, "step_ms_p90": times[(9 * len(times)) // 10] * 1e3,
+        "repeats": repeats, "cuda_graph": run is not compiled, "compiled": compile and compile_error is None,
+        "fused_groups": fused, "compile_mode": serving.compile_mode if compile else None,
+        "compile_scope": serving.compile_scope if compile else None,
+        "inductor_options": dict(options) or None, "compile_s": compile_s,
         "attention_kernel": serving.attention_kernel,
         "decode_kernels": serving.decode_kernels if device.type == "cuda" else "torch",
-        # each one-row product shape's and single-query attention shape's kernel (harness.serving.decode_kernels)
+        # each one-row product shape's and single-query attention shape's kernel (serving.decode_kernels)
         "gemv_kernels": dict(chosen["products"]) if chosen and chosen["products"] else None,
         "attention_kernels": dict(chosen["attention"]) if chosen and chosen["attention"] else None,
         "weights_bytes": weight_bytes(adapter.model), "decode_read_bytes": decode_read_bytes(adapter),
         "kv_cache_bytes": step.cache.nbytes(), "flops": step_flops(adapter, spec),
-        "peak_bytes": (max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(gpu, 0))
-                       - elsewhere if device.type == "cuda" else None),
-        "device": device_name(device),
+        "peak_bytes": _peak_bytes(device, elsewhere), "device": device_name(device),
+        **({"profile": ops} if ops is not None else {}),
+        **({"cuda_graph_error": graph_error} if graph_error else {}),
+        **({"compile_error": compile_error} if compile_error else {}),
     }
-    if ops is not None:
-        result["profile"] = ops
-    if graph_error:
-        result["cuda_graph_error"] = graph_error
-    if compile_error:
-        result["compile_error"] = compile_error
     del step, run
     return result
+
+
+def _start_memory_count(adapter: ModelAdapter, device: torch.device) -> int | None:
+    """Start counting the peak: reset it, and return what sits on the device besides the measured
+    model (a dense model kept beside a compressed one, say), which its peak leaves out."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    decode_kernels.PEAK_BEFORE_TIMING.pop(_gpu_index(device), None)
+    return max(0, torch.cuda.memory_allocated(device) - weight_bytes(adapter.model))
+
+
+def _peak_bytes(device: torch.device, elsewhere: int | None) -> int | None:
+    """The measured model's own peak: weights, cache, activations, workspace (and the decode
+    kernels' timing, which ran before the counter's last reset)."""
+    if device.type != "cuda":
+        return None
+    peak = max(torch.cuda.max_memory_allocated(device), decode_kernels.PEAK_BEFORE_TIMING.get(_gpu_index(device), 0))
+    return peak - elsewhere
+
+
+def _gpu_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def _compiled(step: ServingStep, serving: ServingConfig, options: dict, compile: bool):
+    """Yields (the step to time, compile seconds, compile error): compiled by inductor as
+    ``serving`` says and run once (the compile), or the eager step when not compiling or when
+    compilation fails (the error is reported, the step still measured)."""
+    if not compile:
+        yield step, None, None
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            start = time.perf_counter()
+            compiled = stack.enter_context(compilation.compiled_step(step, serving.compile_mode,
+                                                                     serving.compile_scope, options))
+            compiled()
+            outcome = compiled, time.perf_counter() - start, None
+        except Exception as error:  # report it and measure the eager step
+            stack.close()
+            outcome = step, None, f"{type(error).__name__}: {error}"[:300]
+        yield outcome
+
+
+def _graphed(step, device: torch.device):
+    """(the step's CUDA-graph replay, None), or (the step, why it cannot be captured)."""
+    try:
+        return capture_graph(step), None
+    except Exception as error:  # an op that cannot be captured: time it eagerly, say so
+        torch.cuda.synchronize(device)
+        return step, f"{type(error).__name__}: {error}"[:300]
+
 
 def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 20) -> float | None:
     """Measured device-memory bandwidth in bytes/s (a copy reads and writes every byte)."""
