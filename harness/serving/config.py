@@ -29,7 +29,7 @@ class ServingConfig:
     #: inductor's mode ("max-autotune-no-cudagraphs" autotunes the products; the graph is ours).
     compile_mode: str = "default"
     #: "step": the whole step as one graph; "blocks": each decoder block on its own (blocks of one
-    #: shape share a compiled graph; a block's last add no longer fuses with the next norm).
+    #: shape share a compiled graph, but a block's last add cannot fuse with the next block's norm).
     compile_scope: str = "step"
     #: inductor settings patched in while the step compiles (``torch._inductor.config`` names).
     inductor: dict[str, Any] = field(default_factory=dict)

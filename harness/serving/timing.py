@@ -234,7 +234,7 @@ def roofline(result: dict, bandwidth: float | None) -> float | None:
     step time. It must read the weights (``decode_read_bytes``) and the whole KV cache."""
     if bandwidth is None or result["phase"] != "decode":
         return None
-    weights = result.get("decode_read_bytes", result["weights_bytes"])  # rows measured before it existed
+    weights = result.get("decode_read_bytes", result["weights_bytes"])  # a row without it: every weight
     return (weights + result["kv_cache_bytes"]) / bandwidth / (result["step_ms"] / 1e3)
 
 def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], device: torch.device,
