@@ -235,8 +235,13 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
                   if any(r.ok for r in g.records)
                   and (not speed_mode or any(r.mode == "matched-speedup" for r in g.records))]
         base = board_stem(model) + ("-matched-speedup" if speed_mode else "")
+        stems: set[str] = set()
         for group, fields in zip(groups, distinguishing(groups)):
-            stem = Path(out_dir) / (base + (f"--{protocol_suffix(fields)}" if len(groups) > 1 else ""))
+            name = base + (f"--{protocol_suffix(fields)}" if len(groups) > 1 else "")
+            name = next(f"{name}{tail}" for tail in ["", *(f"-{i}" for i in range(2, len(groups) + 2))]
+                        if f"{name}{tail}" not in stems)  # cut hashes may coincide: never overwrite a table
+            stems.add(name)
+            stem = Path(out_dir) / name
             paths = write_table(group, stem, speed_mode, sort, formats, registry, plots, metrics, deltas,
                                 fields if len(groups) > 1 else None)
             written += paths
