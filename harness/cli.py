@@ -308,6 +308,7 @@ def _inductor_option(text: str) -> tuple[str, object]:
 
 
 def cmd_plugins() -> int:
+    from harness.models.adapters import ARCHITECTURES
     from harness.plugins import default_registry, missing_requirements
 
     def print_missing(plugin) -> bool:
@@ -323,7 +324,7 @@ def cmd_plugins() -> int:
         print(f"{info.name:<14} {info.origin}  [{status}]")
         for name in info.methods:
             m = registry.methods[name]
-            archs = ",".join(m.architectures) if m.architectures else "all"
+            archs = ",".join(t for arch in ARCHITECTURES if m.unsupported(arch) is None for t in arch.model_types)
             print(f"    method  {name:<12} {m.kind:<16} patterns={','.join(m.patterns)} "
                   f"architectures={archs}  {m.description}")
             broken += print_missing(m)

@@ -182,3 +182,15 @@ def test_evaluation_requirements_are_checked(monkeypatch):
     assert missing_requirements(ZeroShot()) == []  # lm-eval is a dependency of the project
     monkeypatch.setattr(ZeroShot, "requires", {"lm_eval_not_here": "lm-eval"})
     assert missing_requirements(ZeroShot()) == ["lm-eval"]
+
+
+def test_plugins_lists_the_model_types_each_method_takes(capsys):
+    """What a method's own check refuses is not listed: SliceGPT takes no Gemma."""
+    from harness.cli import main
+
+    main(["plugins"])
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("method ")}
+    slicegpt = lines["slicegpt"].split("architectures=")[1].split()[0].split(",")
+    wanda = lines["wanda"].split("architectures=")[1].split()[0].split(",")
+    assert "llama" in slicegpt and "gemma2" not in slicegpt and "gemma3_text" not in slicegpt
+    assert {"llama", "qwen2", "phi3", "phi", "gemma2", "gemma3_text"} <= set(wanda)
