@@ -102,6 +102,36 @@ def block_parameters(adapter: ModelAdapter, block: nn.Module) -> list[torch.Tens
     return tensors
 
 
+#: Bytes a stored value takes in a model served in half precision (fp16, bf16).
+SERVED_VALUE_BYTES = 2
+
+
+def stored_bytes(adapter: ModelAdapter, block: nn.Module) -> int:
+    """Bytes one block's weights take as a serving engine stores them in half precision, norms
+    left out as in r. A module that states its own storage (``storage_bytes()``: a packed 2:4 or
+    quantized weight) counts that; an exactly 2:4 weight counts as sparse tensor cores keep it,
+    the kept half of its values and a 2-bit position for each (one bit per element); every other
+    tensor counts every element: unstructured zeros stored densely save nothing."""
+    from harness.serving.sparse_kernels import is_two_four
+
+    norms = {id(m) for norm in adapter.norm_modules(block) for m in norm.modules()}
+    counted, total = set(), 0
+    for module in block.modules():
+        if id(module) in norms or id(module) in counted:
+            continue
+        if hasattr(module, "storage_bytes"):
+            total += module.storage_bytes()
+            counted |= {id(m) for m in module.modules()} | {id(t) for t in module.parameters()}
+            continue
+        for t in [*module.parameters(recurse=False), *(b for b in module.buffers(recurse=False) if b.is_floating_point())]:
+            if id(t) in counted:
+                continue
+            counted.add(id(t))
+            sparse = isinstance(module, nn.Linear) and t is module.weight and is_two_four(t.detach())
+            total += t.numel() * SERVED_VALUE_BYTES // 2 + t.numel() // 8 if sparse else t.numel() * SERVED_VALUE_BYTES
+    return total
+
+
 @dataclass(frozen=True)
 class ParameterCount:
     blocks: int  # nonzeros in decoder blocks outside norms: the basis of r
@@ -110,6 +140,7 @@ class ParameterCount:
     lm_head: int  # 0 when tied to the embeddings
     total: int
     block_elements: int = 0  # elements of the same tensors, zeros included
+    block_bytes: int = 0  # the same blocks as stored for serving in half precision (``stored_bytes``)
 
     @property
     def block_zero_fraction(self) -> float:
@@ -130,7 +161,8 @@ def count_parameters(adapter: ModelAdapter) -> ParameterCount:
     lm_head = 0 if adapter.tied_embeddings else _nonzeros(adapter.lm_head.parameters())
     total = _nonzeros(adapter.model.parameters()) + sum(
         _nonzeros([t for t in tensors if not isinstance(t, nn.Parameter)]) for tensors in per_block)
-    return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total, elements)
+    stored = sum(stored_bytes(adapter, b) for b in adapter.blocks)
+    return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total, elements, stored)
 
 
 @dataclass(frozen=True)
@@ -140,8 +172,13 @@ class MeasuredRatio:
     dense: ParameterCount
     compressed: ParameterCount
 
+    @property
+    def memory_ratio(self) -> float:
+        """1 − the blocks' stored bytes / the dense blocks' half-precision bytes (``stored_bytes``)."""
+        return 1 - self.compressed.block_bytes / self.dense.block_bytes
+
     def to_dict(self) -> dict:
-        return {"ratio": self.ratio, "whole_model_ratio": self.whole_model,
+        return {"ratio": self.ratio, "whole_model_ratio": self.whole_model, "memory_ratio": self.memory_ratio,
                 "params_dense": self.dense.to_dict(), "params": self.compressed.to_dict()}
 
 

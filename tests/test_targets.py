@@ -83,3 +83,62 @@ def test_mask_sparsity_accounts_for_biases():
         lin.weight.data[prune_mask(lin.weight.abs(), s, per_row=False)] = 0
     dense = count_parameters(ModelAdapter(tiny_model("qwen2")))
     assert measure_ratio(dense, adapter).ratio == pytest.approx(0.3, abs=1e-3)
+
+
+def test_stored_bytes_follow_how_a_serving_engine_keeps_each_weight():
+    """The memory ratio: the dense blocks' half-precision bytes against the compressed ones as
+    stored. Unstructured zeros stored densely save nothing, an exactly 2:4 weight keeps half its
+    values and one bit of position per element, a sliced weight its own shape; a quantized module
+    states its own bytes."""
+    model = tiny_model("qwen2")  # q/k/v biases
+    adapter = ModelAdapter(model)
+    dense = count_parameters(adapter)
+    weights = sum(lin.weight.numel() for _, lin in adapter.named_linears())
+    biases = sum(lin.bias.numel() for _, lin in adapter.named_linears() if lin.bias is not None)
+    assert dense.block_bytes == 2 * (weights + biases)
+    assert measure_ratio(dense, adapter).memory_ratio == 0
+    with torch.no_grad():  # unstructured: half the weights zeroed, nothing saved in storage
+        for _, lin in adapter.named_linears():
+            lin.weight.mul_(prune_mask(lin.weight.abs(), 0.5, per_row=False).logical_not())
+    unstructured = measure_ratio(dense, adapter)
+    assert unstructured.ratio > 0.45 and unstructured.memory_ratio == 0
+    model = tiny_model("qwen2")
+    adapter = ModelAdapter(model)
+    with torch.no_grad():
+        for _, lin in adapter.named_linears():
+            lin.weight.mul_(prune_mask(lin.weight.abs(), 0.5, n_m=(2, 4)).logical_not())
+    two_four = measure_ratio(dense, adapter)
+    assert two_four.compressed.block_bytes == weights + weights // 8 + 2 * biases
+    assert two_four.memory_ratio == pytest.approx(1 - (1.125 * weights + 2 * biases) / (2 * (weights + biases)))
+    block = adapter.blocks[0]
+    down = adapter.linears(block)["down"]
+
+    class Packed(torch.nn.Module):  # a module that keeps its weight its own way (4 bits a value)
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+
+        def storage_bytes(self):
+            return self.linear.weight.numel() // 2
+
+        def forward(self, x):
+            return self.linear(x)
+
+    adapter.replace_linear(block, "down", Packed(down))
+    packed = measure_ratio(dense, adapter)
+    assert packed.compressed.block_bytes == two_four.compressed.block_bytes - (down.weight.numel() * 9 // 8) \
+        + down.weight.numel() // 2
+
+
+def test_a_sliced_model_saves_in_storage_what_it_removed():
+    from conftest import synthetic_calibration
+
+    from baselines.slicegpt import SliceGPT
+
+    model = tiny_model("llama2")
+    adapter = ModelAdapter(model)
+    dense = count_parameters(adapter)
+    SliceGPT().compress(adapter, synthetic_calibration(), Target(0.3))
+    measured = measure_ratio(dense, adapter)
+    # no weight holds zeros: the stored elements are the counted ones
+    assert measured.memory_ratio == pytest.approx(measured.ratio, abs=1e-9)

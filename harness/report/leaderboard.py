@@ -42,11 +42,15 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "target": r.label,
             "ratio": r.achieved["ratio"],
             "model ratio": r.achieved["whole_model_ratio"],
+            "memory ratio": r.achieved.get("memory_ratio"),
         }
         row.update(r.metrics)
         row["compress s"] = r.timings.get("compress_s")
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # records made before the stored bytes were counted have no memory ratio: no empty column
+    return frame.drop(columns=["memory ratio"]) if frame.get("memory ratio") is not None and \
+        frame["memory ratio"].isna().all() else frame
 
 
 def matching(names: list[str], patterns: list[str] | None) -> list[str]:
@@ -76,7 +80,8 @@ def build_table(frame: pd.DataFrame, sort: str | None = None,
     for metric in matching(metrics, deltas):
         if len(dense):
             table[f"Δ {metric}"] = table[metric] - dense[metric].iloc[0]
-    ordered = ["rank", "method", "kind", "pattern", "target", "ratio", "model ratio"]
+    ordered = ["rank", "method", "kind", "pattern", "target", "ratio", "model ratio", "memory ratio"]
+    ordered = [c for c in ordered if c in table.columns]
     ordered += [c for m in metrics for c in (m, f"Δ {m}") if c in table.columns]
     ordered += [c for c in table.columns if c not in ordered and c != "model"]
     return table[ordered]

@@ -107,6 +107,13 @@ class SemiStructuredLinear(nn.Module):
             self.register_buffer("packed", torch._cslt_compress(weight))
             self.transpose_result, self.config = transposed_output, {"alg_id": 0}
 
+    def storage_bytes(self) -> int:
+        """Bytes it keeps: the compressed weight as the backend stores it, and the bias."""
+        weight = self.packed if self.backend == "cusparselt" else self.weight
+        parts = [getattr(weight, name) for name in ("packed", "meta") if getattr(weight, name, None) is not None]
+        return sum(t.numel() * t.element_size() for t in (parts or [weight])) + (
+            self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.backend == "cutlass":
