@@ -215,6 +215,7 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
     from harness.serving.config import (
         ATTENTION_KERNELS,
         COMPILE_SCOPES,
+        DECODE_KERNELS,
         SPARSE_BACKENDS,
         SPARSE_OUTPUT_COPIES,
     )
@@ -232,7 +233,7 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
                        type=_inductor_option, help="an inductor setting (torch._inductor.config; repeatable)")
     group.add_argument("--attention-kernel", dest="serving_attention_kernel", choices=ATTENTION_KERNELS,
                        help="pin SDPA to one kernel (default: torch's choice)")
-    group.add_argument("--decode-kernels", dest="serving_decode_kernels", choices=["triton", "torch"],
+    group.add_argument("--decode-kernels", dest="serving_decode_kernels", choices=DECODE_KERNELS,
                        help="decode's one-row products and single-query attention: the faster per shape of "
                             "torch's and the harness's Triton kernels (triton, default), or torch's alone")
     group.add_argument("--no-fuse", dest="serving_fuse", action="store_false", default=None,
@@ -445,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.run.plan import plan_evaluations, plan_runs
 
             for config in configs:
-                plan_runs(config, default_registry()), plan_evaluations(config, default_registry())
+                plan_runs(config, default_registry())
+                plan_evaluations(config, default_registry())
         config = configs[0]
         try:
             records = [record for config in configs for record in run(config)]

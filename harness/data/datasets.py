@@ -12,6 +12,7 @@ environment variable ``HARNESS_DATA_DIR``. ``.txt`` files are read as they are; 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -101,9 +102,16 @@ WHOLE_HASH_BYTES = 256 * 2**20
 
 def file_fingerprint(path: Path) -> str:
     """SHA-256 of the file's content; for a file over 256 MiB, of its size and its first and
-    last MiB (a C4 shard is read in full when it is tokenised anyway, but not on every run)."""
-    path = Path(path)
-    size = path.stat().st_size
+    last MiB (a C4 shard is read in full when it is tokenised anyway, but not on every run).
+    Read once per process while the file keeps its size and modification time (a model's
+    identity, its tokenizer's and its cache key all hash the same file)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _fingerprint(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         if size <= WHOLE_HASH_BYTES:

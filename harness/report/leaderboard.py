@@ -48,9 +48,9 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
         row["compress s"] = r.timings.get("compress_s")
         rows.append(row)
     frame = pd.DataFrame(rows)
-    # records made before the stored bytes were counted have no memory ratio: no empty column
-    return frame.drop(columns=["memory ratio"]) if frame.get("memory ratio") is not None and \
-        frame["memory ratio"].isna().all() else frame
+    if "memory ratio" in frame and frame["memory ratio"].isna().all():  # records that predate the count
+        frame = frame.drop(columns=["memory ratio"])
+    return frame
 
 
 def matching(names: list[str], patterns: list[str] | None) -> list[str]:
@@ -183,7 +183,7 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], spe
     registry = registry or default_registry()
     notes = []
     sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
-    if sliced:  # what --save-models gives each row (harness/export.py)
+    if sliced:  # what --save-models gives each row (harness/models/export.py)
         notes.append("exports: sparse rows are standard checkpoints stock transformers loads; "
                      f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
     for name in dict.fromkeys(name for r in ok for name in r.details):

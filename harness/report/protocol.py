@@ -93,8 +93,8 @@ def tables(records: list[Record]) -> list[ProtocolTable]:
             group.records += members
         if not joined:
             groups.append(ProtocolTable(dict(protocol), list(members)))
+    order = {id(r): i for i, r in enumerate(records)}
     for group in groups:  # records in the order they were given
-        order = {id(r): i for i, r in enumerate(records)}
         group.records.sort(key=lambda r: order[id(r)])
     return groups
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from harness.models.adapters import ModelAdapter
 from harness.serving.fusion import fused_groups
+from harness.serving.step import tensor_bytes
 
 
 def split_k_mode_keyword() -> str | None:
@@ -110,9 +111,7 @@ class SemiStructuredLinear(nn.Module):
     def storage_bytes(self) -> int:
         """Bytes it keeps: the compressed weight as the backend stores it, and the bias."""
         weight = self.packed if self.backend == "cusparselt" else self.weight
-        parts = [getattr(weight, name) for name in ("packed", "meta") if getattr(weight, name, None) is not None]
-        return sum(t.numel() * t.element_size() for t in (parts or [weight])) + (
-            self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+        return tensor_bytes(weight) + (tensor_bytes(self.bias) if self.bias is not None else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
