@@ -223,6 +223,10 @@ class BlockStep:
     #: The block's outputs, set by the driver once the loop body is done with the block
     #: (after the last block: the final hidden states, which perplexity reads).
     outputs: list[torch.Tensor] | None = None
+    #: What the next block reads, if the loop body sets it (AWQ: the block's outputs before its
+    #: weights changed, as its reference computes them); by default the block's outputs as the
+    #: body left it.
+    next_inputs: list[torch.Tensor] | None = None
 
     @property
     def linears(self) -> dict[str, nn.Linear]:
@@ -277,8 +281,11 @@ def sequential(model: ModelAdapter, input_ids: torch.Tensor, device: torch.devic
         yield step
         block = blocks[index]  # the method may have replaced the whole block
         step.module = block
-        with torch.no_grad():
-            hidden = run_block(block, hidden, kwargs)
+        if step.next_inputs is not None:
+            hidden = step.next_inputs
+        else:
+            with torch.no_grad():
+                hidden = run_block(block, hidden, kwargs)
         step.outputs = hidden
         block.to("cpu")
         if device.type == "cuda":

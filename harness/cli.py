@@ -200,6 +200,8 @@ def _bench_command(sub) -> None:
     speed.add_argument("--ratio", type=float, default=0.25, help="ratio for methods without --pattern")
     speed.add_argument("--pattern", default="2:4", help="N:M pattern for the methods that support it")
     speed.add_argument("--match", help="speedup:S: search each method's ratio to S× dense in the first phase")
+    speed.add_argument("--option", "-o", dest="option_list", action="append", type=_option, default=[],
+                       metavar="METHOD.KNOB=VALUE", help="a method's knob, e.g. -o rtn.bits=8 (repeatable)")
     speed.add_argument("--profile", action="store_true",
                        help="also print each row's top kernels per step (torch.profiler, outside the CUDA graph)")
     add_serving_options(speed)
@@ -240,6 +242,9 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
                        help="run q/k/v and gate/up as separate products (default: fused)")
     group.add_argument("--no-sparse-kernels", dest="serving_sparse_kernels", action="store_false", default=None,
                        help="keep 2:4 weights on dense kernels (default: sparse tensor cores)")
+    group.add_argument("--no-quant-kernels", dest="serving_quant_kernels", action="store_false", default=None,
+                       help="run quantized weights dequantised before each product (default: int4 tinygemm and "
+                            "int8 weight-only kernels where the format fits)")
     group.add_argument("--sparse-backend", dest="serving_sparse_backend", choices=SPARSE_BACKENDS,
                        help="torch's 2:4 kernels: cusparselt (default) or cutlass (compute capability 8.x)")
     group.add_argument("--sparse-transposed-output", dest="serving_sparse_transposed_output", action="store_true",
@@ -394,9 +399,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         serving = serving_from(args)
         check_sparse_backend(serving.sparse_backend, device)
         compilation.use_compile_cache(DEFAULT_CACHE)
+        options: dict[str, dict] = {}
+        for method, knob, value in args.option_list:
+            options.setdefault(method, {})[knob] = value
         rows = bench_speed(args.shape, args.methods, args.phases, args.ratio, args.pattern, str(device),
                            pick_dtype(args.dtype, str(device)), args.layers, serving, args.match, args.profile,
-                           on_rows=save)
+                           on_rows=save, options=options)
         print(speed_header(rows) + "\n\n" + format_speed_rows(rows))
         return 0
 

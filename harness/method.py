@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
+
+from harness.quantization import Grid
 from harness.targets import PATTERNS, Target, implied_ratio, parse_pattern  # noqa: F401  (the method API)
 
 if TYPE_CHECKING:
     from harness.calibration import Calibration
     from harness.models.adapters import Architecture, ModelAdapter
 
-Kind = Literal["unstructured", "structured", "reference"]
+Kind = Literal["unstructured", "structured", "quantization", "reference"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ class Method:
     ) -> CompressionReport:
         raise NotImplementedError
 
+    def setting_label(self, target: Target) -> str | None:
+        """How a table names a run that is not at a ratio (a quantization grid: ``w4g128``)."""
+        return None
+
     def shape_probe(self, model: ModelAdapter, target: Target) -> None:
         """Give ``model`` the shapes and sparsity pattern ``compress`` would give it, without data.
 
@@ -131,7 +138,7 @@ class Method:
 
         if self.kind == "reference":
             return
-        if self.kind == "structured":
+        if self.kind in ("structured", "quantization"):
             raise NotImplementedError(f"structured method {self.name!r} defines no shape_probe")
         for _, linear in model.named_linears():
             weight = linear.weight.data
@@ -139,3 +146,112 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<method {self.name} ({self.kind})>"
+
+
+class QuantizationMethod(Method):
+    """Base class of weight-only quantization methods: a run is a grid (bits, group size,
+    symmetry: ``harness.quantization.Grid``), not a ratio. Every linear of every block is
+    replaced by a ``QuantizedLinear``; weights that are zero before quantizing (a pruned
+    model's) stay zero, so a quantization method may follow a pruning one (``harness.run.chain``).
+    """
+
+    kind = "quantization"
+    patterns = ("unstructured",)
+    knobs = {"bits": Knob(int, 4, "bits per weight code, 2 to 8"),
+             "group_size": Knob(int, 128, "input columns sharing a scale and zero point; -1: one per row"),
+             "symmetric": Knob(bool, False, "zero point fixed at the grid's middle (no zero point stored)")}
+    #: The grids a matched-memory run may choose from (bits × group size), densest first.
+    memory_grid: ClassVar[tuple[Grid, ...]] = tuple(
+        Grid(bits, group) for bits in (8, 4, 3) for group in (-1, 32, 64, 128))
+
+    def grid(self, target: Target) -> Grid:
+        return Grid(self.option(target, "bits"), self.option(target, "group_size"), self.option(target, "symmetric"))
+
+    def setting_label(self, target: Target) -> str:
+        return self.grid(target).label
+
+    def shape_probe(self, model: ModelAdapter, target: Target) -> None:
+        """The grid's format on whatever weights the model has (round to nearest): speed and
+        bytes depend on the format, not on which codes a search picked."""
+        from harness.quantization import quantized_linear, round_to_nearest
+
+        grid = self.grid(target)
+        for block in model.blocks:
+            for role, linear in model.linears(block).items():
+                codes, scales, zeros = round_to_nearest(linear.weight.data, grid)
+                nonzeros = int(torch.count_nonzero(linear.weight))
+                model.replace_linear(block, role, quantized_linear(linear, codes, scales, zeros, grid, nonzeros))
+
+
+class Chain(Method):
+    """Methods applied one after another to one model: ``sparsegpt+gptq`` prunes, then quantizes
+    what is left (SparseGPT's joint 2:4 + 4-bit setting), ``intraslice+rtn`` slices, then rounds.
+
+    One calibration set serves every stage; each stage walks the model as the stages before it
+    left it. The ratio or pattern of the run goes to the pruning stages; each stage takes its own
+    knobs (``-o gptq.bits=3``). A quantization stage comes last (pruning methods read plain
+    linear weights), and after a pruning stage it keeps pruned weights at zero (GPTQ's
+    ``keep_zeros``; RTN's and AWQ's grids keep an exact zero by construction).
+    """
+
+    def __init__(self, stages: list[Method]):
+        if len(stages) < 2:
+            raise ValueError("a chain needs at least two methods: A+B")
+        names = [s.name for s in stages]
+        if any(s.kind == "reference" for s in stages):
+            raise ValueError(f"chain {'+'.join(names)}: the dense reference is not a compression stage")
+        if any(s.kind == "quantization" for s in stages[:-1]):
+            raise ValueError(f"chain {'+'.join(names)}: a quantization stage must come last "
+                             "(pruning methods read plain linear weights)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"chain {'+'.join(names)} names a method twice")
+        self.stages = stages
+        self.name = "+".join(names)
+        self.kind = stages[0].kind
+        self.patterns = stages[0].patterns
+        self.needs_calibration = any(s.needs_calibration for s in stages)
+        self.native_knob = stages[0].native_knob if stages[0].kind != "quantization" else None
+        self.requires = {k: v for s in stages for k, v in s.requires.items()}
+        self.description = " then ".join(names)
+
+    @property
+    def pruning(self) -> list[Method]:
+        return [s for s in self.stages if s.kind != "quantization"]
+
+    def unsupported(self, arch: Architecture) -> str | None:
+        return next((why for s in self.stages if (why := s.unsupported(arch)) is not None), None)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """``options`` per stage: ``{stage name: {knob: value}}``."""
+        for stage in self.stages:
+            stage.check_options(options.get(stage.name, {}))
+
+    def stage_target(self, stage: Method, target: Target) -> Target:
+        options = dict(target.options.get(stage.name, {}))
+        if stage.kind == "quantization":
+            if "keep_zeros" in stage.knobs and self.pruning:
+                options.setdefault("keep_zeros", True)
+            return Target(0.0, "unstructured", options)
+        return Target(target.ratio, target.pattern, options)
+
+    def setting_label(self, target: Target) -> str:
+        labels = []
+        for stage in self.stages:
+            t = self.stage_target(stage, target)
+            knob = stage.native_knob
+            labels.append(stage.setting_label(t) or (f"{knob}={t.options[knob]:g}" if knob in t.options else t.label()))
+        return "+".join(labels)
+
+    def compress(self, model, calibration, target):
+        report = CompressionReport()
+        for stage in self.stages:
+            done = stage.compress(model, calibration, self.stage_target(stage, target))
+            report.knobs[stage.name] = done.knobs
+            report.layer_ratios.update(done.layer_ratios)
+            report.timings.update({f"{stage.name}.{k}": v for k, v in done.timings.items()})
+            report.notes += [f"{stage.name}: {note}" for note in done.notes]
+        return report
+
+    def shape_probe(self, model, target):
+        for stage in self.stages:
+            stage.shape_probe(model, self.stage_target(stage, target))

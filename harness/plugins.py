@@ -18,7 +18,7 @@ import pluggy
 from harness import ENTRY_POINT_GROUP, hookspecs
 from harness.data.datasets import TextDataset
 from harness.evaluation import Evaluator
-from harness.method import PATTERNS, Method
+from harness.method import PATTERNS, Chain, Method
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Registry:
     plugins: list[PluginInfo] = field(default_factory=list)
 
     def method(self, name: str) -> Method:
+        """The method called ``name``; ``A+B`` chains installed methods (``harness.method.Chain``)."""
+        if "+" in name:
+            return Chain([self.method(part) for part in name.split("+")])
         if name not in self.methods:
             raise UnknownName(f"unknown method {name!r}; installed: {', '.join(sorted(self.methods))}")
         return self.methods[name]

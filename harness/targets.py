@@ -11,7 +11,9 @@ counts its actual shape. Counting nonzeros on both sides makes the dense model's
 
 The contract, so that no method can hide a matrix from the count: every parameter and
 every floating-point buffer of a block counts, except those of the modules the adapter
-declares as the block's norms (its row's norm paths and q/k norms). Embeddings, norms and
+declares as the block's norms (its row's norm paths and q/k norms) and of a module that
+states its count (``parameter_count()``: a quantized linear counts the weights it stands for,
+not its codes and scales; quantization removes no parameter). Embeddings, norms and
 the LM head are counted separately and reported in a whole-model ratio beside r; a tied
 head is counted once.
 """
@@ -89,17 +91,30 @@ def _nonzeros(tensors) -> int:
     return total
 
 
+def _stating(block: nn.Module) -> list[nn.Module]:
+    """The modules of ``block`` that state their own parameter count (``parameter_count()``: a
+    quantized linear, whose codes, scales and zero points are storage, not parameters)."""
+    return [m for m in block.modules() if hasattr(m, "parameter_count")]
+
+
 def block_parameters(adapter: ModelAdapter, block: nn.Module) -> list[torch.Tensor]:
     """Every parameter and floating-point buffer of one block outside the norms the adapter
-    names (a method may store an added matrix as a buffer: it counts all the same)."""
-    norms = {id(m) for norm in adapter.norm_modules(block) for m in norm.modules()}
+    names (a method may store an added matrix as a buffer: it counts all the same), and outside
+    the modules that state their own count (``stated_parameters``)."""
+    skipped = {id(m) for norm in adapter.norm_modules(block) for m in norm.modules()}
+    skipped |= {id(m) for stating in _stating(block) for m in stating.modules()}
     tensors = []
     for module in block.modules():
-        if id(module) in norms:
+        if id(module) in skipped:
             continue
         tensors += list(module.parameters(recurse=False))
         tensors += [b for b in module.buffers(recurse=False) if b.is_floating_point()]
     return tensors
+
+
+def stated_parameters(block: nn.Module) -> int:
+    """The parameters of the block's modules that state their count (``parameter_count()``)."""
+    return sum(m.parameter_count() for m in _stating(block))
 
 
 #: Bytes a stored value takes in a model served in half precision (fp16, bf16).
@@ -153,13 +168,16 @@ class ParameterCount:
 
 def count_parameters(adapter: ModelAdapter) -> ParameterCount:
     per_block = [block_parameters(adapter, b) for b in adapter.blocks]
-    blocks = sum(_nonzeros(tensors) for tensors in per_block)
+    stated = sum(stated_parameters(b) for b in adapter.blocks)
+    blocks = sum(_nonzeros(tensors) for tensors in per_block) + stated
     elements = sum(t.numel() for tensors in per_block for t in {id(t): t for t in tensors}.values())
+    elements += sum(m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
+                    for b in adapter.blocks for m in _stating(b))
     norm_modules = [adapter.final_norm] + [n for b in adapter.blocks for n in adapter.norm_modules(b)]
     norm_tensors = [p for m in norm_modules for p in m.parameters()]
     embeddings = _nonzeros([adapter.embeddings.weight])
     lm_head = 0 if adapter.tied_embeddings else _nonzeros(adapter.lm_head.parameters())
-    total = _nonzeros(adapter.model.parameters()) + sum(
+    total = _nonzeros(adapter.model.parameters()) + stated + sum(
         _nonzeros([t for t in tensors if not isinstance(t, nn.Parameter)]) for tensors in per_block)
     stored = sum(stored_bytes(adapter, b) for b in adapter.blocks)
     return ParameterCount(blocks, _nonzeros(norm_tensors), embeddings, lm_head, total, elements, stored)

@@ -35,16 +35,7 @@ import time
 import torch
 
 from harness.method import CompressionReport, Knob, Method
-
-
-def hessian_inverse_factor(gram: torch.Tensor, tokens: int, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, dead): U upper-triangular with H⁻¹ = UᵀU for H = 2·gram/n + damping, float32."""
-    H = gram * (2.0 / tokens)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(Hinv, upper=True).float(), dead
+from harness.obs import hessian_inverse_factor
 
 
 @torch.no_grad()
@@ -53,7 +44,7 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, tokens: int, spars
                     damp: float = 0.01) -> torch.Tensor:
     """The pruned (and reconstructed) weight; ``weight`` is left untouched."""
     W = weight.float().clone()
-    U, dead = hessian_inverse_factor(gram.clone(), tokens, damp)
+    U, dead = hessian_inverse_factor(gram, tokens, damp)
     W[:, dead] = 0
     rows, cols = W.shape
     if n_m:

@@ -46,12 +46,13 @@ class Speed(Evaluator):
 
     name = "speed"
     description = "throughput as a server sees it (static KV cache, CUDA graph) and speedup over dense"
-    order = 100  # last: a 2:4 model moves to sparse kernels, one way
+    order = 100  # last: a 2:4 model moves to sparse kernels, a quantized one to low-bit kernels, one way
     metric_prefixes = ("speedup", "roofline", "peak")
 
     def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
         return (f"{key} (tokens/s; speedup = ÷ dense measured in the same run"
                 + (", 2:4 on sparse kernels" if spec.get("sparse_kernels") else "")
+                + (", quantized weights on int4/int8 kernels where their format fits" if spec.get("quant_kernels") else "")
                 + ("; roofline = fraction of the HBM roofline" if key.startswith("speed:decode")
                    else "; peak = fraction of the measured matmul peak") + ")")
 

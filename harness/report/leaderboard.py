@@ -174,7 +174,16 @@ def board_stem(model: str) -> str:
     return slug(re.sub(r"\.gguf$", "", model, flags=re.IGNORECASE))
 
 
-def table_notes(ok: list[Record], failed: list[Record], older: list[Record], speed_mode: bool,
+#: Table families: rows set by a ratio, a grid or a native knob share the first; a matched
+#: speedup and a matched memory each get tables of their own (dense heads every one).
+FAMILIES = {"ratio": "matched ratio", "matched-speedup": "matched speedup", "matched-memory": "matched memory"}
+
+
+def table_family(record: Record) -> str:
+    return record.mode if record.mode in FAMILIES else "ratio"
+
+
+def table_notes(ok: list[Record], failed: list[Record], older: list[Record], family: str,
                 registry: Registry | None = None) -> list[str]:
     """The lines under a table's protocol that say what its rows do not: how sliced rows export,
     what each evaluation adds (what every speedup divides by, say), which rows missed or could
@@ -189,12 +198,18 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], spe
     for name in dict.fromkeys(name for r in ok for name in r.details):
         if (evaluator := registry.evaluations.get(name)) is not None:
             notes += evaluator.notes([r.details[name] for r in ok if name in r.details])
-    if speed_mode:
+    if family == "matched-speedup":
         notes.append("mode: matched measured speedup (each method's ratio searched with shape probes)")
         if off := off_target(ok):
             notes.append("measured off the target after the search (the search's probe matched): " + "; ".join(off))
+    if family == "matched-memory":
+        notes.append("mode: matched weight memory, m = the decoder blocks' stored bytes over dense fp16 (a ratio "
+                     "searched to m ± 0.005, or the grid or N:M format nearest at or under m)")
+    if quantized := sorted({r.method for r in ok if r.method_kind == "quantization" or "+" in r.method}):
+        notes.append(f"quantized rows ({', '.join(quantized)}): weight-only, activations in the model's dtype; "
+                     "r counts parameters (rounding removes none), the memory ratio counts bytes")
     if unreachable := [r for r in failed if r.status == "unreachable"]:
-        notes.append("cannot reach the target speedup (not ranked): " + "; ".join(
+        notes.append("cannot reach the target (not ranked): " + "; ".join(
             f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable))
     if older:
         notes.append(f"superseded: {len(older)} other record(s) of cells shown here left out (reruns of a cell "
@@ -219,7 +234,7 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
                        formats: list[str] | None = None, registry: Registry | None = None,
                        plots: bool = True, skip_corrupt: bool = False, metrics: list[str] | None = None,
                        deltas: list[str] | None = None) -> list[Path]:
-    """One table per model, mode (matched ratio, matched speedup) and protocol from the records
+    """One table per model, mode (matched ratio, speedup, memory) and protocol from the records
     under ``results_dir``, in every format asked for, with plots, and ``index.md`` listing the
     tables; returns the files written."""
     registry = registry or default_registry()
@@ -231,15 +246,15 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
 
-    def in_table(r: Record, model: str, speed_mode: bool) -> bool:  # the dense reference heads both modes' tables
-        return r.name == model and (r.method_kind == "reference" or (r.mode == "matched-speedup") == speed_mode)
+    def in_table(r: Record, model: str, family: str) -> bool:  # the dense reference heads every family's tables
+        return r.name == model and (r.method_kind == "reference" or table_family(r) == family)
 
     written, index = [], []
-    for model, speed_mode in dict.fromkeys((r.name, r.mode == "matched-speedup") for r in records):
-        groups = [g for g in tables([r for r in records if in_table(r, model, speed_mode)])
+    for model, family in dict.fromkeys((r.name, table_family(r)) for r in records):
+        groups = [g for g in tables([r for r in records if in_table(r, model, family)])
                   if any(r.ok for r in g.records)
-                  and (not speed_mode or any(r.mode == "matched-speedup" for r in g.records))]
-        base = board_stem(model) + ("-matched-speedup" if speed_mode else "")
+                  and (family == "ratio" or any(table_family(r) == family for r in g.records))]
+        base = board_stem(model) + ("" if family == "ratio" else f"-{family}")
         stems: set[str] = set()
         for group, fields in zip(groups, distinguishing(groups)):
             name = base + (f"--{protocol_suffix(fields)}" if len(groups) > 1 else "")
@@ -247,15 +262,15 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
                         if f"{name}{tail}" not in stems)  # cut hashes may coincide: never overwrite a table
             stems.add(name)
             stem = Path(out_dir) / name
-            paths = write_table(group, stem, speed_mode, sort, formats, registry, plots, metrics, deltas,
+            paths = write_table(group, stem, family, sort, formats, registry, plots, metrics, deltas,
                                 fields if len(groups) > 1 else None)
             written += paths
-            index.append((stem.name, model, speed_mode, group, fields))
+            index.append((stem.name, model, family, group, fields))
     written.append(write_index(Path(out_dir), index))
     return written
 
 
-def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | None, formats: list[str],
+def write_table(group: ProtocolTable, stem: Path, family: str, sort: str | None, formats: list[str],
                 registry: Registry, plots: bool, metrics: list[str] | None, deltas: list[str] | None,
                 split_by: list[str] | None) -> list[Path]:
     """One protocol's table in every format (and its plots); ``split_by``: the fields that set it
@@ -266,7 +281,7 @@ def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | 
     table = build_table(records_frame(ok), sort, better, metrics, deltas)
     table.attrs["higher_is_better"] = better  # for reporters that keep it (JSON)
     table.attrs["protocol"] = group.protocol
-    notes = table_notes(ok, [r for r in kept if not r.ok], older, speed_mode, registry)
+    notes = table_notes(ok, [r for r in kept if not r.ok], older, family, registry)
     if split_by:
         notes.append(f"protocol: one of several tables of this model (index.md), set apart by {', '.join(split_by)}")
     if not any(r.method_kind == "reference" for r in ok):
@@ -284,16 +299,16 @@ def write_table(group: ProtocolTable, stem: Path, speed_mode: bool, sort: str | 
     return written
 
 
-def write_index(out_dir: Path, entries: list[tuple[str, str, bool, ProtocolTable, list[str]]]) -> Path:
+def write_index(out_dir: Path, entries: list[tuple[str, str, str, ProtocolTable, list[str]]]) -> Path:
     """``index.md``: every table written, with its model, mode, rows and what sets it apart."""
     lines = ["# Leaderboards", "",
              "One table per model, mode and protocol: rows measured differently are never ranked together.", "",
              "| table | model | mode | rows | dense row | protocol (where a model has several) |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for stem, model, speed_mode, group, fields in entries:
+    for stem, model, family, group, fields in entries:
         ok = [r for r in newest_per_cell(group.records)[0] if r.ok]
         dense = "yes" if any(r.method_kind == "reference" for r in ok) else "none (no Δ)"
-        shown = ", ".join(fields) if len(fields) and sum(e[1] == model and e[2] == speed_mode for e in entries) > 1 else "—"
-        lines.append(f"| `{stem}` | {model} | {'matched speedup' if speed_mode else 'matched ratio'} | {len(ok)} "
+        shown = ", ".join(fields) if len(fields) and sum(e[1] == model and e[2] == family for e in entries) > 1 else "—"
+        lines.append(f"| `{stem}` | {model} | {FAMILIES[family]} | {len(ok)} "
                      f"| {dense} | {shown} |")
     return atomic_write_text(out_dir / "index.md", "\n".join(lines) + "\n")

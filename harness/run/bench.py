@@ -122,14 +122,18 @@ MEASURED_FIELDS = ("tokens_per_s", "step_ms", "cuda_graph", "compiled", "compile
                    "attention_kernels", "fused_groups", "device", "profile")
 
 
-def speed_target(method: Method, pattern: str, ratio: float) -> Target:
+def speed_target(method: Method, pattern: str, ratio: float, options: dict | None = None) -> Target:
     """What a method is measured at: ``pattern`` where it produces N:M patterns, else ``ratio``
-    (structured methods keep GPU-friendly widths, multiples of 8: their ``align`` option)."""
+    (structured methods keep GPU-friendly widths, multiples of 8: their ``align`` option), with
+    its knobs (``options``; a quantization method's grid)."""
+    options = dict(options or {})
     if method.kind == "reference":
         return Target(0.0)
+    if method.kind == "quantization":
+        return Target(0.0, "unstructured", options)
     if pattern in method.patterns and pattern != "unstructured":
-        return Target(0.5, pattern)
-    return Target(ratio, "unstructured", {"align": 8} if method.kind == "structured" else {})
+        return Target(0.5, pattern, options)
+    return Target(ratio, "unstructured", {"align": 8, **options} if method.kind == "structured" else options)
 
 
 def speed_row(shape: str, method: Method, target: Target, label: str, result: dict, dense: dict,
@@ -140,8 +144,10 @@ def speed_row(shape: str, method: Method, target: Target, label: str, result: di
 
     bandwidth, peak = ceilings
     kernels = result.get("sparse_kernels") or {}
+    pattern = method.setting_label(target) or ("structured" if method.kind == "structured" else target.pattern)
     return {"shape": shape, "method": method.name, "target": target.ratio, "ratio": result.get("ratio"),
-            "pattern": "structured" if method.kind == "structured" else target.pattern, "phase": label,
+            "pattern": pattern, "phase": label,
+            "quant_kernels": (result.get("quant_kernels") or {}).get("kernels"),
             **{key: result[key] for key in MEASURED_FIELDS if key in result},
             "speedup": result["tokens_per_s"] / dense["tokens_per_s"],
             "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,
@@ -156,7 +162,7 @@ def speed_row(shape: str, method: Method, target: Target, label: str, result: di
 def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float = 0.25,
                 pattern: str = "2:4", device: str = "cuda", dtype: torch.dtype = torch.float16,
                 layers: int | None = None, serving: ServingConfig = BASELINE, match: str | None = None,
-                profile: bool = False, log=print, on_rows=None) -> list[dict]:
+                profile: bool = False, log=print, on_rows=None, options: dict | None = None) -> list[dict]:
     """Throughput of each method's shapes (``Method.shape_probe``) on a random model of ``shape``.
 
     Dense is measured in the same run; every speedup is a ratio of two measurements taken
@@ -184,18 +190,23 @@ def bench_speed(shape: str, methods: list[str], specs: list[str], ratio: float =
     dense = measure_model(ModelAdapter(dense_model), "unstructured", specs, device, serving, profile)
     goal = SpeedTarget.parse(match, specs[0].label) if match else None
     rows: list[dict] = []
+    from harness.run.plan import stage_options
+
+    options = options or {}
     for method in chosen:
-        target, extra = speed_target(method, pattern, ratio), {}
+        knobs = stage_options(method, options)
+        method.check_options(knobs)
+        target, extra = speed_target(method, pattern, ratio, knobs), {}
         if method.kind == "reference":
             if goal:
                 continue
             results = {label: {**result, "ratio": 0.0} for label, result in dense.items()}
         else:
             if goal:
-                found = match_speedup(method, speed_target(method, pattern, 0.0), goal,
+                found = match_speedup(method, speed_target(method, pattern, 0.0, knobs), goal,
                                       lambda: copy.deepcopy(dense_model), dense[goal.spec.label]["tokens_per_s"],
                                       device, serving, log)
-                target = speed_target(method, pattern, found.ratio)
+                target = speed_target(method, pattern, found.ratio, knobs)
                 extra = {"match": goal.label, "reached": found.reached, "probes": found.probes}
             measured, results = probe_speed(method, lambda: copy.deepcopy(dense_model), target, specs, device,
                                             serving, dense_count, profile)
@@ -260,6 +271,8 @@ def format_speed_rows(rows: list[dict]) -> str:
             "kv_gib", "peak_gib", "roofline", "peak_frac", "compile_s", "sparse_kernels"]
     if any("match" in r for r in rows):
         cols[1:1] = ["match", "reached"]
+    if any(r.get("quant_kernels") for r in rows):
+        cols.append("quant_kernels")
     formats = [",.0f" if c == "tokens_per_s" else ".3g" for c in cols]  # 42,431 tok/s, not 4.24e+04
     table = tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, tablefmt="github", floatfmt=formats)
     compile_s: dict[str, float] = {}  # what a user waits for: a method's compiles over every phase

@@ -35,11 +35,13 @@ from harness.models.adapters import ModelAdapter, architecture_for
 from harness.models.export import export_info, save_compressed
 from harness.plugins import Registry, default_registry
 from harness.results import SCHEMA_VERSION, Record, load_record, record_path, run_key, write_record
+from harness.run.memorymatch import match_memory
 from harness.run.plan import Plan, plan_evaluations, plan_runs, resolve_device
 from harness.run.speedmatch import ProbeMemo, match_speedup
 from harness.serving.device import device_name
 from harness.targets import (
     ParameterCount,
+    RatioMismatch,
     Target,
     check_pattern,
     check_ratio,
@@ -55,7 +57,7 @@ RECORDED_PACKAGES = ("transformers", "torch", "accelerate", "gguf", "lm-eval", "
 
 
 class Unreachable(Exception):
-    """A method's shapes cannot reach the target speedup at any ratio it can produce."""
+    """A method cannot reach the target speedup or memory at any ratio or grid it can produce."""
 
 
 class ModelSession:
@@ -152,7 +154,7 @@ def prepare_evaluations(evaluations: list[tuple[Evaluator, list[str]]], context:
 def new_record(plan: Plan, key: str, session: ModelSession, calibration: Calibration | None,
                eval_spec: dict, registry: Registry, device: torch.device, seed: int) -> Record:
     method = plan.method
-    mode = ("matched-speedup" if plan.speed_target else "matched-ratio") if plan.matched else f"native {method.native_knob}"
+    mode = plan.mode
     plugin = next((p.origin for p in registry.plugins if method.name in p.methods), None)
     return Record(
         key=key, model=session.name, model_id=session.identity, model_name=session.display_name, architecture=session.arch.family, dtype=str(session.dtype).removeprefix("torch."),
@@ -204,6 +206,14 @@ def compress(plan: Plan, session: ModelSession, calibration: Calibration | None,
             raise Unreachable(f"best {found.speedup:.3f}x at r={found.ratio:.4f} (target {plan.speed_target.label})")
         target = Target(found.ratio, target.pattern, target.options)
         record.target = asdict(target)
+    if plan.memory_target and plan.method.kind != "reference":
+        found = match_memory(plan.method, target, plan.memory_target, session.fresh_copy,
+                             session.dense[1].block_bytes, log=log)
+        record.match = found.to_dict()
+        if not found.reached:
+            raise Unreachable(f"nearest {found.fraction:.4f} of the dense bytes (target {plan.memory_target.fraction:g})")
+        target = Target(found.ratio or 0.0, target.pattern, found.options)
+        record.target = asdict(target)
     adapter = ModelAdapter(session.fresh_copy())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -219,6 +229,12 @@ def record_ratio(adapter: ModelAdapter, plan: Plan, target: Target, dense: Param
     record.achieved = measured.to_dict()
     if not plan.matched or plan.method.kind == "reference":
         return
+    if plan.memory_target:  # the bytes the search chose are the bytes the model has
+        kept, chosen = 1 - measured.memory_ratio, record.match["fraction"]
+        if abs(kept - chosen) > plan.memory_target.tolerance:
+            raise RatioMismatch(f"the compressed model keeps {kept:.4f} of the dense bytes; its search chose {chosen:.4f}")
+        if target.ratio == 0.0:
+            return
     if target.n_m:
         check_pattern(adapter, target.n_m)  # N:M: the pattern is the target, r is reported
     else:
@@ -259,6 +275,7 @@ class Sweep:
         key = run_key(model=self.session.fingerprint, method=method.name, target=asdict(plan.target),
                       matched=plan.matched, dtype=str(self.session.dtype),
                       speed_target=plan.speed_target and plan.speed_target.label,
+                      **({"memory_target": plan.memory_target.label} if plan.memory_target else {}),
                       calibration=calibration.describe() if calibration and method.needs_calibration else None,
                       evals=self.eval_spec, schema=SCHEMA_VERSION, harness=harness.__version__)
         return key, record_path(Path(config.out), self.session.display_name, method.name, plan.label, key)
@@ -311,7 +328,7 @@ def run_cell(sweep: Sweep, plan: Plan, log=print) -> Record:
             + ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items()))
     except Unreachable as error:  # reported, with the best speedup it reached
         record.status, record.error = "unreachable", str(error)
-        log(f"{method.name} @ {plan.label}: cannot reach the target speed: {error}")
+        log(f"{method.name} @ {plan.label}: cannot reach the target: {error}")
     except Exception as error:  # one failed run must not lose the others
         record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         record.traceback = traceback.format_exc(limit=8)

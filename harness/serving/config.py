@@ -42,6 +42,9 @@ class ServingConfig:
     fuse: bool = True
     #: 2:4 weights on sparse tensor cores (else they run dense kernels, zeros multiplied).
     sparse_kernels: bool = True
+    #: quantized weights on low-bit kernels (int4 tinygemm, int8 weight-only) where their format
+    #: fits (else dequantised before every product: the reference path).
+    quant_kernels: bool = True
     #: torch's 2:4 kernels: cuSPARSELt, or CUTLASS (compute capability 8.x only).
     sparse_backend: str = "cusparselt"
     #: cuSPARSELt writes each 2:4 product's output transposed on its default algorithm (no copy,

@@ -34,14 +34,17 @@ class SharedInputGroup(nn.Module):
         self.roles = tuple(roles)  # the adapter's names of the stacked linears, in order
         first = linears[0]
         self.sizes = [lin.out_features for lin in linears]
-        bias = any(lin.bias is not None for lin in linears)
-        self.fused = nn.Linear(first.in_features, sum(self.sizes), bias=bias,
-                               device=first.weight.device, dtype=first.weight.dtype)
-        with torch.no_grad():
-            self.fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
-            if bias:
-                self.fused.bias.copy_(torch.cat([lin.bias if lin.bias is not None
-                                                 else lin.weight.new_zeros(lin.out_features) for lin in linears]))
+        if type(first) is not nn.Linear:  # a packed linear stacks its own kind (``stackable``)
+            self.fused = type(first).stack(linears)
+        else:
+            bias = any(lin.bias is not None for lin in linears)
+            self.fused = nn.Linear(first.in_features, sum(self.sizes), bias=bias,
+                                   device=first.weight.device, dtype=first.weight.dtype)
+            with torch.no_grad():
+                self.fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
+                if bias:
+                    self.fused.bias.copy_(torch.cat([lin.bias if lin.bias is not None
+                                                     else lin.weight.new_zeros(lin.out_features) for lin in linears]))
         # While ``counting`` (the first, eager step), products are counted: one per step when the
         # members really share their input. Off afterwards: a counter that changes on every call
         # would make torch.compile guard on it and recompile every step.
@@ -83,19 +86,19 @@ def shared_input_roles(adapter: ModelAdapter) -> list[tuple[str, ...]]:
 @contextlib.contextmanager
 def fused_projections(adapter: ModelAdapter, offload: bool = True) -> Iterator[list[SharedInputGroup]]:
     """Fuse every block's shared-input linears for the duration of the ``with``; yields the
-    groups (each holds one ``fused`` nn.Linear, which may be swapped for a sparse-kernel
-    linear). The original linears wait on the CPU (``offload``) and come back afterwards."""
+    groups (each holds one ``fused`` linear: an nn.Linear, which may be swapped for a sparse-kernel
+    linear, or the stack of packed linears of one format). The original linears wait on the CPU (``offload``) and come back afterwards."""
     saved, groups = [], []
     for block in adapter.blocks:
         for roles in shared_input_roles(adapter):
             linears = [adapter.linears(block)[r] for r in roles]
-            if not all(type(lin) is nn.Linear for lin in linears):
+            if not (all(type(lin) is nn.Linear for lin in linears) or stackable(linears)):
                 continue  # already replaced (a sparse-kernel linear, say): leave the group alone
             group = SharedInputGroup(linears, roles)
             block.add_module(f"fused_{'_'.join(roles)}", group)
             groups.append(group)
             for index, (role, lin) in enumerate(zip(roles, linears)):
-                saved.append((block, role, lin, lin.weight.device))
+                saved.append((block, role, lin, next(iter([*lin.parameters(), *lin.buffers()])).device))
                 adapter.replace_linear(block, role, FusedMember(group, index, lin.in_features, lin.out_features))
                 if offload:
                     lin.to("cpu")
@@ -107,6 +110,13 @@ def fused_projections(adapter: ModelAdapter, offload: bool = True) -> Iterator[l
         for block in adapter.blocks:
             for name in [n for n, m in block.named_children() if isinstance(m, SharedInputGroup)]:
                 delattr(block, name)
+
+
+def stackable(linears: list[nn.Module]) -> bool:
+    """Replaced linears of one class that can be stacked into one: the class defines
+    ``can_stack(linears)`` and ``stack(linears)`` (a quantized linear of one format, say)."""
+    kind = type(linears[0])
+    return all(type(lin) is kind for lin in linears) and hasattr(kind, "can_stack") and kind.can_stack(linears)
 
 
 def fused_groups(model: nn.Module) -> list[SharedInputGroup]:

@@ -1,0 +1,287 @@
+"""Weight-only quantized linears: the form a quantized weight takes in a model, and its kernels.
+
+A b-bit weight is stored as integer codes q ∈ [0, 2^b − 1], one scale s and one integer zero
+point z per (output row, group of ``group_size`` consecutive input columns):
+
+    W[i, j] ≈ s[i, g(j)] · (q[i, j] − z[i, g(j)])          g(j) = j // group_size
+
+(``g_idx`` replaces g(j) when GPTQ's act-order quantized the columns in another order).
+Zero is exactly representable (q = z), so a weight pruned before quantization stays zero,
+and a 2:4 weight stays 2:4.
+
+``QuantizedLinear.forward`` is the reference path: dequantise, then ``F.linear``. It is what
+CPU tests and evaluations run, and what every kernel is checked against. On a GPU the speed
+step swaps it for a maintained low-bit kernel where the format fits (``to_quantized_kernels``):
+
+- 4 bits, asymmetric, contiguous groups of 32/64/128/256 → torch's tinygemm
+  (``aten._weight_int4pack_mm``, the op torchao's ``Int4WeightOnlyConfig`` runs on), which
+  reads bfloat16 activations and folds the zero point into a float offset,
+  W = (q − 8)·s + (8 − z)·s;
+- 8 bits, symmetric, one group per row → ``aten._weight_int8pack_mm`` (torchao's int8
+  weight-only format: per-channel scales).
+
+Any other format stays on the reference path and the speed result says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.models.export import exportable
+
+#: Bytes of a half-precision scale or zero point, as the kernels keep them.
+HALF = 2
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes (rows × cols, each < 2^bits) as bytes: two 4-bit codes per byte (low nibble first)
+    for bits ≤ 4, one per byte otherwise."""
+    codes = codes.to(torch.uint8)
+    if bits > 4:
+        return codes.contiguous()
+    if codes.shape[1] % 2:
+        codes = F.pad(codes, (0, 1))
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
+    if bits > 4:
+        return packed
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)[:, :columns]
+
+
+@exportable
+class QuantizedLinear(nn.Module):
+    """y = x·Ŵᵀ + b with Ŵ the dequantised weight (module docstring). Inference only.
+
+    Buffers: ``qweight`` (packed codes, ``pack_codes``), ``scales`` (out × groups, floating),
+    ``zeros`` (out × groups, integer zero points as uint8), ``g_idx`` (in, int32) only when
+    the columns' groups are not contiguous, ``bias``. ``nonzeros``: the nonzero weights the
+    linear had before it was quantized, which is what the compression ratio r counts (a
+    weight rounded to zero is not a removed parameter).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int,
+                 symmetric: bool = False, bias: bool = False, act_order: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        if not 2 <= bits <= 8:
+            raise ValueError(f"bits must lie in [2, 8], got {bits}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.symmetric = bits, symmetric
+        self.group_size = group_size if group_size > 0 else in_features
+        groups = -(-in_features // self.group_size)
+        per_byte = 2 if bits <= 4 else 1
+        self.register_buffer("qweight", torch.zeros(out_features, -(-in_features // per_byte), dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=dtype, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
+        self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32, device=device) if act_order else None)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self.nonzeros = out_features * in_features
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                   group_size: int, symmetric: bool, bias: torch.Tensor | None, nonzeros: int,
+                   g_idx: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> QuantizedLinear:
+        """The module for ``codes`` (out × in integers), ``scales`` and ``zeros`` (out × groups)."""
+        out_features, in_features = codes.shape
+        dtype = dtype or scales.dtype
+        module = cls(in_features, out_features, bits, group_size, symmetric, bias is not None,
+                     g_idx is not None, dtype, codes.device)
+        module.qweight.copy_(pack_codes(codes, bits))
+        module.scales.copy_(scales)
+        module.zeros.copy_(zeros.round().to(torch.uint8))
+        if g_idx is not None:
+            module.g_idx.copy_(g_idx)
+        if bias is not None:
+            module.bias.copy_(bias.detach())
+        module.nonzeros = int(nonzeros)
+        return module
+
+    @property
+    def weight_groups(self) -> torch.Tensor:
+        """The group of every input column."""
+        if self.g_idx is not None:
+            return self.g_idx.long()
+        return torch.arange(self.in_features, device=self.qweight.device) // self.group_size
+
+    def codes(self) -> torch.Tensor:
+        return unpack_codes(self.qweight, self.bits, self.in_features)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Ŵ = s · (q − z), computed in float32, returned in ``dtype`` (default: the scales')."""
+        groups = self.weight_groups
+        scales, zeros = self.scales.float()[:, groups], self.zeros.float()[:, groups]
+        return (scales * (self.codes().float() - zeros)).to(dtype or self.scales.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight (a new tensor: writing to it changes nothing)."""
+        return self.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def parameter_count(self) -> int:
+        """What r counts for it: the weights it holds that were nonzero before quantizing, and
+        the nonzero bias entries."""
+        return self.nonzeros + (int(torch.count_nonzero(self.bias)) if self.bias is not None else 0)
+
+    def storage_bytes(self, two_four: bool | None = None) -> int:
+        """Bytes as a low-bit kernel keeps it: ``bits`` per code (a weight that is exactly 2:4
+        keeps only its kept half, with a 2-bit position each, as sparse kernels store it), one
+        half-precision scale per group and row, a zero point in half precision beside it where
+        asymmetric (tinygemm's scale-and-offset pair), the column order where act-order
+        scrambled the groups (int32), and the bias in half precision."""
+        from harness.serving.sparse_kernels import is_two_four
+
+        elements = self.out_features * self.in_features
+        if two_four is None:
+            two_four = is_two_four(self.codes().to(torch.int16) - self.zeros.to(torch.int16)[:, self.weight_groups])
+        values = elements // 2 if two_four else elements
+        total = -(-values * self.bits // 8) + (elements // 8 if two_four else 0)
+        total += self.scales.numel() * HALF * (1 if self.symmetric else 2)
+        total += 4 * self.in_features if self.g_idx is not None else 0
+        return total + (self.out_features * HALF if self.bias is not None else 0)
+
+    @staticmethod
+    def can_stack(linears: list[QuantizedLinear]) -> bool:
+        """Linears of one format (bits, groups, symmetry, contiguous groups) stack into one."""
+        first = linears[0]
+        return all((q.in_features, q.bits, q.group_size, q.symmetric, q.scales.dtype) ==
+                   (first.in_features, first.bits, first.group_size, first.symmetric, first.scales.dtype)
+                   and q.g_idx is None for q in linears)
+
+    @classmethod
+    def stack(cls, linears: list[QuantizedLinear]) -> QuantizedLinear:
+        """One linear whose output rows are those of ``linears`` in order (serving-time fusion)."""
+        first = linears[0]
+        bias = any(q.bias is not None for q in linears)
+        out = cls(first.in_features, sum(q.out_features for q in linears), first.bits, first.group_size,
+                  first.symmetric, bias, False, first.scales.dtype, first.qweight.device)
+        for name in ("qweight", "scales", "zeros"):
+            getattr(out, name).copy_(torch.cat([getattr(q, name) for q in linears]))
+        if bias:
+            out.bias.copy_(torch.cat([q.bias if q.bias is not None else q.scales.new_zeros(q.out_features)
+                                      for q in linears]))
+        out.nonzeros = sum(q.nonzeros for q in linears)
+        return out
+
+    def export_spec(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+                "group_size": self.group_size, "symmetric": self.symmetric, "bias": self.bias is not None,
+                "act_order": self.g_idx is not None, "nonzeros": self.nonzeros}
+
+    @classmethod
+    def rebuild(cls, adapter, path: str, spec: dict) -> QuantizedLinear:
+        spec = dict(spec)
+        nonzeros = spec.pop("nonzeros")
+        module = cls(**spec, dtype=adapter.model.dtype, device="meta")
+        module.nonzeros = nonzeros
+        return module
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, symmetric={self.symmetric}")
+
+
+class TinyGemmLinear(nn.Module):
+    """A 4-bit ``QuantizedLinear`` on torch's tinygemm kernel (``aten._weight_int4pack_mm``).
+
+    The kernel reads bfloat16 activations and, per (group, output row), a bfloat16 scale and
+    offset with W = (q − 8)·s + offset; our zero point z becomes offset = s·(8 − z). Its input
+    width must be a multiple of the group size and of 16 × ``inner_k_tiles``: a narrower weight
+    (SmolLM2's 576 columns at groups of 128) is padded with zero-weight columns and each input
+    with zeros, which changes no output.
+    """
+
+    def __init__(self, q: QuantizedLinear, inner_k_tiles: int = 8):
+        super().__init__()
+        if q.bits != 4 or q.g_idx is not None or q.group_size not in (32, 64, 128, 256):
+            raise ValueError("tinygemm takes 4-bit weights in contiguous groups of 32, 64, 128 or 256")
+        self.in_features, self.out_features, self.group_size = q.in_features, q.out_features, q.group_size
+        tile = math.lcm(q.group_size, 16 * inner_k_tiles)
+        self.padded = -(-q.in_features // tile) * tile
+        codes = F.pad(q.codes(), (0, self.padded - q.in_features), value=8).to(torch.int32)
+        nibbles = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)  # the kernel's packing: even column high
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), inner_k_tiles))
+        groups = self.padded // q.group_size
+        scales = F.pad(q.scales.float(), (0, groups - q.scales.shape[1]), value=1.0)
+        offsets = scales * (8 - F.pad(q.zeros.float(), (0, groups - q.zeros.shape[1]), value=8.0))
+        self.register_buffer("scales_and_zeros", torch.stack([scales, offsets], -1).transpose(0, 1)
+                             .contiguous().to(torch.bfloat16))
+        self.register_buffer("bias", q.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.padded != self.in_features:
+            rows = F.pad(rows, (0, self.padded - self.in_features))
+        y = torch.ops.aten._weight_int4pack_mm(rows.to(torch.bfloat16), self.packed, self.group_size,
+                                               self.scales_and_zeros).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """An 8-bit symmetric, one-scale-per-row ``QuantizedLinear`` as torchao's int8 weight-only
+    format runs it: int8 weights, y = (x·Wᵀ_int8) ⊙ s, on ``aten._weight_int8pack_mm`` where the
+    torch build has it for the device, else as the compiled expression (inductor fuses the
+    int8 → half conversion into the product's kernel, torchao's route on CUDA)."""
+
+    def __init__(self, q: QuantizedLinear):
+        super().__init__()
+        if q.bits != 8 or not q.symmetric or q.group_size != q.in_features or q.g_idx is not None:
+            raise ValueError("int8 weight-only takes symmetric 8-bit weights with one scale per row")
+        self.in_features, self.out_features = q.in_features, q.out_features
+        self.register_buffer("weight_int8", (q.codes().to(torch.int16) - 128).to(torch.int8).contiguous())
+        self.register_buffer("scales", q.scales[:, 0].contiguous())
+        self.register_buffer("bias", q.bias)
+        self.packed_op = self._packed_op_works()
+
+    def _packed_op_works(self) -> bool:
+        probe = torch.zeros(1, self.in_features, dtype=self.scales.dtype, device=self.scales.device)
+        try:
+            torch.ops.aten._weight_int8pack_mm(probe, self.weight_int8, self.scales)
+            return True
+        except (RuntimeError, NotImplementedError):
+            return False
+
+    @property
+    def kernel(self) -> str:
+        return "aten._weight_int8pack_mm" if self.packed_op else "int8 mm (inductor-fused dequant)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.packed_op:
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scales.to(x.dtype))
+        else:
+            y = (rows @ self.weight_int8.t().to(x.dtype)) * self.scales.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def to_quantized_kernels(model: nn.Module) -> dict:
+    """Swap every ``QuantizedLinear`` whose format a kernel takes for that kernel's module (GPU);
+    returns how many went to which kernel and why others stayed on the reference path."""
+    chosen: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for path, module in list(model.named_modules()):
+        if not isinstance(module, QuantizedLinear):
+            continue
+        try:
+            new = TinyGemmLinear(module) if module.bits == 4 else Int8WeightOnlyLinear(module)
+        except Exception as error:  # a format no kernel takes: reference path, said in the result
+            reason = f"{type(error).__name__}: {str(error)[:80]}"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        name = "int4 tinygemm" if isinstance(new, TinyGemmLinear) else f"int8 {new.kernel}"
+        chosen[name] = chosen.get(name, 0) + 1
+        parent, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return {"converted": sum(chosen.values()), "kernels": chosen, "skipped": skipped}

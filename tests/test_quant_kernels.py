@@ -1,0 +1,91 @@
+"""Low-bit kernels equal the reference path (the dequantised weight under F.linear).
+
+The int4 kernel (torch's tinygemm) runs on CUDA only: those tests skip elsewhere. Tolerance: the
+kernel reads bfloat16 activations and bfloat16 scales and offsets, so its output may differ
+from the float16 reference by bfloat16's rounding of the inputs (2⁻⁸ relative) summed over a
+row: we allow 2 % of the output's largest magnitude.
+"""
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from baselines.rtn import RoundToNearest
+from harness.method import Target
+from harness.models.adapters import ModelAdapter
+from harness.quantization import Grid, round_to_nearest
+from harness.serving.quantized import (
+    Int8WeightOnlyLinear,
+    QuantizedLinear,
+    TinyGemmLinear,
+    to_quantized_kernels,
+)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def quantized(out, inp, grid, device="cpu", dtype=torch.float16, bias=False, seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(out, inp, device=device)
+    codes, scales, zeros = round_to_nearest(w, grid)
+    b = torch.randn(out, device=device).to(dtype) if bias else None
+    return QuantizedLinear.from_codes(codes, scales.to(dtype), zeros, grid.bits, grid.group_size, grid.symmetric,
+                                      b, w.numel())
+
+
+def close(kernel, reference):
+    assert (kernel.float() - reference.float()).abs().max() <= 0.02 * reference.float().abs().max()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_weight_only_equals_the_reference(bias):
+    q = quantized(96, 256, Grid(8, -1, True), dtype=torch.float32, bias=bias)
+    kernel = Int8WeightOnlyLinear(q)
+    x = torch.randn(5, 256)
+    torch.testing.assert_close(kernel(x), q(x), rtol=1e-4, atol=1e-4)
+    assert sum(t.numel() * t.element_size() for t in kernel.buffers()) <= q.storage_bytes() * 2
+
+
+def test_formats_without_a_kernel_stay_on_the_reference_path():
+    model = torch.nn.Sequential(quantized(64, 128, Grid(8, 32), dtype=torch.float32),
+                                quantized(64, 128, Grid(3, 32), dtype=torch.float32))
+    done = to_quantized_kernels(model)
+    assert done["converted"] == 0 and sum(done["skipped"].values()) == 2
+    assert all(isinstance(m, QuantizedLinear) for m in model)
+
+
+@cuda
+@pytest.mark.parametrize("inp,group,symmetric", [(576, 128, False), (1536, 64, False), (512, 32, True), (256, 256, False)])
+def test_tinygemm_equals_the_reference(inp, group, symmetric):
+    q = quantized(192, inp, Grid(4, group, symmetric), device="cuda", bias=True)
+    kernel = TinyGemmLinear(q)
+    for rows in (1, 16, 300):
+        x = torch.randn(rows, inp, device="cuda", dtype=torch.float16)
+        close(kernel(x), q(x))
+
+
+@cuda
+def test_int8_kernel_on_cuda_equals_the_reference():
+    q = quantized(256, 512, Grid(8, -1, True), device="cuda")
+    kernel = Int8WeightOnlyLinear(q)
+    x = torch.randn(7, 512, device="cuda", dtype=torch.float16)
+    close(kernel(x), q(x))
+
+
+@cuda
+def test_a_quantized_model_measures_on_its_kernels_and_keeps_its_logits():
+    from harness.serving.step import SpeedSpec
+    from harness.serving.timing import measure_model
+
+    model = tiny_model("llama3").half().cuda()
+    adapter = ModelAdapter(model)
+    RoundToNearest().compress(adapter, None, Target(0.0, options={"bits": 4, "group_size": 32}))
+    ids = torch.randint(0, 320, (2, 24), device="cuda")
+    with torch.no_grad():
+        reference = model(ids).logits
+    results = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x64")], torch.device("cuda"))
+    kernels = results["decode@1x64"]["quant_kernels"]
+    assert kernels["converted"] > 0 and kernels["kernels"].get("int4 tinygemm") == kernels["converted"]
+    assert any(isinstance(m, TinyGemmLinear) for m in model.modules())
+    with torch.no_grad():
+        close(model(ids).logits, reference)
