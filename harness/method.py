@@ -161,8 +161,8 @@ class QuantizationMethod(Method):
              "group_size": Knob(int, 128, "input columns sharing a scale and zero point; -1: one per row"),
              "symmetric": Knob(bool, False, "zero point fixed at the grid's middle (no zero point stored)")}
     #: The grids a matched-memory run may choose from (bits × group size), densest first.
-    memory_grid: ClassVar[tuple[Grid, ...]] = tuple(
-        Grid(bits, group) for bits in (8, 4, 3) for group in (-1, 32, 64, 128))
+    memory_grid: ClassVar[tuple[Grid, ...]] = (*(Grid(bits, -1, True) for bits in (8, 4)), *(
+        Grid(bits, group) for bits in (8, 4, 3) for group in (-1, 32, 64, 128)))
 
     def grid(self, target: Target) -> Grid:
         return Grid(self.option(target, "bits"), self.option(target, "group_size"), self.option(target, "symmetric"))
