@@ -18,7 +18,7 @@ from harness.serving.quantized import (
     Int8WeightOnlyLinear,
     QuantizedLinear,
     TinyGemmLinear,
-    to_quantized_kernels,
+    quantized_kernels,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,9 +49,17 @@ def test_int8_weight_only_equals_the_reference(bias):
 def test_formats_without_a_kernel_stay_on_the_reference_path():
     model = torch.nn.Sequential(quantized(64, 128, Grid(8, 32), dtype=torch.float32),
                                 quantized(64, 128, Grid(3, 32), dtype=torch.float32))
-    done = to_quantized_kernels(model)
-    assert done["converted"] == 0 and sum(done["skipped"].values()) == 2
-    assert all(isinstance(m, QuantizedLinear) for m in model)
+    with quantized_kernels(model) as done:
+        assert done["converted"] == 0 and sum(done["skipped"].values()) == 2
+        assert all(isinstance(m, QuantizedLinear) for m in model)
+
+
+def test_kernels_are_swapped_in_and_back():
+    model = torch.nn.Sequential(quantized(64, 128, Grid(8, -1, True), dtype=torch.float32))
+    original = model[0]
+    with quantized_kernels(model) as done:
+        assert done["routes"] and isinstance(model[0], Int8WeightOnlyLinear)
+    assert model[0] is original
 
 
 @cuda
@@ -85,7 +93,9 @@ def test_a_quantized_model_measures_on_its_kernels_and_keeps_its_logits():
         reference = model(ids).logits
     results = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x64")], torch.device("cuda"))
     kernels = results["decode@1x64"]["quant_kernels"]
-    assert kernels["converted"] > 0 and kernels["kernels"].get("int4 tinygemm") == kernels["converted"]
-    assert any(isinstance(m, TinyGemmLinear) for m in model.modules())
-    with torch.no_grad():
-        close(model(ids).logits, reference)
+    assert kernels["converted"] > 0 and kernels["routes"].get("int4 tinygemm") == kernels["converted"]
+    with quantized_kernels(model, 1, torch.float16) as routes:  # one row per product: tinygemm's case
+        assert any(isinstance(m, TinyGemmLinear) for m in model.modules()), routes
+        with torch.no_grad():
+            close(model(ids).logits, reference)
+    assert not any(isinstance(m, TinyGemmLinear) for m in model.modules())

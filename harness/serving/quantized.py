@@ -11,7 +11,7 @@ and a 2:4 weight stays 2:4.
 
 ``QuantizedLinear.forward`` is the reference path: dequantise, then ``F.linear``. It is what
 CPU tests and evaluations run, and what every kernel is checked against. On a GPU the speed
-step swaps it for a maintained low-bit kernel where the format fits (``to_quantized_kernels``):
+step swaps it for a maintained low-bit kernel where the format fits (``quantized_kernels``):
 
 - 4 bits, asymmetric, contiguous groups of 32/64/128/256 → torch's tinygemm
   (``aten._weight_int4pack_mm``, the op torchao's ``Int4WeightOnlyConfig`` runs on), which
@@ -20,11 +20,14 @@ step swaps it for a maintained low-bit kernel where the format fits (``to_quanti
 - 8 bits, symmetric, one group per row → ``aten._weight_int8pack_mm`` (torchao's int8
   weight-only format: per-channel scales).
 
-Any other format stays on the reference path and the speed result says so.
+Any other format stays on the reference path, and so does a 4-bit product at a token count
+where the dense product on the dequantised weight is faster (prefill: ``kernel_for``); the
+speed result says which product went where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -266,22 +269,64 @@ class Int8WeightOnlyLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def to_quantized_kernels(model: nn.Module) -> dict:
-    """Swap every ``QuantizedLinear`` whose format a kernel takes for that kernel's module (GPU);
-    returns how many went to which kernel and why others stayed on the reference path."""
-    chosen: dict[str, int] = {}
+def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Milliseconds of one product of ``module`` at ``tokens`` input rows (CUDA events, eager)."""
+    x = torch.randn(tokens, module.in_features, device=next(module.buffers()).device, dtype=dtype)
+    with torch.no_grad():
+        module(x)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            module(x)
+        end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed: dict) -> nn.Module | None:
+    """The module that serves ``q`` at ``tokens`` rows per product: a kernel's, or None for the
+    reference path (dequantise, then the dense product). A 4-bit weight goes to tinygemm only
+    where it is faster at that token count: tinygemm is built for a few rows (decode), and at
+    prefill's thousands of rows the dense product on the dequantised weight wins by far. Each
+    distinct (shape, format, tokens) is timed once (``timed`` keeps the choices)."""
+    kernel = TinyGemmLinear(q) if q.bits == 4 else Int8WeightOnlyLinear(q)  # raises for formats without one
+    if tokens is None or not isinstance(kernel, TinyGemmLinear):
+        return kernel
+    key = f"{q.out_features}x{q.in_features}/g{q.group_size}@{tokens}"
+    if key not in timed:
+        timed[key] = "tinygemm" if _product_ms(kernel, tokens, dtype) <= _product_ms(q, tokens, dtype) else "dequantize"
+    return kernel if timed[key] == "tinygemm" else None
+
+
+@contextlib.contextmanager
+def quantized_kernels(model: nn.Module, tokens: int | None = None, dtype: torch.dtype = torch.float16):
+    """Swap every ``QuantizedLinear`` for the module that serves it at ``tokens`` rows per product
+    (``kernel_for``) for the duration of the ``with``; yields how many went where and why others
+    stayed on the reference path; the originals come back afterwards."""
+    routes: dict[str, int] = {}
     skipped: dict[str, int] = {}
+    timed: dict[str, str] = {}
+    swapped = []
     for path, module in list(model.named_modules()):
         if not isinstance(module, QuantizedLinear):
             continue
         try:
-            new = TinyGemmLinear(module) if module.bits == 4 else Int8WeightOnlyLinear(module)
+            new = kernel_for(module, tokens, dtype, timed)
         except Exception as error:  # a format no kernel takes: reference path, said in the result
             reason = f"{type(error).__name__}: {str(error)[:80]}"
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        name = "int4 tinygemm" if isinstance(new, TinyGemmLinear) else f"int8 {new.kernel}"
-        chosen[name] = chosen.get(name, 0) + 1
-        parent, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
-    return {"converted": sum(chosen.values()), "kernels": chosen, "skipped": skipped}
+        name = ("int4 tinygemm" if isinstance(new, TinyGemmLinear) else f"int8 {new.kernel}") if new is not None \
+            else "dequantize + dense product (faster here)"
+        routes[name] = routes.get(name, 0) + 1
+        if new is not None:
+            parent, _, attr = path.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, attr, new)
+            swapped.append((owner, attr, module))
+    try:
+        yield {"converted": sum(n for k, n in routes.items() if not k.startswith("dequantize")), "routes": routes,
+               "skipped": skipped, "timed": timed}
+    finally:
+        for owner, attr, module in swapped:
+            setattr(owner, attr, module)

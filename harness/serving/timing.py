@@ -32,7 +32,7 @@ from harness.serving.fusion import (
     fused_groups,
     fused_projections,
 )
-from harness.serving.quantized import QuantizedLinear, to_quantized_kernels
+from harness.serving.quantized import QuantizedLinear, quantized_kernels
 from harness.serving.sparse_kernels import to_semi_structured, tune_sparse_kernels
 from harness.serving.step import (
     ServingStep,
@@ -242,8 +242,9 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
                   serving: ServingConfig = BASELINE, profile: bool = False) -> dict[str, dict]:
     """Every spec's throughput of a model on ``device``, its shared-input linears fused as a
     serving engine stores them (``harness.serving.fusion``, unless ``serving.fuse`` is off); a 2:4 model
-    moves to sparse kernels first (unless ``serving.sparse_kernels`` is off), quantized linears to
-    low-bit kernels (``harness.serving.quantized``, unless ``serving.quant_kernels`` is off).
+    moves to sparse kernels first (unless ``serving.sparse_kernels`` is off); for each spec, quantized
+    linears go to the low-bit kernel that serves them at its token count (``quantized_kernels``,
+    unless ``serving.quant_kernels`` is off), and back afterwards.
 
     The sparse conversion is one-way (semi-structured weights cannot go back to the CPU), so
     a 2:4 model is for measuring only afterwards; the fusion is undone on return. Before each
@@ -256,10 +257,8 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
         if serving.sparse_kernels and pattern == "2:4" and device.type == "cuda":
             kernels = to_semi_structured(adapter, serving.sparse_backend, serving.sparse_transposed_output,
                                          serving.sparse_output_copy)
-        quant = None
-        if serving.quant_kernels and device.type == "cuda" and any(
-                isinstance(m, QuantizedLinear) for m in adapter.model.modules()):
-            quant = to_quantized_kernels(adapter.model)
+        quantized = serving.quant_kernels and device.type == "cuda" and any(
+            isinstance(m, QuantizedLinear) for m in adapter.model.modules())
         try:
             results = {}
             for spec in specs:
@@ -270,9 +269,11 @@ def measure_model(adapter: ModelAdapter, pattern: str, specs: list[SpeedSpec], d
                     except Exception as error:  # an optimisation: measure on the configurations as they are, say why
                         spec_kernels = {**kernels, "configs": None,
                                         "search_error": f"{type(error).__name__}: {error}"[:200]}
-                results[spec.label] = {**measure(adapter, spec, device, serving, profile=profile),
-                                       "sparse_kernels": spec_kernels, "serving": serving.to_dict(),
-                                       **({"quant_kernels": quant} if quant else {})}
+                with (quantized_kernels(adapter.model, spec.tokens_per_step, adapter.dtype) if quantized
+                      else contextlib.nullcontext(None)) as quant:
+                    results[spec.label] = {**measure(adapter, spec, device, serving, profile=profile),
+                                           "sparse_kernels": spec_kernels, "serving": serving.to_dict(),
+                                           **({"quant_kernels": quant} if quant else {})}
             return results
         except FusionError as error:  # measure unfused rather than triple a product
             failure = str(error)
