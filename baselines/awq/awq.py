@@ -246,7 +246,7 @@ class AWQ(QuantizationMethod):
                 err = ((xg @ fake_quantize(clipped, Grid(grid.bits, -1, grid.symmetric)).T) - reference).pow(2).mean(0)
                 better = err < best_err
                 best_err[better], best_bound[better] = err[better], bound[better]
-            bounds.append((start, best_bound))
+            bounds.append((start, best_bound.cpu()))  # applied after the walk, where the weights lie
         return bounds
 
     @staticmethod
@@ -254,6 +254,6 @@ class AWQ(QuantizationMethod):
         out = weight.clone()
         ends = [start for start, _ in bounds[1:]] + [weight.shape[1]]
         for (start, bound), end in zip(bounds, ends):
-            b = bound.to(weight.dtype)[:, None]
+            b = bound.to(weight.device, weight.dtype)[:, None]
             out[:, start:end] = torch.maximum(torch.minimum(out[:, start:end], b), -b)
         return out

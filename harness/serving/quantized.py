@@ -231,12 +231,13 @@ class TinyGemmLinear(nn.Module):
 
 
 class Int8WeightOnlyLinear(nn.Module):
-    """An 8-bit symmetric, one-scale-per-row ``QuantizedLinear`` as torchao's int8 weight-only
-    format runs it: int8 weights, y = (x·Wᵀ_int8) ⊙ s, on ``aten._weight_int8pack_mm`` where the
-    torch build has it for the device, else as the compiled expression (inductor fuses the
-    int8 → half conversion into the product's kernel, torchao's route on CUDA)."""
+    """An 8-bit symmetric, one-scale-per-row ``QuantizedLinear`` in torchao's int8 weight-only
+    format: int8 weights, y = (x·Wᵀ_int8) ⊙ s, either on ``aten._weight_int8pack_mm``
+    (``packed_op``) or as that expression in the step's graph, where inductor fuses the
+    int8 → half conversion into the product (torchao's route on CUDA). ``packed_op=None``: the
+    op where the torch build has it for the device."""
 
-    def __init__(self, q: QuantizedLinear):
+    def __init__(self, q: QuantizedLinear, packed_op: bool | None = None):
         super().__init__()
         if q.bits != 8 or not q.symmetric or q.group_size != q.in_features or q.g_idx is not None:
             raise ValueError("int8 weight-only takes symmetric 8-bit weights with one scale per row")
@@ -244,7 +245,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("weight_int8", (q.codes().to(torch.int16) - 128).to(torch.int8).contiguous())
         self.register_buffer("scales", q.scales[:, 0].contiguous())
         self.register_buffer("bias", q.bias)
-        self.packed_op = self._packed_op_works()
+        self.packed_op = self._packed_op_works() if packed_op is None else packed_op
 
     def _packed_op_works(self) -> bool:
         probe = torch.zeros(1, self.in_features, dtype=self.scales.dtype, device=self.scales.device)
@@ -285,17 +286,24 @@ def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, repeats: int
 
 def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed: dict) -> nn.Module | None:
     """The module that serves ``q`` at ``tokens`` rows per product: a kernel's, or None for the
-    reference path (dequantise, then the dense product). A 4-bit weight goes to tinygemm only
-    where it is faster at that token count: tinygemm is built for a few rows (decode), and at
-    prefill's thousands of rows the dense product on the dequantised weight wins by far. Each
-    distinct (shape, format, tokens) is timed once (``timed`` keeps the choices)."""
+    reference path (dequantise, then the dense product): whichever of them times fastest at
+    that token count, eagerly, one product. tinygemm is built for a few rows (decode); at
+    prefill's thousands of rows the dense product on the dequantised weight wins by far; the
+    int8 format has two candidates, ``aten._weight_int8pack_mm`` and the int8 product as an
+    expression. Each distinct (shape, format, tokens) is timed once (``timed`` keeps the
+    choices); ``tokens=None`` takes the format's kernel untimed."""
     kernel = TinyGemmLinear(q) if q.bits == 4 else Int8WeightOnlyLinear(q)  # raises for formats without one
-    if tokens is None or not isinstance(kernel, TinyGemmLinear):
+    if tokens is None:
         return kernel
-    key = f"{q.out_features}x{q.in_features}/g{q.group_size}@{tokens}"
+    candidates = {"dequantize": None, "tinygemm" if q.bits == 4 else "int8 mm": kernel}
+    if isinstance(kernel, Int8WeightOnlyLinear) and kernel.packed_op:  # the op, and the expression
+        candidates["int8 mm"] = Int8WeightOnlyLinear(q, packed_op=False)
+        candidates["int8pack_mm"] = kernel
+    key = f"{q.out_features}x{q.in_features}/w{q.bits}g{q.group_size}@{tokens}"
     if key not in timed:
-        timed[key] = "tinygemm" if _product_ms(kernel, tokens, dtype) <= _product_ms(q, tokens, dtype) else "dequantize"
-    return kernel if timed[key] == "tinygemm" else None
+        times = {name: _product_ms(module or q, tokens, dtype) for name, module in candidates.items()}
+        timed[key] = min(times, key=times.get)
+    return candidates[timed[key]]
 
 
 @contextlib.contextmanager
@@ -317,7 +325,7 @@ def quantized_kernels(model: nn.Module, tokens: int | None = None, dtype: torch.
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         name = ("int4 tinygemm" if isinstance(new, TinyGemmLinear) else f"int8 {new.kernel}") if new is not None \
-            else "dequantize + dense product (faster here)"
+            else "dequantize + dense product (timed fastest here)"
         routes[name] = routes.get(name, 0) + 1
         if new is not None:
             parent, _, attr = path.rpartition(".")
