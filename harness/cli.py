@@ -84,8 +84,9 @@ def _run_command(sub) -> None:
                      help="evaluations, e.g. ppl:wikitext2,c4 or zeroshot:piqa,arc_easy,arc_challenge,"
                      "hellaswag,winogrande or speed:decode@1x512,prefill@8x2048 (tokens/s and speedup over "
                      "dense, measured in this run; repeatable; default ppl:wikitext2)")
-    run.add_argument("--match", help="speedup:S: instead of --ratios, search each method's ratio until its "
-                     "measured speedup over dense in --phase is S, then evaluate there")
+    run.add_argument("--match", help="instead of --ratios: speedup:S searches each method's ratio until its "
+                     "measured speedup over dense in --phase is S; memory:M its ratio or quantization grid until "
+                     "its decoder blocks keep M of the dense fp16 bytes; then evaluates there")
     run.add_argument("--phase", dest="match_phase", help="the phase --match holds to, PHASE@BxL "
                      "(default decode@1x512)")
     run.add_argument("--zeroshot-limit", type=int, help="examples per zero-shot task (quick runs; recorded)")
