@@ -120,3 +120,25 @@ def test_dequantised_gguf_cache_gives_the_same_model(smollm2, tmp_path):
     assert tokenizer_again(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert load_tokenizer(cache_dir=tmp_path)(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert list(tmp_path.joinpath("models").iterdir()) == [cached_dir]  # no staging left behind
+
+
+def test_quantization_orderings_the_papers_lead_one_to_expect(results):
+    dense = results("dense", Target(0.0))[0]
+    w8 = results("rtn", Target(0.0, options={"bits": 8, "group_size": -1, "symmetric": True}))
+    assert w8[1] == 0 and w8[0] == pytest.approx(dense, rel=0.02)  # 8 bits: dense, no parameter removed
+    rtn3 = results("rtn", Target(0.0, options={"bits": 3}))[0]
+    assert dense < results("rtn", Target(0.0, options={"bits": 4}))[0] < rtn3
+    assert results("gptq", Target(0.0, options={"bits": 3}))[0] < rtn3  # error compensation beats rounding
+    assert results("awq", Target(0.0, options={"bits": 3}))[0] < rtn3  # so do activation-aware scales
+
+
+def test_matched_memory_on_smollm2(tmp_path):
+    from harness.run import RunConfig, run
+
+    config = RunConfig(methods=["dense", "rtn", "slicegpt"], match="memory:0.5", calibration="wikitext2:8x256",
+                       eval_windows=1, eval_length=1024, out=tmp_path, data_dir=str(SHARED_DATA))
+    records = {r.method: r for r in run(config, log=lambda *a: None)}
+    assert all(r.ok for r in records.values()), [r.error for r in records.values()]
+    # 8 bits with one fp16 scale per row: the format nearest to half the bytes at or under it
+    assert records["rtn"].target["options"] == {"bits": 8, "group_size": -1, "symmetric": True}
+    assert 1 - records["slicegpt"].achieved["memory_ratio"] == pytest.approx(0.5, abs=0.005)

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--ntest", type=int, default=None, help="the first N test windows (default all)")
     parser.add_argument("--weights", type=Path, help="save each run's dequantised linears of --layers here")
     parser.add_argument("--layers", type=int, nargs="*", default=[0, 29])
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense run (measured by another call)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
     registry = default_registry()
     out = {"inputs": json.loads((args.inputs / "inputs.json").read_text()), "ncal": len(calibration_ids),
            "ntest": len(test), "torch": torch.__version__, "runs": {}}
-    for text in ["dense:"] + args.run:
+    for text in ([] if args.no_dense else ["dense:"]) + args.run:
         method_name, options = parse_run(text)
         model, _ = load_model(str(args.inputs / "model"), torch.float32)
         adapter = ModelAdapter(model)

@@ -10,8 +10,8 @@ measures shape probes (``Method.shape_probe``) on copies of the model, in second
   chain whose first stage is structured) is searched to the ratio whose bytes are M of dense,
   within ``tolerance``, by bisection (bytes fall monotonically with the ratio);
 - a method with a discrete set of formats (a quantization method's grids, ``memory_grid``; an
-  N:M pattern, with the grids of a quantization stage after it) takes the one whose bytes are
-  nearest to M at or under it;
+  N:M pattern, with the grids of a quantization stage after it) takes, of those at or under M
+  (within ``tolerance``), the one whose bytes are nearest to M;
 - unstructured sparsity stored densely keeps every byte at any ratio: it cannot be matched.
 
 A method that cannot get at or under M is reported as unreachable, with the nearest it got.
@@ -118,7 +118,8 @@ def match_memory(method: Method, target: Target, goal: MemoryTarget, make_model:
         best = None
         for options in candidates:
             fraction = probe(ratio, options)
-            if fraction <= goal.fraction + goal.tolerance and (best is None or fraction > best[0]):
+            if fraction <= goal.fraction + goal.tolerance and (
+                    best is None or abs(fraction - goal.fraction) < abs(best[0] - goal.fraction)):
                 best = (fraction, options)
         nearest = min(result.probes, key=lambda p: abs(p["fraction"] - goal.fraction))
         chosen = best or (nearest["fraction"], nearest["options"])
