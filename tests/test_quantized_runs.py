@@ -101,6 +101,8 @@ def test_matched_memory_rows_meet_their_bytes(config, registry, tmp_path):
     paths = write_leaderboards(config.out, tmp_path / "boards", registry=registry, plots=False)
     names = [p.name for p in paths]
     assert any("matched-memory" in n for n in names)
+    (table,) = (tmp_path / "boards").glob("*matched-memory.md")
+    assert "cannot reach the target weight memory" in table.read_text() and "wanda" in table.read_text()
     index = (tmp_path / "boards" / "index.md").read_text()
     assert "matched memory" in index
 

@@ -209,7 +209,8 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], fam
         notes.append(f"quantized rows ({', '.join(quantized)}): weight-only, activations in the model's dtype; "
                      "r counts parameters (rounding removes none), the memory ratio counts bytes")
     if unreachable := [r for r in failed if r.status == "unreachable"]:
-        notes.append("cannot reach the target (not ranked): " + "; ".join(
+        what = {"matched-speedup": "target speedup", "matched-memory": "target weight memory"}.get(family, "target")
+        notes.append(f"cannot reach the {what} (not ranked): " + "; ".join(
             f"{r.method} ({r.target['pattern']}): {r.error}" for r in unreachable))
     if older:
         notes.append(f"superseded: {len(older)} other record(s) of cells shown here left out (reruns of a cell "
