@@ -163,12 +163,21 @@ class QuantizationMethod(Method):
     #: The grids a matched-memory run may choose from (bits × group size), densest first.
     memory_grid: ClassVar[tuple[Grid, ...]] = (*(Grid(bits, -1, True) for bits in (8, 4)), *(
         Grid(bits, group) for bits in (8, 4, 3) for group in (-1, 32, 64, 128)))
+    #: Knobs that make another variant of the method: a row set away from their default says so
+    #: in its label (``w4g128 act-order``), so two variants of one grid are two rows of a table.
+    variant_knobs: ClassVar[tuple[str, ...]] = ()
 
     def grid(self, target: Target) -> Grid:
         return Grid(self.option(target, "bits"), self.option(target, "group_size"), self.option(target, "symmetric"))
 
     def setting_label(self, target: Target) -> str:
-        return self.grid(target).label
+        words = [self.grid(target).label]
+        for name in self.variant_knobs:
+            value = self.option(target, name)
+            if value != self.knobs[name].default:
+                word = name.replace("_", "-")
+                words.append((word if value else f"no-{word}") if isinstance(value, bool) else f"{word}={value:g}")
+        return " ".join(words)
 
     def shape_probe(self, model: ModelAdapter, target: Target) -> None:
         """The grid's format on whatever weights the model has (round to nearest): speed and

@@ -1,6 +1,7 @@
 """Low-bit kernels equal the reference path (the dequantised weight under F.linear).
 
-The int4 kernel (torch's tinygemm) runs on CUDA only: those tests skip elsewhere. Tolerance: the
+The int4 kernels (torch's tinygemm, gemlite's Triton kernels) run on CUDA only: those tests
+skip elsewhere, and gemlite's where the package (the ``gpu`` extra) is not installed. Tolerance: the
 kernel reads bfloat16 activations and bfloat16 scales and offsets, so its output may differ
 from the float16 reference by bfloat16's rounding of the inputs (2⁻⁸ relative) summed over a
 row: we allow 2 % of the output's largest magnitude.
@@ -15,9 +16,12 @@ from harness.method import Target
 from harness.models.adapters import ModelAdapter
 from harness.quantization import Grid, round_to_nearest
 from harness.serving.quantized import (
+    GemliteLinear,
     Int8WeightOnlyLinear,
     QuantizedLinear,
     TinyGemmLinear,
+    _gemlite_available,
+    kernel_for,
     quantized_kernels,
 )
 
@@ -93,9 +97,41 @@ def test_a_quantized_model_measures_on_its_kernels_and_keeps_its_logits():
         reference = model(ids).logits
     results = measure_model(adapter, "unstructured", [SpeedSpec.parse("decode@1x64")], torch.device("cuda"))
     kernels = results["decode@1x64"]["quant_kernels"]
-    assert kernels["converted"] > 0 and kernels["routes"].get("int4 tinygemm") == kernels["converted"]
-    with quantized_kernels(model, 1, torch.float16) as routes:  # one row per product: tinygemm's case
-        assert any(isinstance(m, TinyGemmLinear) for m in model.modules()), routes
+    int4 = {name: n for name, n in kernels["routes"].items() if name.startswith("int4 ")}
+    assert kernels["converted"] > 0 and sum(int4.values()) == kernels["converted"], kernels
+    with quantized_kernels(model, 1, torch.float16) as routes:  # one row per product: the int4 kernels' case
+        assert any(isinstance(m, (TinyGemmLinear, GemliteLinear)) for m in model.modules()), routes
         with torch.no_grad():
             close(model(ids).logits, reference)
-    assert not any(isinstance(m, TinyGemmLinear) for m in model.modules())
+    assert not any(isinstance(m, (TinyGemmLinear, GemliteLinear)) for m in model.modules())
+
+
+gemlite = pytest.mark.skipif(not (torch.cuda.is_available() and _gemlite_available()),
+                             reason="needs a CUDA GPU and the gemlite package (the gpu extra)")
+
+
+@gemlite
+@pytest.mark.parametrize("bits,inp,group,symmetric", [(4, 512, 128, False), (4, 1024, 64, True),
+                                                      (4, 4096, 4096, False), (8, 512, -1, True), (8, 768, 128, False)])
+def test_gemlite_equals_the_reference(bits, inp, group, symmetric):
+    q = quantized(384, inp, Grid(bits, group, symmetric), device="cuda", bias=bits == 8)
+    kernel = GemliteLinear(q)
+    for rows in (1, 4, 16, 300):  # each of gemlite's kernels: GEMV, split-K GEMV and GEMM, tiled GEMM
+        x = torch.randn(rows, inp, device="cuda", dtype=torch.float16)
+        close(kernel(x), q(x))
+
+
+@gemlite
+def test_gemlite_refuses_a_narrower_last_group():
+    with pytest.raises(ValueError, match="divide the input width"):
+        GemliteLinear(quantized(64, 576, Grid(4, 128), device="cuda"))
+
+
+@cuda
+def test_each_product_goes_to_the_fastest_candidate_it_timed():
+    q = quantized(512, 1024, Grid(4, 128), device="cuda")
+    timed = {}
+    chosen = kernel_for(q, 1, torch.float16, timed)
+    (key, name), = timed.items()
+    assert key == "512x1024/w4g128@1" and (chosen is None) == (name == "dequantize")
+    assert chosen is None or chosen.kernel == name

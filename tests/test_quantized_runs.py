@@ -49,6 +49,16 @@ def test_grid_rows_are_labelled_by_their_grid_and_keep_every_parameter(config, r
     assert "memory ratio" in md and "w3g32" in md and "quantized rows" in md
 
 
+def test_variants_of_one_grid_are_two_rows(config, registry, tmp_path):
+    for options in ({}, {"act_order": True}):
+        run(dataclasses.replace(config, methods=["gptq"], options={"gptq": {"group_size": 32, **options}}),
+            registry, log=quiet)
+    paths = write_leaderboards(config.out, tmp_path / "boards", registry=registry, plots=False)
+    md = next(p for p in paths if p.suffix == ".md" and p.name != "index.md").read_text()
+    rows = [line for line in md.splitlines() if "| gptq " in line]
+    assert len(rows) == 2 and any("w4g32 act-order" in row for row in rows) and "superseded" not in md
+
+
 def test_chain_row_prunes_then_quantizes(config, registry):
     config = dataclasses.replace(config, methods=["sparsegpt+gptq"], pattern="2:4",
                                  options={"gptq": {"group_size": 32}})

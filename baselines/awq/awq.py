@@ -119,6 +119,7 @@ class AWQ(QuantizationMethod):
              "n_grid": Knob(int, 20, "grid points of the scale exponent and of the clip shrink"),
              "max_shrink": Knob(float, 0.5, "largest fraction the clip search cuts off max|w|"),
              "clip_tokens": Knob(int, 512, "calibration tokens the clip search looks at")}
+    variant_knobs = ("scale", "clip")
 
     def compress(self, model, calibration, target):
         grid = self.grid(target)

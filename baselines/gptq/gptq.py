@@ -113,6 +113,7 @@ class GPTQ(QuantizationMethod):
              "blocksize": Knob(int, 128, "columns quantized and updated together (the reference's 128)"),
              "damp": Knob(float, 0.01, "dampening added to H's diagonal, as a fraction of its mean"),
              "keep_zeros": Knob(bool, False, "weights zero before quantizing stay zero (after a pruning stage)")}
+    variant_knobs = ("act_order", "static_groups", "true_sequential", "damp")
 
     def compress(self, model, calibration, target):
         grid = self.grid(target)

