@@ -148,6 +148,7 @@ def speed_row(shape: str, method: Method, target: Target, label: str, result: di
     return {"shape": shape, "method": method.name, "target": target.ratio, "ratio": result.get("ratio"),
             "pattern": pattern, "phase": label,
             "quant_kernels": (result.get("quant_kernels") or {}).get("routes"),
+            "quant_candidates_ms": (result.get("quant_kernels") or {}).get("candidates_ms"),
             **{key: result[key] for key in MEASURED_FIELDS if key in result},
             "speedup": result["tokens_per_s"] / dense["tokens_per_s"],
             "weights_gib": result["weights_bytes"] / 2**30, "kv_gib": result["kv_cache_bytes"] / 2**30,

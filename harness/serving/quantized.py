@@ -313,15 +313,35 @@ def _gemlite_available() -> bool:
     return True
 
 
-def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, repeats: int = 10) -> float:
-    """Milliseconds of one product of ``module`` at ``tokens`` input rows (CUDA events, eager)."""
-    x = torch.randn(tokens, module.in_features, device=next(module.buffers()).device, dtype=dtype)
+def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, device: torch.device, repeats: int = 20) -> float:
+    """Milliseconds of one product of ``module`` at ``tokens`` input rows, as the serving step
+    runs it: ``repeats`` products captured in one CUDA graph and replayed, so a kernel whose
+    launch costs more host time than its work (Python dispatch before a small GEMV) is not
+    charged for it. A module that cannot be captured is timed eagerly, host time included."""
+    x = torch.randn(tokens, module.in_features, device=device, dtype=dtype)
     with torch.no_grad():
-        module(x)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture: autotuning, lazy initialisation
+            for _ in range(3):
+                module(x)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(repeats):
+                    module(x)
+        except RuntimeError:
+            graph = None
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(repeats):
-            module(x)
+        if graph is not None:
+            graph.replay()
+        else:
+            for _ in range(repeats):
+                module(x)
         end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / repeats
@@ -331,7 +351,7 @@ def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed
                times: dict | None = None) -> nn.Module | None:
     """The module that serves ``q`` at ``tokens`` rows per product: a kernel's, or None for the
     reference path (dequantise, then the dense product): whichever of them times fastest at
-    that token count, eagerly, one product. tinygemm is built for a few rows (decode); at
+    that token count, replayed from a CUDA graph as the serving step runs it (``_product_ms``). tinygemm is built for a few rows (decode); at
     prefill's thousands of rows the dense product on the dequantised weight wins by far; the
     int8 format has two candidates, ``aten._weight_int8pack_mm`` and the int8 product as an
     expression; gemlite's kernels join where installed and the format fits. Each distinct
@@ -358,7 +378,7 @@ def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed
             candidates[expression.kernel] = expression
     key = f"{q.out_features}x{q.in_features}/w{q.bits}g{q.group_size}@{tokens}"
     if key not in timed:
-        ms = {name: _product_ms(module or q, tokens, dtype) for name, module in candidates.items()}
+        ms = {name: _product_ms(module or q, tokens, dtype, q.qweight.device) for name, module in candidates.items()}
         timed[key] = min(ms, key=ms.get)
         if times is not None:
             times[key] = {name: round(value, 5) for name, value in ms.items()}
