@@ -75,6 +75,10 @@ class Method:
     #: through ``-o METHOD.KNOB=VALUE``, the run reproduces that knob value instead of
     #: matching a ratio: the achieved ratio is measured and reported, not enforced.
     native_knob: ClassVar[str | None] = None
+    #: True for a method whose ratios come in steps it cannot split (whole decoder blocks): a
+    #: ratio target gets the nearest step; a row off its target by more than the tolerance is
+    #: kept as the nearest-ratio result, marked, and ranked beside no matched row.
+    discrete_ratios: ClassVar[bool] = False
     #: For an ablation variant, the method it ablates; ``--methods all`` skips variants.
     ablation_of: ClassVar[str | None] = None
     #: One line for ``harness plugins``.

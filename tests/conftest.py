@@ -63,11 +63,17 @@ ARCHS = ["llama2", "llama3", "smollm2", "mistral", "qwen2", "phi3", "phi2"]
 PARTIAL = ["gemma2", "gemma3"]
 
 
-def tiny_model(name: str, seed: int = 0):
+def tiny_model(name: str, seed: int = 0, layers: int | None = None):
+    """A random tiny model of ``name``'s architecture (``layers`` blocks: default TINY's)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = tiny_config(name)
+    if layers is not None:
+        types = getattr(config, "layer_types", None)
+        config.num_hidden_layers = layers
+        if types:  # the architecture's pattern, repeated
+            config.layer_types = [types[i % len(types)] for i in range(layers)]
     config.pad_token_id = config.eos_token_id = config.bos_token_id = 0
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
     # Random init has tiny biases/norm weights of 0/1; perturb them so folding bugs show.

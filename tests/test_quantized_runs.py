@@ -59,7 +59,7 @@ def test_variants_of_one_grid_are_two_rows(config, registry, tmp_path):
     assert len(rows) == 2 and any("w4g32 act-order" in row for row in rows) and "superseded" not in md
 
 
-def test_chain_row_prunes_then_quantizes(config, registry):
+def test_chain_row_prunes_then_quantizes(config, registry, tmp_path):
     config = dataclasses.replace(config, methods=["sparsegpt+gptq"], pattern="2:4",
                                  options={"gptq": {"group_size": 32}})
     (record,) = run(config, registry, log=quiet)
@@ -67,6 +67,9 @@ def test_chain_row_prunes_then_quantizes(config, registry):
     assert record.label == "2:4+w4g32" and record.mode == "matched-ratio"
     assert record.achieved["ratio"] == pytest.approx(0.5, abs=0.02)
     assert set(record.report["knobs"]) == {"sparsegpt", "gptq"} and record.report["knobs"]["gptq"]["keep_zeros"]
+    paths = write_leaderboards(config.out, tmp_path / "boards", registry=registry, plots=False)
+    md = next(p for p in paths if p.suffix == ".md" and p.name != "index.md").read_text()
+    assert "N:M + quantized rows (sparsegpt+gptq 2:4+w4g32)" in md and "no kernel here runs both" in md
 
 
 @pytest.mark.parametrize("methods,message", [

@@ -244,6 +244,31 @@ class ModelAdapter:
         parameters = inspect.signature(type(self.model).forward).parameters
         return next((k for k in CACHE_KEYWORDS if k in parameters), CACHE_KEYWORDS[0])
 
+    def remove_blocks(self, indices) -> None:
+        """Delete whole decoder blocks (depth pruning) and renumber the rest as a model of that
+        depth numbers them: each block's ``layer_idx`` (its KV-cache slot), the config's
+        ``num_hidden_layers`` (transformers runs that many blocks) and its per-block lists
+        (``layer_types``). The model then saves as a stock checkpoint with fewer layers."""
+        blocks = self.blocks
+        depth = len(blocks)
+        drop = sorted(set(int(i) for i in indices))
+        if any(not 0 <= i < depth for i in drop):
+            raise IndexError(f"block indices must lie in [0, {depth}), got {drop}")
+        if len(drop) >= depth:
+            raise ValueError(f"cannot remove all {depth} blocks")
+        keep = [i for i in range(depth) if i not in drop]
+        for name in ("layer_types",):
+            values = getattr(self.config, name, None)
+            if isinstance(values, (list, tuple)) and len(values) == depth:
+                setattr(self.config, name, [values[i] for i in keep])
+        for i in reversed(drop):
+            del blocks[i]
+        for index, block in enumerate(blocks):
+            for module in block.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = index
+        self.config.num_hidden_layers = len(blocks)
+
     def replace_linear(self, block: nn.Module, role: str, new: nn.Module) -> None:
         """Swap a block's linear for another module (e.g. a smaller nn.Linear)."""
         _set(block, self.arch.linears[role], new)

@@ -39,7 +39,7 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "method": r.method,
             "kind": r.method_kind,
             "pattern": r.pattern,
-            "target": r.label,
+            "target": f"{r.label} (nearest)" if r.mode == "nearest-ratio" else r.label,
             "ratio": r.achieved["ratio"],
             "model ratio": r.achieved["whole_model_ratio"],
             "memory ratio": r.achieved.get("memory_ratio"),
@@ -76,6 +76,7 @@ def build_table(frame: pd.DataFrame, sort: str | None = None,
     rest = rest.assign(target=rest["target"].astype(str))
     rest = rest.sort_values(["target", sort], ascending=[True, ascending]).copy()
     rest.insert(0, "rank", rest.groupby(["target"])[sort].rank(ascending=ascending, method="min"))
+    rest.loc[rest["target"].str.endswith(" (nearest)"), "rank"] = None  # matched no target: ranked beside none
     table = pd.concat([dense.assign(rank=None), rest], ignore_index=True)
     for metric in matching(metrics, deltas):
         if len(dense):
@@ -191,10 +192,14 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], fam
     left out."""
     registry = registry or default_registry()
     notes = []
-    sliced = sorted({r.method for r in ok if r.method_kind == "structured"})
-    if sliced:  # what --save-models gives each row (harness/models/export.py)
-        notes.append("exports: sparse rows are standard checkpoints stock transformers loads; "
-                     f"sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)")
+    structured = sorted({r.method for r in ok if r.method_kind == "structured"})
+    depth = [m for m in structured if getattr(registry.methods.get(m), "discrete_ratios", False)]
+    sliced = [m for m in structured if m not in depth]
+    if structured:  # what --save-models gives each row (harness/models/export.py)
+        notes.append("exports: sparse rows are standard checkpoints stock transformers loads"
+                     + (f"; depth-pruned rows ({', '.join(depth)}) too, with fewer layers" if depth else "")
+                     + (f"; sliced rows ({', '.join(sliced)}) load through the harness (safetensors + shape plan)"
+                        if sliced else ""))
     for name in dict.fromkeys(name for r in ok for name in r.details):
         if (evaluator := registry.evaluations.get(name)) is not None:
             notes += evaluator.notes([r.details[name] for r in ok if name in r.details])
@@ -208,6 +213,16 @@ def table_notes(ok: list[Record], failed: list[Record], older: list[Record], fam
     if quantized := sorted({r.method for r in ok if r.method_kind == "quantization" or "+" in r.method}):
         notes.append(f"quantized rows ({', '.join(quantized)}): weight-only, activations in the model's dtype; "
                      "r counts parameters (rounding removes none), the memory ratio counts bytes")
+    if sparse_quantized := sorted({f"{r.method} {r.label}" for r in ok
+                                   if "+" in r.method and ":" in str(r.target.get("pattern", ""))}):
+        notes.append(f"N:M + quantized rows ({', '.join(sparse_quantized)}): the memory ratio counts the format's "
+                     "bytes (kept values at their bits, 2-bit positions, as sparse low-bit kernels store them); no "
+                     "kernel here runs both at once, so a speed they show is the low-bit kernel's on the weights "
+                     "stored dense")
+    if nearest := [r for r in ok if r.mode == "nearest-ratio"]:
+        notes.append("nearest rows (not ranked): methods that remove whole blocks reach ratios in steps; these rows "
+                     "are the step nearest their target, off it by more than ±0.005: " + "; ".join(
+                         f"{r.method} @ {r.label}: r = {r.achieved['ratio']:.4f}" for r in nearest))
     if unreachable := [r for r in failed if r.status == "unreachable"]:
         what = {"matched-speedup": "target speedup", "matched-memory": "target weight memory"}.get(family, "target")
         notes.append(f"cannot reach the {what} (not ranked): " + "; ".join(

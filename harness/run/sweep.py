@@ -40,6 +40,7 @@ from harness.run.plan import Plan, plan_evaluations, plan_runs, resolve_device
 from harness.run.speedmatch import ProbeMemo, match_speedup
 from harness.serving.device import device_name
 from harness.targets import (
+    RATIO_TOLERANCE,
     ParameterCount,
     RatioMismatch,
     Target,
@@ -237,6 +238,9 @@ def record_ratio(adapter: ModelAdapter, plan: Plan, target: Target, dense: Param
             return
     if target.n_m:
         check_pattern(adapter, target.n_m)  # N:M: the pattern is the target, r is reported
+    elif plan.method.discrete_ratios and abs(measured.ratio - target.ratio) > RATIO_TOLERANCE:
+        if not plan.speed_target:  # a searched speed is still the match: its ratio is reported
+            record.mode = "nearest-ratio"
     else:
         check_ratio(measured.ratio, target.ratio, dense=dense)
 
