@@ -7,7 +7,7 @@ agree element by element.
 
 Each ``--pair LABEL REF_JSON REF_WEIGHTS OURS_JSON OUR_RUN``: REF_JSON holds ``{"ppl": …}`` (the
 reference driver's file for the run), REF_WEIGHTS its dequantised linears (``torch.save`` of a
-state dict: keys ``model.layers.I.self_attn.q_proj.weight`` …), OURS_JSON ``quant_ours.py``'s file
+state dict: keys ``model.layers.I.self_attn.q_proj.weight`` …), OURS_JSON ``method_ours.py``'s file
 and OUR_RUN the run's key in it; our weights are read from ``--ours-weights``.
 """
 

@@ -1,8 +1,9 @@
-"""Our side of the quantization side-by-sides: the harness's ``rtn``, ``gptq`` and ``awq`` on the
-inputs ``make_inputs.py`` wrote (the same weights and token ids the reference code gets), with
-perplexity on the first test windows and the quantized weights of chosen layers.
+"""Our side of a side-by-side with a method's reference code: any harness method (``rtn``,
+``gptq``, ``awq``, ``sleb``, ``shortgpt`` ...) on the inputs ``make_inputs.py`` wrote (the same
+weights and token ids the reference code gets), with perplexity on the first test windows, the
+method's report notes (which blocks a depth method removed, say) and the weights of chosen layers.
 
-    python benchmarks/fidelity/quant_ours.py --inputs /tmp/fidelity-512 --out ours.json \\
+    python benchmarks/fidelity/method_ours.py --inputs /tmp/fidelity-512 --out ours.json \\
         --run rtn:bits=4,group_size=128 --run gptq:bits=4,group_size=128,act_order=true --ncal 128 --ntest 16
 
 Each ``--run METHOD:KNOB=VALUE,...`` starts from a fresh load of the weights. The JSON holds each
@@ -68,7 +69,7 @@ def main() -> None:
         report = registry.method(method_name).compress(adapter, calibration, Target(0.0, options=options))
         seconds = time.perf_counter() - start
         ppl = perplexity(adapter, test, args.device).perplexity
-        out["runs"][text] = {"ppl": ppl, "seconds": seconds, "knobs": report.knobs}
+        out["runs"][text] = {"ppl": ppl, "seconds": seconds, "knobs": report.knobs, "notes": report.notes}
         print(f"{text}: ppl {ppl:.4f} ({seconds:.1f} s)", flush=True)
         if args.weights:
             from safetensors.torch import save_file
