@@ -130,6 +130,11 @@ class Method:
         """How a table names a run that is not at a ratio (a quantization grid: ``w4g128``)."""
         return None
 
+    def ratio_steps(self, model: ModelAdapter) -> list[float] | None:
+        """The ratios a method with ``discrete_ratios`` reaches on ``model``, in increasing order
+        (a matched-speedup search then probes these only); None: any ratio."""
+        return None
+
     def shape_probe(self, model: ModelAdapter, target: Target) -> None:
         """Give ``model`` the shapes and sparsity pattern ``compress`` would give it, without data.
 

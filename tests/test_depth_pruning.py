@@ -120,3 +120,16 @@ def test_a_depth_pruned_export_is_a_stock_checkpoint(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
     assert plain.config.num_hidden_layers == 2
     torch.testing.assert_close(logits_of(plain), logits_of(model))
+
+
+def test_a_matched_speedup_run_probes_only_whole_blocks(tiny_model_dir, data_dir, tmp_path):
+    config = RunConfig(model=str(tiny_model_dir), methods=["dense", "shortgpt"], ratios=None,
+                       match="speedup:1.2", match_phase="decode@1x16", calibration="wikitext2:4x32",
+                       eval_windows=2, eval_length=32, out=tmp_path / "results", data_dir=str(data_dir),
+                       cache_dir=tmp_path / "cache")
+    record = {r.method: r for r in run(config, load_plugins(), log=lambda *a: None)}["shortgpt"]
+    assert record.mode == "matched-speedup" and {p["ratio"] for p in record.match["probes"]} == {0.5}
+    if record.ok:  # one of two blocks gone: whatever the CPU timed, the row is that step
+        assert record.achieved["ratio"] == pytest.approx(0.5) and record.target["ratio"] == 0.5
+    else:
+        assert record.status == "unreachable"

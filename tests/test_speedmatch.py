@@ -92,3 +92,20 @@ def test_a_cut_search_resumes_from_its_probes(tmp_path):
     elsewhere = search_ratio(speedup_at, goal(tol=0.005), log=lambda *_: None,
                              memo=ProbeMemo(path, {**context, "device": "GPU B"}))
     assert not any(p.get("resumed") for p in elsewhere.probes) and len(measured) == len(uncut.probes)
+
+
+def test_a_method_of_discrete_ratios_gets_the_smallest_step_that_reaches_the_target():
+    steps = [k / 30 for k in range(1, 30)]
+    curve = lambda r: 1 / (1 - r)  # noqa: E731
+    result = search_ratio(curve, goal(1.25), log=lambda *_: None, steps=steps)
+    first = next(r for r in steps if curve(r) >= 1.25 * 0.98)
+    assert result.reached and result.ratio == first and result.speedup == pytest.approx(curve(first))
+    assert len(result.probes) <= 6 and all(p["ratio"] in steps for p in result.probes)
+    slow = search_ratio(lambda r: 1 + 0.1 * r, goal(1.25), log=lambda *_: None, steps=steps)
+    assert not slow.reached and len(slow.probes) == 1
+
+
+def test_depth_methods_name_their_steps():
+    model = ModelAdapter(tiny_model("llama3", layers=4))
+    assert default_registry().method("sleb").ratio_steps(model) == [0.25, 0.5, 0.75]
+    assert default_registry().method("wanda").ratio_steps(model) is None

@@ -30,6 +30,10 @@ class DepthPruning(Method):
                              f"asked {n} (ratio {target.ratio:g})")
         return n
 
+    def ratio_steps(self, model: ModelAdapter) -> list[float]:
+        depth = len(model.blocks)
+        return [k / depth for k in range(1, depth)]
+
     def shape_probe(self, model: ModelAdapter, target: Target) -> None:
         """The depth without data: speed and bytes depend on how many blocks remain, not on which."""
         n = self.block_count(model, target)

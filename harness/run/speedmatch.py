@@ -112,8 +112,11 @@ def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], targe
 
 
 def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, pattern_ratio: float | None = None,
-                 r_max: float = 0.6, max_probes: int = 8, log=print, memo: ProbeMemo | None = None) -> SearchResult:
-    """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe).
+                 r_max: float = 0.6, max_probes: int = 8, log=print, memo: ProbeMemo | None = None,
+                 steps: list[float] | None = None) -> SearchResult:
+    """The ratio r with speedup_at(r) ≈ target.speedup; ``pattern_ratio`` for N:M (one probe);
+    ``steps`` for a method that reaches only those ratios: the smallest step whose speedup
+    reaches the target (within its tolerance), found by bisection over the steps up to r_max.
     ``memo`` supplies probes an earlier run measured and keeps the new ones."""
     result = SearchResult(target.speedup, target.spec.label, None, None, False, tolerance=target.tolerance)
     goal, tol = target.speedup, target.tolerance * target.speedup
@@ -133,6 +136,8 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
         probe(pattern_ratio)
         result.reached = result.speedup >= goal - tol
         return result
+    if steps:
+        return _search_steps(probe, [r for r in steps if r <= r_max] or steps[:1], goal - tol, result)
     hi = r_max
     while True:  # a method may not reach r_max at all (e.g. too little to remove): back off
         try:
@@ -160,6 +165,24 @@ def search_ratio(speedup_at: Callable[[float], float], target: SpeedTarget, patt
     return result
 
 
+def _search_steps(probe: Callable[[float], float], steps: list[float], enough: float,
+                  result: SearchResult) -> SearchResult:
+    """The smallest of ``steps`` whose probe reaches ``enough`` (speedup grows with the ratio)."""
+    lo, hi = -1, len(steps) - 1  # steps[hi] reaches it, steps[lo] does not (lo = -1: dense)
+    if probe(steps[hi]) < enough:
+        return result
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if probe(steps[mid]) >= enough:
+            hi = mid
+        else:
+            lo = mid
+    result.ratio = steps[hi]
+    result.speedup = next(p["speedup"] for p in result.probes if p["ratio"] == steps[hi])
+    result.reached = True
+    return result
+
+
 def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
                   dense_tokens_per_s: float, device: torch.device, serving: ServingConfig = BASELINE,
                   log=print, memo: ProbeMemo | None = None) -> SearchResult:
@@ -173,4 +196,5 @@ def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model:
         return results[goal.spec.label]["tokens_per_s"] / dense_tokens_per_s
 
     log(f"{method.name}: searching the ratio for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")
-    return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log, memo=memo)
+    steps = method.ratio_steps(ModelAdapter(make_model())) if method.discrete_ratios else None
+    return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log, memo=memo, steps=steps)
