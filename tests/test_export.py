@@ -17,7 +17,9 @@ from harness.plugins import default_registry
 from harness.targets import count_parameters, measure_ratio
 
 METHODS = [("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"), ("besa", "unstructured"),
-           ("slicegpt", "unstructured"), ("intraslice", "unstructured"), ("intraslice-recon", "unstructured")]
+           ("slicegpt", "unstructured"), ("intraslice", "unstructured"), ("intraslice-recon", "unstructured"),
+           ("flap", "unstructured"), ("wanda-sp", "unstructured"), ("owl", "unstructured"), ("ria", "2:4"),
+           ("shortgpt", "unstructured")]
 
 
 @pytest.mark.parametrize("method, pattern", METHODS)
@@ -37,7 +39,8 @@ def test_round_trip_keeps_logits_and_ratio(any_arch, method, pattern, tmp_path):
     torch.testing.assert_close(logits_of(reloaded), before, rtol=0, atol=0)  # bit for bit
     assert measure_ratio(dense, ModelAdapter(reloaded)).ratio == ratio
     meta = read_metadata(tmp_path / "export")
-    assert meta["loadable_by_transformers"] == (registry.method(method).kind != "structured")
+    sliced = registry.method(method).kind == "structured" and not registry.method(method).discrete_ratios
+    assert meta["loadable_by_transformers"] == (not sliced)  # depth pruning: a stock checkpoint
 
 
 def test_sparse_export_loads_in_plain_transformers(tmp_path):

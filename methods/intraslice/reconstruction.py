@@ -54,14 +54,11 @@ from harness.calibration import BlockStep
 from harness.method import CompressionReport, Knob, Method
 from harness.models.adapters import ModelAdapter
 from harness.models.attention import SlimValueAttention
-from harness.targets import block_parameters, count_parameters
-
-from .intraslice import (
-    linear_from,
-)
-from .intraslice import (
+from harness.models.slicing import linear_from
+from harness.models.slicing import (
     slice_mlp as fold_mlp_channels,  # gate/up rows and down columns of kept channels
 )
+from harness.targets import block_parameters, count_parameters
 
 
 # --- statistics ------------------------------------------------------------------------
