@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Quantization on the GPU (issue 34): the kernels against their reference path, the 7B shape's
-# int4 and int8 rows, SmolLM2's quantization tables, and GPTQ beside RTN across settings. The
+# Named GPU experiments: the low-bit kernels against their reference path, the 7B shape's int4
+# and int8 rows, SmolLM2's quantization tables, GPTQ beside RTN across settings, and the pruning
+# baselines' sweep. The
 # device is prepared as prepare_device.sh says (two calls: wheels, data and the SmolLM2 GGUF in
 # two parts); then
-#   source <(bash benchmarks/gpu/on_device.sh env) && bash benchmarks/gpu/quant_experiments.sh EXPERIMENT...
-# or, past one call's limit, `on_device.sh bg q "CALL_S=3000 bash benchmarks/gpu/quant_experiments.sh ..."`.
+#   source <(bash benchmarks/gpu/on_device.sh env) && bash benchmarks/gpu/experiments.sh EXPERIMENT...
+# or, past one call's limit, `on_device.sh bg q "CALL_S=3000 bash benchmarks/gpu/experiments.sh ..."`.
 # Under $OUT: speed-*.json rows (copy to leaderboards/llama-2-7b-shape/) and NAME-records.tgz per
 # sweep (unpack into the leaderboard folder the sweep file names). The sweeps resume from the
 # committed records, and from their own records while the machine stays warm.
@@ -32,6 +33,8 @@ for experiment in "$@"; do
       bench speed-quant --methods dense,rtn,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
     smollm2)  # SmolLM2-135M-Instruct, fp16: grid rows, 2:4 + w4, matched memory
       sweep smollm2-q leaderboards/smollm2-135m-instruct/records experiments/smollm2-quantization.toml ;;
+    pruning-baselines)  # ShortGPT, SLEB, FLAP, Wanda-sp, OWL, RIA on SmolLM2, fp16 (zero-shot needs .device/zs)
+      sweep smollm2-pb leaderboards/smollm2-135m-instruct/records experiments/smollm2-pruning-baselines.toml ;;
     gptq-settings)  # GPTQ beside RTN by dtype, calibration length and GPTQ's options
       sweep gptq-settings leaderboards/fidelity/gptq-smollm2-settings/records experiments/smollm2-gptq-settings.toml ;;
     *) echo "unknown experiment $experiment"; exit 2 ;;
