@@ -75,7 +75,8 @@ def _run_command(sub) -> None:
     run.add_argument("--config", type=Path, help="a TOML sweep file; flags given here override it")
     run.add_argument("--model", help="embedded name (default smollm2-135m-instruct), hub id, "
                      "local directory or .gguf file")
-    run.add_argument("--methods", type=_names, help="comma-separated method names (see `harness plugins`), or all")
+    run.add_argument("--methods", type=_names, help="comma-separated method names (see `harness plugins`), or all "
+                     "(every installed method; all,-sleb: all but sleb)")
     run.add_argument("--ratios", type=_floats, help="target ratios r in (0, 1), e.g. 0.2,0.3")
     run.add_argument("--pattern", help="unstructured (default), 2:4 or 4:8 (fixes r at 0.5)")
     run.add_argument("--calib", dest="calibration", help="calibration set DATASET:NxL (default wikitext2:128x2048)")

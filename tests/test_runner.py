@@ -334,3 +334,20 @@ def test_a_matched_speedup_cell_killed_midway_resumes_its_search(config, registr
     config.overwrite, calls[:] = True, []
     again = {r.method: r for r in run(config, registry, log=quiet)}["magnitude"]
     assert not any(p.get("resumed") for p in again.match["probes"]) and len(calls) == len(probes)
+
+
+def test_all_methods_but_the_excluded_ones(config):
+    from harness.plugins import default_registry
+    from harness.run.plan import plan_runs
+
+    registry = default_registry()
+    config.ratios = [0.3]
+    config.methods = ["all", "-sleb", "-besa"]
+    names = {p.method.name for p in plan_runs(config, registry)}
+    assert "sleb" not in names and "besa" not in names and {"dense", "wanda", "shortgpt", "rtn"} <= names
+    config.methods = ["all", "wanda"]
+    with pytest.raises(ValueError, match="exclusions"):
+        plan_runs(config, registry)
+    config.methods = ["all", "-nope"]
+    with pytest.raises(Exception, match="unknown method 'nope'"):
+        plan_runs(config, registry)

@@ -77,8 +77,13 @@ def stage_options(method: Method, options: dict) -> dict:
 def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
     """Check the request against the registry; return the runs it asks for."""
     implied = implied_ratio(config.pattern)
-    if list(config.methods) == ["all"]:  # every installed method that can do the pattern
-        names = [n for n, m in registry.methods.items() if not m.ablation_of
+    if "all" in config.methods:  # every installed method that can do the pattern, but "-NAME"s
+        but = [n[1:] for n in config.methods if n.startswith("-")]
+        if rest := [n for n in config.methods if n != "all" and not n.startswith("-")]:
+            raise ValueError(f"--methods all takes exclusions (-NAME) only, got {', '.join(rest)}")
+        for name in but:
+            registry.method(name)  # an unknown name is refused, listing the installed ones
+        names = [n for n, m in registry.methods.items() if not m.ablation_of and n not in but
                  and (m.kind == "reference" or config.pattern in m.patterns)]
     else:
         names = list(dict.fromkeys(config.methods))
