@@ -19,7 +19,7 @@ from harness.targets import count_parameters, measure_ratio
 METHODS = [("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"), ("besa", "unstructured"),
            ("slicegpt", "unstructured"), ("intraslice", "unstructured"), ("intraslice-recon", "unstructured"),
            ("flap", "unstructured"), ("wanda-sp", "unstructured"), ("owl", "unstructured"), ("ria", "2:4"),
-           ("shortgpt", "unstructured")]
+           ("shortgpt", "unstructured"), ("llm-pruner", "unstructured")]
 
 
 @pytest.mark.parametrize("method, pattern", METHODS)
