@@ -6,7 +6,8 @@ method's report notes (which blocks a depth method removed, say) and the weights
     python benchmarks/fidelity/method_ours.py --inputs /tmp/fidelity-512 --out ours.json \\
         --run rtn:bits=4,group_size=128 --run gptq:bits=4,group_size=128,act_order=true --ncal 128 --ntest 16
 
-Each ``--run METHOD:KNOB=VALUE,...`` starts from a fresh load of the weights. The JSON holds each
+Each ``--run METHOD:KNOB=VALUE,...`` starts from a fresh load of the weights; ``ratio=R`` and
+``pattern=2:4`` among them set the target (``--run owl:ratio=0.7,hyper_m=5``). The JSON holds each
 run's perplexity and seconds; ``--weights DIR`` also saves each run's dequantised linears of
 ``--layers`` (float32, safetensors) for an element-wise comparison (``quant_compare.py``).
 """
@@ -33,9 +34,13 @@ def parse_run(text: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, knobs.split(",")):
         key, value = item.split("=")
-        options[key] = {"true": True, "false": False}.get(value.lower(), None)
-        if options[key] is None:
-            options[key] = float(value) if "." in value else int(value)
+        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        for number in (int, float):
+            try:
+                options[key] = number(value)
+                break
+            except ValueError:
+                pass
     return method, options
 
 
@@ -66,7 +71,9 @@ def main() -> None:
         model, _ = load_model(str(args.inputs / "model"), torch.float32)
         adapter = ModelAdapter(model)
         start = time.perf_counter()
-        report = registry.method(method_name).compress(adapter, calibration, Target(0.0, options=options))
+        options = dict(options)
+        ratio, pattern = float(options.pop("ratio", 0.0)), str(options.pop("pattern", "unstructured"))
+        report = registry.method(method_name).compress(adapter, calibration, Target(ratio, pattern, options))
         seconds = time.perf_counter() - start
         ppl = perplexity(adapter, test, args.device).perplexity
         out["runs"][text] = {"ppl": ppl, "seconds": seconds, "knobs": report.knobs, "notes": report.notes}
