@@ -135,3 +135,11 @@ def test_each_product_goes_to_the_fastest_candidate_it_timed():
     (key, name), = timed.items()
     assert key == "512x1024/w4g128@1" and (chosen is None) == (name == "dequantize")
     assert chosen is None or chosen.kernel == name
+
+
+def test_a_shape_timed_once_builds_only_its_choice_for_the_next_linears():
+    q = quantized(64, 128, Grid(8, -1, True), dtype=torch.float32)
+    timed = {"64x128/w8g128s@1": "int8 mm (inductor-fused dequant)"}  # as a first linear's timing left it
+    chosen = kernel_for(q, 1, torch.float32, timed)  # no timing: this runs on a CPU
+    assert isinstance(chosen, Int8WeightOnlyLinear) and not chosen.packed_op
+    assert kernel_for(q, 1, torch.float32, {"64x128/w8g128s@1": "dequantize"}) is None

@@ -350,14 +350,19 @@ def _product_ms(module: nn.Module, tokens: int, dtype: torch.dtype, device: torc
 def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed: dict,
                times: dict | None = None) -> nn.Module | None:
     """The module that serves ``q`` at ``tokens`` rows per product: a kernel's, or None for the
-    reference path (dequantise, then the dense product): whichever of them times fastest at
-    that token count, replayed from a CUDA graph as the serving step runs it (``_product_ms``). tinygemm is built for a few rows (decode); at
-    prefill's thousands of rows the dense product on the dequantised weight wins by far; the
-    int8 format has two candidates, ``aten._weight_int8pack_mm`` and the int8 product as an
-    expression; gemlite's kernels join where installed and the format fits. Each distinct
-    (shape, format, tokens) is timed once (``timed`` keeps the choices, ``times`` each
-    candidate's milliseconds); ``tokens=None`` takes the format's torch kernel untimed. Raises
-    for a format no kernel takes."""
+    reference path (dequantise, then the dense product): whichever of them times fastest at that
+    token count, replayed from a CUDA graph as the serving step runs it (``_product_ms``).
+    tinygemm is built for a few rows (decode); at prefill's thousands of rows the dense product
+    on the dequantised weight wins by far; the int8 format has two candidates,
+    ``aten._weight_int8pack_mm`` and the int8 product as an expression; gemlite's kernels join
+    where installed and the format fits. Each distinct (shape, format, tokens) is timed once
+    (``timed`` keeps the choices, ``times`` each candidate's milliseconds) and later linears of
+    that key build only the chosen module; ``tokens=None`` takes the format's torch kernel
+    untimed. Raises for a format no kernel takes."""
+    key = (f"{q.out_features}x{q.in_features}/w{q.bits}g{q.group_size}{'s' if q.symmetric else ''}"
+           f"{'-act' if q.g_idx is not None else ''}@{tokens}")
+    if tokens is not None and key in timed:
+        return _build(q, timed[key])
     kernels, reasons = [], []
     for build in (TinyGemmLinear, Int8WeightOnlyLinear, GemliteLinear):
         if build is GemliteLinear and not (q.qweight.is_cuda and _gemlite_available()):
@@ -376,13 +381,22 @@ def kernel_for(q: QuantizedLinear, tokens: int | None, dtype: torch.dtype, timed
         if isinstance(kernel, Int8WeightOnlyLinear) and kernel.packed_op:  # the op, and the expression
             expression = Int8WeightOnlyLinear(q, packed_op=False)
             candidates[expression.kernel] = expression
-    key = f"{q.out_features}x{q.in_features}/w{q.bits}g{q.group_size}@{tokens}"
-    if key not in timed:
-        ms = {name: _product_ms(module or q, tokens, dtype, q.qweight.device) for name, module in candidates.items()}
-        timed[key] = min(ms, key=ms.get)
-        if times is not None:
-            times[key] = {name: round(value, 5) for name, value in ms.items()}
+    ms = {name: _product_ms(module or q, tokens, dtype, q.qweight.device) for name, module in candidates.items()}
+    timed[key] = min(ms, key=ms.get)
+    if times is not None:
+        times[key] = {name: round(value, 5) for name, value in ms.items()}
     return candidates[timed[key]]
+
+
+def _build(q: QuantizedLinear, name: str) -> nn.Module | None:
+    """The candidate ``kernel_for`` named ``name`` (a module's ``kernel``, or "dequantize")."""
+    if name == "dequantize":
+        return None
+    if name == TinyGemmLinear.kernel:
+        return TinyGemmLinear(q)
+    if name.startswith("int8 ") and not name.endswith("gemlite"):
+        return Int8WeightOnlyLinear(q, packed_op=name == "int8 aten._weight_int8pack_mm")
+    return GemliteLinear(q)
 
 
 @contextlib.contextmanager
