@@ -172,6 +172,9 @@ class QuantizationMethod(Method):
     #: The grids a matched-memory run may choose from (bits × group size), densest first.
     memory_grid: ClassVar[tuple[Grid, ...]] = (*(Grid(bits, -1, True) for bits in (8, 4)), *(
         Grid(bits, group) for bits in (8, 4, 3) for group in (-1, 32, 64, 128)))
+    #: The grids a matched-speed run may choose from, mildest first: the formats the low-bit
+    #: kernels serve (int8 per row, int4 in groups), so a probe times a kernel, not a fallback.
+    speed_grid: ClassVar[tuple[Grid, ...]] = (Grid(8, -1, True), *(Grid(4, group) for group in (32, 64, 128)))
     #: Knobs that make another variant of the method: a row set away from their default says so
     #: in its label (``w4g128 act-order``), so two variants of one grid are two rows of a table.
     variant_knobs: ClassVar[tuple[str, ...]] = ()

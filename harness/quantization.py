@@ -48,6 +48,11 @@ class Grid:
     def label(self) -> str:
         return f"w{self.bits}" + (f"g{self.group_size}" if self.group_size > 0 else "") + ("s" if self.symmetric else "")
 
+    @property
+    def options(self) -> dict:
+        """The knobs of a quantization method that select this grid."""
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+
     def columns(self, in_features: int) -> int:
         return in_features if self.group_size <= 0 else self.group_size
 

@@ -150,3 +150,18 @@ def test_bench_speed_takes_a_grid(capsys, tmp_path):
     assert code == 0
     rows = json.loads(rows_file.read_text())
     assert [r["pattern"] for r in rows] == ["unstructured", "w8"]
+
+
+def test_a_matched_speedup_row_of_a_quantizer_times_its_served_formats(config, registry):
+    config = dataclasses.replace(config, methods=["dense", "rtn"], ratios=None, match="speedup:1.25",
+                                 match_phase="decode@1x16")
+    rtn = {r.method: r for r in run(config, registry, log=quiet)}["rtn"]
+    assert rtn.mode == "matched-speedup"
+    served = [g.label for g in registry.method("rtn").speed_grid]
+    tried = [p["grid"] for p in rtn.match["probes"]]
+    assert tried == served[:len(tried)] and all(p["ratio"] == 0.0 for p in rtn.match["probes"])
+    if rtn.ok:  # the first format fast enough on this CPU is the one the row has
+        assert rtn.match["reached"] and rtn.label.startswith(tried[-1])
+        assert rtn.target["options"] == rtn.match["options"]
+    else:
+        assert rtn.status == "unreachable" and "best" in rtn.error

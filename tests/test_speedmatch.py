@@ -109,3 +109,49 @@ def test_depth_methods_name_their_steps():
     model = ModelAdapter(tiny_model("llama3", layers=4))
     assert default_registry().method("sleb").ratio_steps(model) == [0.25, 0.5, 0.75]
     assert default_registry().method("wanda").ratio_steps(model) is None
+
+
+def test_a_quantization_method_gets_the_mildest_format_that_reaches_the_target(tmp_path):
+    """Formats are tried mildest first and the first fast enough is chosen (it loses least);
+    none fast enough: the fastest is reported, unreached. A cut search resumes per format."""
+    from harness.run.speedmatch import ProbeMemo, search_grid
+
+    grids = [("w8", {"bits": 8}), ("w4g32", {"bits": 4, "group_size": 32}), ("w4g128", {"bits": 4, "group_size": 128})]
+    speed = {8: 0.9, 32: 1.3, 128: 1.6}
+    measured = []
+
+    def speedup_at(options):
+        measured.append(options)
+        return speed[options.get("group_size", 8)]
+
+    found = search_grid(speedup_at, goal(1.25), grids, 0.0, log=lambda *_: None)
+    assert found.reached and found.options == {"bits": 4, "group_size": 32} and found.speedup == 1.3
+    assert [p["grid"] for p in found.probes] == ["w8", "w4g32"]  # the milder w8 was too slow; w4g128 never tried
+    slow = search_grid(speedup_at, goal(2.0), grids, 0.0, log=lambda *_: None)
+    assert not slow.reached and slow.options == {"bits": 4, "group_size": 128} and slow.speedup == 1.6
+    memo_path = tmp_path / "cell.probes"
+    search_grid(speedup_at, goal(2.0), grids[:2], 0.0, log=lambda *_: None, memo=ProbeMemo(memo_path, {}))
+    measured.clear()
+    resumed = search_grid(speedup_at, goal(2.0), grids, 0.0, log=lambda *_: None, memo=ProbeMemo(memo_path, {}))
+    assert measured == [{"bits": 4, "group_size": 128}]  # only the format the cut search never timed
+    assert [p.get("resumed", False) for p in resumed.probes] == [True, True, False]
+
+
+def test_matched_speedup_plans_choose_a_quantizers_format(tiny_model_dir, data_dir, tmp_path):
+    from harness.run import RunConfig
+    from harness.run.plan import plan_runs
+
+    config = RunConfig(model=str(tiny_model_dir), methods=["dense", "rtn", "sparsegpt+gptq"], ratios=None,
+                       pattern="2:4", match="speedup:1.25", match_phase="decode@1x16", data_dir=str(data_dir),
+                       out=tmp_path / "results", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="pattern"):  # rtn quantizes; it has no 2:4 pattern
+        plan_runs(config, default_registry())
+    config.methods = ["dense", "sparsegpt+gptq"]
+    (dense, chain) = plan_runs(config, default_registry())
+    assert chain.speed_target and chain.target.ratio == 0.5
+    config.pattern, config.methods = "unstructured", ["dense", "rtn"]
+    (_, rtn) = plan_runs(config, default_registry())
+    assert rtn.speed_target and rtn.matched and rtn.mode == "matched-speedup"
+    config.options = {"rtn": {"bits": 8}}
+    with pytest.raises(ValueError, match="chooses rtn's bits"):
+        plan_runs(config, default_registry())

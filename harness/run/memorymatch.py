@@ -82,14 +82,25 @@ def with_grid(method: Method, options: dict, grid_options: dict) -> dict:
     return {**options, **grid_options}
 
 
-def check_memory_plan(method: Method, target: Target) -> None:
-    """Refuse, before anything loads, a memory match the method cannot take part in sensibly."""
+def chooses_grid(method: Method, target: Target) -> bool:
+    """Whether a matched search chooses ``method``'s format rather than a ratio: a quantization
+    method, or a chain that quantizes after a pattern that fixes its ratio (N:M)."""
+    stage = grid_stage(method)
+    return stage is not None and (method.kind == "quantization" or (method.kind != "structured" and bool(target.n_m)))
+
+
+def check_grid_choice(method: Method, target: Target, match: str) -> None:
+    """Refuse bits or a group size given to a method whose format a matched search chooses."""
     stage = grid_stage(method)
     given = (target.options.get(stage.name, {}) if isinstance(method, Chain) else target.options) if stage else {}
-    continuous = method.kind == "structured"
-    if stage is not None and not continuous and {"bits", "group_size"} & set(given):
-        raise ValueError(f"--match memory chooses {method.name}'s bits and group size from its grids; "
-                         f"drop -o {stage.name}.bits / group_size")
+    if stage is not None and method.kind != "structured" and {"bits", "group_size", "symmetric"} & set(given):
+        raise ValueError(f"--match {match} chooses {method.name}'s bits and group size from its grids; "
+                         f"drop -o {stage.name}.bits / group_size / symmetric")
+
+
+def check_memory_plan(method: Method, target: Target) -> None:
+    """Refuse, before anything loads, a memory match the method cannot take part in sensibly."""
+    check_grid_choice(method, target, "memory")
     if isinstance(method, Chain) and method.kind == "unstructured" and not target.n_m:
         raise ValueError(f"--match memory: {method.name} prunes unstructured, which stores every byte at any "
                          "ratio; use an N:M pattern (--pattern 2:4) for its pruning stage")
@@ -112,9 +123,7 @@ def match_memory(method: Method, target: Target, goal: MemoryTarget, make_model:
     stage = grid_stage(method)
     if method.kind != "structured":  # discrete: a pattern's fixed ratio, each grid of a quantization stage
         ratio = implied or 0.0
-        candidates = [with_grid(method, target.options, {"bits": g.bits, "group_size": g.group_size,
-                                                         "symmetric": g.symmetric})
-                      for g in stage.memory_grid] if stage else [target.options]
+        candidates = [with_grid(method, target.options, g.options) for g in stage.memory_grid] if stage else [target.options]
         best = None
         for options in candidates:
             fraction = probe(ratio, options)

@@ -15,7 +15,7 @@ from harness.config import RunConfig
 from harness.evaluation import Evaluator, parse_evals
 from harness.method import Chain, Method
 from harness.plugins import Registry, require_installed
-from harness.run.memorymatch import MemoryTarget, check_memory_plan
+from harness.run.memorymatch import MemoryTarget, check_grid_choice, check_memory_plan
 from harness.run.speedmatch import SpeedTarget
 from harness.targets import Target, implied_ratio, validate_ratio
 
@@ -117,6 +117,10 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
             check_memory_plan(method, target)
             plans.append(Plan(method, target, memory_target=memory_target))
             continue
+        if speed_target and method.kind == "quantization":  # the search chooses its format
+            check_grid_choice(method, Target(0.0, "unstructured", options), "speedup")
+            plans.append(Plan(method, Target(0.0, "unstructured", options), speed_target=speed_target))
+            continue
         if method.kind == "quantization":  # a grid, not a ratio: one run at its knobs
             plans.append(Plan(method, Target(0.0, "unstructured", options), matched=False))
             continue
@@ -124,6 +128,7 @@ def plan_runs(config: RunConfig, registry: Registry) -> list[Plan]:
             plans.append(Plan(method, Target(0.0, config.pattern, options), matched=False))
             continue
         if speed_target:  # structured shapes in multiples of 8 unless the user says otherwise
+            check_grid_choice(method, Target(implied or 0.0, config.pattern, options), "speedup")
             if method.kind == "structured":
                 options = {"align": SPEED_ALIGN, **options}
             plans.append(Plan(method, Target(implied or 0.0, config.pattern, options),

@@ -6,6 +6,10 @@ more than narrow MLPs). At matched speedup each method is searched to the ratio 
 *measured* throughput over dense, in one run on one device, hits the target; quality is
 then compared there.
 
+A quantization method (or a chain whose last stage quantizes after an N:M pattern) has no
+ratio to search: it takes the mildest of its served formats (``speed_grid``) that reaches the
+target.
+
 The search times shape probes (``Method.shape_probe``: the compressed shapes on whatever
 weights the model has, seconds per probe), not real compressions. Speedup grows with the
 ratio, so the ratio is found by a safeguarded secant search (regula falsi, kept inside
@@ -27,6 +31,7 @@ import torch
 
 from harness.method import Method, Target, implied_ratio
 from harness.models.adapters import ModelAdapter
+from harness.run.memorymatch import chooses_grid, grid_stage, with_grid
 from harness.serving.config import BASELINE, ServingConfig
 from harness.serving.step import SpeedSpec
 from harness.serving.timing import measure_model
@@ -60,6 +65,7 @@ class SearchResult:
     reached: bool
     probes: list[dict] = field(default_factory=list)  # every probe: ratio, speedup, tokens/s
     tolerance: float = 0.02  # relative: what counted as a match
+    options: dict | None = None  # a quantization grid's options, where the search chose one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +82,7 @@ class ProbeMemo:
 
     def __init__(self, path: Path, context: dict):
         self.path, self.context = Path(path), context
-        self.known: dict[float, float] = {}
+        self.known: dict[tuple, float] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
@@ -84,15 +90,15 @@ class ProbeMemo:
                 except json.JSONDecodeError:
                     continue
                 if entry.get("context") == context:
-                    self.known[round(entry["ratio"], 6)] = entry["speedup"]
+                    self.known[round(entry["ratio"], 6), entry.get("grid", "")] = entry["speedup"]
 
-    def get(self, ratio: float) -> float | None:
-        return self.known.get(round(ratio, 6))
+    def get(self, ratio: float, grid: str = "") -> float | None:
+        return self.known.get((round(ratio, 6), grid))
 
-    def put(self, ratio: float, speedup: float) -> None:
-        self.known[round(ratio, 6)] = speedup
+    def put(self, ratio: float, speedup: float, grid: str = "") -> None:
+        self.known[round(ratio, 6), grid] = speedup
         with self.path.open("a") as f:  # one short line per probe: appended whole, or ignored on reading
-            f.write(json.dumps({"ratio": ratio, "speedup": speedup, "context": self.context}) + "\n")
+            f.write(json.dumps({"ratio": ratio, "grid": grid, "speedup": speedup, "context": self.context}) + "\n")
 
 
 def probe_speed(method: Method, make_model: Callable[[], torch.nn.Module], target: Target,
@@ -183,6 +189,28 @@ def _search_steps(probe: Callable[[float], float], steps: list[float], enough: f
     return result
 
 
+def search_grid(speedup_at: Callable[[dict], float], target: SpeedTarget, grids: list[tuple[str, dict]],
+                ratio: float, log=print, memo: ProbeMemo | None = None) -> SearchResult:
+    """The mildest of ``grids`` (label, options; mildest first) whose speedup reaches the target:
+    a quantization method trades quality for speed only through its format, so the first format
+    fast enough is the one that loses least. None reaching it: the fastest is reported."""
+    result = SearchResult(target.speedup, target.spec.label, ratio, None, False, tolerance=target.tolerance)
+    enough = target.speedup * (1 - target.tolerance)
+    for label, options in grids:
+        known = memo.get(ratio, label) if memo else None
+        s = speedup_at(options) if known is None else known
+        result.probes.append({"ratio": ratio, "grid": label, "speedup": s, **({"resumed": True} if known is not None else {})})
+        log(f"  probe {label}: {s:.3f}x" + (" (measured by an earlier, cut run)" if known is not None else ""))
+        if memo and known is None:
+            memo.put(ratio, s, label)
+        if result.speedup is None or s > result.speedup:
+            result.speedup, result.options = s, options
+        if s >= enough:
+            result.speedup, result.options, result.reached = s, options, True
+            break
+    return result
+
+
 def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model: Callable[[], torch.nn.Module],
                   dense_tokens_per_s: float, device: torch.device, serving: ServingConfig = BASELINE,
                   log=print, memo: ProbeMemo | None = None) -> SearchResult:
@@ -190,11 +218,17 @@ def match_speedup(method: Method, target: Target, goal: SpeedTarget, make_model:
     ``method``'s ratio whose shape probe runs ``goal.speedup`` × dense in ``goal.spec``.
     ``target`` gives the pattern and the method's options; its ratio is what is searched."""
 
-    def speedup_at(ratio: float) -> float:
-        probe = Target(ratio, target.pattern, target.options)
+    def speedup_at(ratio: float, options: dict | None = None) -> float:
+        probe = Target(ratio, target.pattern, target.options if options is None else options)
         _, results = probe_speed(method, make_model, probe, [goal.spec], device, serving)
         return results[goal.spec.label]["tokens_per_s"] / dense_tokens_per_s
 
+    if chooses_grid(method, target):
+        stage = grid_stage(method)
+        grids = [(g.label, with_grid(method, target.options, g.options)) for g in stage.speed_grid]
+        log(f"{method.name}: searching its format for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")
+        ratio = implied_ratio(target.pattern) or 0.0
+        return search_grid(lambda options: speedup_at(ratio, options), goal, grids, ratio, log=log, memo=memo)
     log(f"{method.name}: searching the ratio for {goal.label} (dense {dense_tokens_per_s:.1f} tokens/s)")
     steps = method.ratio_steps(ModelAdapter(make_model())) if method.discrete_ratios else None
     return search_ratio(speedup_at, goal, implied_ratio(target.pattern), log=log, memo=memo, steps=steps)

@@ -204,8 +204,9 @@ def compress(plan: Plan, session: ModelSession, calibration: Calibration | None,
                               config.serving, log=log, memo=memo)
         record.match = found.to_dict()
         if not found.reached:
-            raise Unreachable(f"best {found.speedup:.3f}x at r={found.ratio:.4f} (target {plan.speed_target.label})")
-        target = Target(found.ratio, target.pattern, target.options)
+            at = f"r={found.ratio:.4f}" if found.options is None else next(p["grid"] for p in found.probes if p["speedup"] == found.speedup)
+            raise Unreachable(f"best {found.speedup:.3f}x at {at} (target {plan.speed_target.label})")
+        target = Target(found.ratio, target.pattern, target.options if found.options is None else found.options)
         record.target = asdict(target)
     if plan.memory_target and plan.method.kind != "reference":
         found = match_memory(plan.method, target, plan.memory_target, session.fresh_copy,
