@@ -156,10 +156,13 @@ def architecture_for(model_type: str) -> Architecture:
     for arch in ARCHITECTURES:
         if model_type in arch.model_types:
             return arch
-    supported = ", ".join(t for a in ARCHITECTURES for t in a.model_types)
     raise UnsupportedArchitecture(
-        f"architecture {model_type!r} is not supported; supported model types: {supported}"
+        f"architecture {model_type!r} is not supported; supported model types: {supported_model_types()}"
     )
+
+
+def supported_model_types() -> str:
+    return ", ".join(t for a in ARCHITECTURES for t in a.model_types)
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:

@@ -90,20 +90,15 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-#: GGUF ``general.architecture`` names whose transformers ``model_type`` differs.
-GGUF_MODEL_TYPES = {"phi2": "phi"}
-
-
-def gguf_model_type(path: Path) -> str:
-    """The model type a GGUF file declares, read from its metadata only (no tensor is
-    dequantised), so an unsupported architecture is refused in well under a second."""
+def gguf_architecture(path: Path) -> str:
+    """A GGUF file's ``general.architecture`` (llama.cpp's name, which is not always the
+    transformers ``model_type``: ``load_config`` asks transformers for that)."""
     from gguf import GGUFReader
 
     field = GGUFReader(path).fields.get("general.architecture")
     if field is None:
         raise ModelNotFound(f"{path} has no general.architecture in its metadata: is it a GGUF model?")
-    arch = bytes(field.parts[field.data[0]]).decode()
-    return GGUF_MODEL_TYPES.get(arch, arch)
+    return bytes(field.parts[field.data[0]]).decode()
 
 
 #: Files that make a local model directory's tokenizer (and its config) what it is.
@@ -209,15 +204,25 @@ def load_config(name: str = DEFAULT_MODEL) -> PretrainedConfig:
     if is_compressed_dir(name):  # the dense model's config (shapes come from the shape plan)
         return AutoConfig.from_pretrained(name)
     source = resolve(name)
-    if source.gguf_file:  # refuse an unsupported architecture before transformers reads tensors
-        from harness.models.adapters import architecture_for
-
-        architecture_for(gguf_model_type(Path(source.path) / source.gguf_file))
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    from harness.models.adapters import UnsupportedArchitecture, architecture_for, supported_model_types
+
     try:
-        return AutoConfig.from_pretrained(source.path, **kwargs)
+        # A GGUF file's config comes from its metadata alone, mapped to a model type by
+        # transformers' own table (llama.cpp's ``gemma3`` is ``gemma3_text``, a ``llama`` named
+        # Mistral is ``mistral``, ...), so an unsupported one is refused before any tensor is read.
+        config = AutoConfig.from_pretrained(source.path, **kwargs)
     except OSError as error:
         raise ModelNotFound(f"could not load model {name!r}: {error}") from error
+    except ValueError as error:  # an architecture transformers cannot read from a GGUF file
+        if not source.gguf_file:
+            raise
+        arch = gguf_architecture(Path(source.path) / source.gguf_file)
+        raise UnsupportedArchitecture(
+            f"architecture {arch!r} ({source.gguf_file}) is not supported: transformers cannot load it "
+            f"from GGUF ({error}); supported model types: {supported_model_types()}") from None
+    architecture_for(config.model_type)
+    return config
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
@@ -285,6 +290,13 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, ca
             source.path, dtype=dtype, low_cpu_mem_usage=True, **model_kwargs)
     except OSError as error:
         raise ModelNotFound(f"could not load model {name!r}: {error}") from error
+    except NotImplementedError as error:  # transformers read the config but has no tensor names for it
+        if not source.gguf_file:
+            raise
+        from harness.models.adapters import UnsupportedArchitecture
+
+        raise UnsupportedArchitecture(f"{source.gguf_file}: transformers reads its config but cannot map its "
+                                      f"tensors ({error})") from None
     # A GGUF checkpoint is dequantised on load; drop its quantisation note so the model
     # saves and reloads as the ordinary float model it now is.
     if getattr(model.config, "quantization_config", None) and source.gguf_file:
