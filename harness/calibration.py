@@ -60,10 +60,47 @@ def draw_windows(token_ids: torch.Tensor, n: int, length: int, seed: int) -> tor
     return torch.stack([token_ids[s : s + length] for s in starts.tolist()])
 
 
-def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """The whole text as one 1-D token stream (no special tokens, as the papers do)."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+#: Where a BOS token goes (``--bos``, recorded with every calibration set and perplexity):
+#:   stream  the tokenizer's own special tokens on the whole joined text, as the papers'
+#:           reference code tokenises it (SparseGPT's and Wanda's ``get_wikitext2``): one BOS
+#:           opens the stream, where the tokenizer adds one, so only the first window starts with it
+#:   window  a BOS before every window (lm-eval's rolling windows), the text cut one token shorter
+#:   none    no special token anywhere
+#: What is recorded is what happened: ``stream`` with a tokenizer that adds no special token
+#: (SmolLM2's, Qwen's) is ``none``.
+BOS_MODES = ("stream", "window", "none")
+
+
+def tokenize(tokenizer, text: str, bos: str = "none") -> torch.Tensor:
+    """The whole text as one 1-D token stream: with the tokenizer's special tokens for
+    ``bos="stream"``, without them otherwise (``window`` puts its BOS in later, per window)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=bos == "stream").input_ids
     return ids[0]
+
+
+def bos_placement(tokenizer, bos: str) -> str:
+    """What ``bos`` amounts to with this tokenizer (``BOS_MODES``): ``stream`` is ``none`` when
+    the tokenizer adds no special token."""
+    if bos not in BOS_MODES:
+        raise ValueError(f"--bos must be one of {', '.join(BOS_MODES)}, got {bos!r}")
+    if bos == "stream":
+        plain, special = (tokenizer("a", add_special_tokens=flag).input_ids for flag in (False, True))
+        return "stream" if special != plain else "none"
+    return bos
+
+
+def bos_id(tokenizer) -> int:
+    """The token a ``window`` BOS is: the tokenizer's BOS, else its end-of-text token (the prefix
+    lm-eval's rolling windows use)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("--bos window: the tokenizer has neither a BOS nor an end-of-text token")
+    return int(token)
+
+
+def prefixed(windows: torch.Tensor, token: int) -> torch.Tensor:
+    """Each window with ``token`` in front (N × L → N × (L + 1))."""
+    return torch.cat([torch.full((windows.shape[0], 1), token, dtype=windows.dtype), windows], 1)
 
 
 def _cache_file(cache_dir: Path, kind: str, *key: object) -> Path:
@@ -93,12 +130,14 @@ class Calibration:
     device: torch.device = torch.device("cpu")
     batch_size: int = 8
     sha256: str | None = None  # the source file's content hash (None: the hub)
+    bos: str = "none"  # where a BOS token went (BOS_MODES), as placed
 
     def sequential(self, model: ModelAdapter, desc: str = "blocks") -> Iterator[BlockStep]:
         return sequential(model, self.input_ids, self.device, self.batch_size, desc)
 
     def describe(self) -> dict:
-        return {**asdict(self.spec), "source": self.source, "sha256": self.sha256, "batch_size": self.batch_size}
+        return {**asdict(self.spec), "source": self.source, "sha256": self.sha256, "batch_size": self.batch_size,
+                "bos": self.bos}
 
 
 # --- the block-by-block driver -------------------------------------------------------------

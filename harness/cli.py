@@ -94,6 +94,10 @@ def _run_command(sub) -> None:
     run.add_argument("--eval-windows", type=int, help="evaluate only the first N perplexity windows "
                      "(quick runs; recorded with the result)")
     run.add_argument("--eval-length", type=int, help="perplexity window length (default: context, at most 2048)")
+    run.add_argument("--bos", choices=["stream", "window", "none"], help="where a BOS token goes in calibration "
+                     "and perplexity windows: stream (default: the tokenizer's own special tokens on the joined text, "
+                     "as the papers' reference code; one BOS opens the stream where the tokenizer adds one), window "
+                     "(one before every window, as lm-eval's rolling windows), none; recorded as placed")
     run.add_argument("--out", help="directory of run records (default ./results)")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     run.add_argument("--dtype", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")

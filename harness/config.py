@@ -26,6 +26,7 @@ class RunConfig:
     eval_windows: int | None = None  # limit on perplexity windows (None: the full protocol)
     zeroshot_limit: int | None = None  # examples per zero-shot task (None: all; recorded)
     eval_length: int | None = None  # window length (None: model context capped at 2048)
+    bos: str = "stream"  # where a BOS token goes (harness.calibration.BOS_MODES); recorded as placed
     out: str | Path = "results"
     device: str = "auto"
     dtype: str = "auto"

@@ -4,6 +4,12 @@ The test split, joined as the dataset defines (WikiText-2: "\\n\\n"), is tokenis
 cut into non-overlapping windows of L tokens (the tail that does not fill a window is
 dropped). Perplexity = exp(mean NLL over every predicted token of every window).
 
+The BOS token (``--bos``, ``harness.calibration.BOS_MODES``) is part of the protocol and
+recorded: by default the tokenizer's own special tokens on the joined text, as the
+references tokenise it (one BOS opens the stream, where the tokenizer adds one); ``window``
+puts one before every window of L − 1 text tokens, as lm-eval's rolling windows do, so every
+text token is predicted.
+
 The model runs block by block through the same driver as calibration, so evaluating a
 70B model needs one block on the GPU at a time.
 """
@@ -17,10 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from harness import hookimpl
-from harness.calibration import load_or_make, sequential, tokenize
+from harness.calibration import bos_id, bos_placement, load_or_make, prefixed, sequential, tokenize
 from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared, cache_path
 from harness.models.adapters import ModelAdapter
 from harness.targets import Target
+
+
+BOS_WORDS = {"stream": "one BOS opening the stream", "window": "a BOS before every window", "none": "no BOS"}
 
 
 @dataclass
@@ -84,7 +93,8 @@ class Perplexity(Evaluator):
 
     def describe(self, key: str, spec: dict, details: dict | None = None) -> str:
         return (f"{key}: {spec['windows']}/{spec['windows_total']} windows × {spec['window_length']}"
-                + (" (subsampled)" if spec["windows"] < spec["windows_total"] else ""))
+                + (" (subsampled)" if spec["windows"] < spec["windows_total"] else "")
+                + f", {BOS_WORDS[spec.get('bos', 'none')]}")
 
     def check(self, args: list[str], dataset) -> None:
         for name in args:
@@ -93,6 +103,7 @@ class Perplexity(Evaluator):
     def prepare(self, args: list[str], context: EvalContext) -> Prepared:
         config = context.config
         length = config.eval_length or context.context_length
+        bos = bos_placement(context.tokenizer(), config.bos)
         spec, windows_by_dataset = {}, {}
         for name in args:
             dataset = context.dataset(name)
@@ -100,13 +111,18 @@ class Perplexity(Evaluator):
             source = dataset.locate("test", config.data_dir)
 
             def make(dataset=dataset, source=source):
-                return {"token_ids": tokenize(context.tokenizer(), dataset.read(source))}
+                return {"token_ids": tokenize(context.tokenizer(), dataset.read(source), bos)}
 
-            tokens = load_or_make(cache_path(context), "eval", (context.model_fingerprint, source.identity), make)
-            windows, total = eval_windows(tokens["token_ids"], length, config.eval_windows, dataset.max_eval_windows)
+            key = (context.model_fingerprint, source.identity) + ((bos,) if bos == "stream" else ())
+            tokens = load_or_make(cache_path(context), "eval", key, make)
+            if bos == "window":  # L − 1 text tokens after each BOS
+                windows, total = eval_windows(tokens["token_ids"], length - 1, config.eval_windows, dataset.max_eval_windows)
+                windows = prefixed(windows, bos_id(context.tokenizer()))
+            else:
+                windows, total = eval_windows(tokens["token_ids"], length, config.eval_windows, dataset.max_eval_windows)
             windows_by_dataset[name] = (windows, total)
             spec[f"ppl:{name}"] = {"windows": windows.shape[0], "windows_total": total,
-                                   "window_length": length, **source.describe()}
+                                   "window_length": length, "bos": bos, **source.describe()}
         return Prepared(spec, windows_by_dataset)
 
     def evaluate(self, prepared: Prepared, model: ModelAdapter, target: Target,

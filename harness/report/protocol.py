@@ -6,11 +6,14 @@ is a flat mapping of named fields, each a plain value:
     model                           the checkpoint's identity (content hash; the name as given
                                     for records that predate it)
     dtype                           the weights' dtype
-    calibration.dataset, .n, .length, .seed, .sha256, .batch_size
+    calibration.dataset, .n, .length, .seed, .sha256, .batch_size, .bos
                                     the shared calibration set (absent for methods that use none)
     eval NAME.FIELD                 every field of an evaluation's recorded spec: windows, window
                                     length, data hash, zero-shot tasks, limit and lm-eval version,
                                     a speed phase's settings and device ...
+
+Where the BOS token went (``bos``: calibration and perplexity) is ``none`` for records that
+predate the field: they tokenised without special tokens.
 
 Where a file was read from (``source``) is left out: its content hash is the identity, so the
 same data at another path is the same protocol.
@@ -51,9 +54,9 @@ def protocol_of(record: Record) -> Protocol:
     """The record's protocol fields (see the module docstring)."""
     fields: Protocol = {"model": record.model_id or record.model, "dtype": record.dtype}
     if record.calibration:
-        _flatten("calibration", record.calibration, fields)
+        _flatten("calibration", {"bos": "none", **record.calibration}, fields)
     for name, spec in record.eval.items():
-        _flatten(f"eval {name}", spec, fields)
+        _flatten(f"eval {name}", {"bos": "none", **spec} if name.startswith("ppl:") else spec, fields)
     return fields
 
 

@@ -27,7 +27,16 @@ from pathlib import Path
 import torch
 
 import harness
-from harness.calibration import Calibration, CalibrationSpec, draw_windows, load_or_make, tokenize
+from harness.calibration import (
+    Calibration,
+    CalibrationSpec,
+    bos_id,
+    bos_placement,
+    draw_windows,
+    load_or_make,
+    prefixed,
+    tokenize,
+)
 from harness.config import RunConfig
 from harness.evaluation import EvalContext, Evaluator, Prepared
 from harness.models import loading as models
@@ -130,14 +139,19 @@ def calibrate(config: RunConfig, registry: Registry, session: ModelSession, devi
     # so other data behind the same path (or none at all) is never served stale.
     source = dataset.locate("calibration", config.data_dir)
 
-    def make() -> dict:
-        ids = tokenize(session.tokenizer, dataset.read(source))
+    bos = bos_placement(session.tokenizer, config.bos)
+
+    def make() -> dict:  # as the references draw it: windows of the tokenised stream (with a BOS each, for "window")
+        ids = tokenize(session.tokenizer, dataset.read(source), bos)
+        if bos == "window":
+            return {"input_ids": prefixed(draw_windows(ids, spec.n, spec.length - 1, spec.seed), bos_id(session.tokenizer))}
         return {"input_ids": draw_windows(ids, spec.n, spec.length, spec.seed)}
 
     cache = Path(config.cache_dir) if config.cache_dir else None
-    drawn = load_or_make(cache, "calibration", (session.fingerprint, source.identity, str(spec)), make)
-    log(f"calibration: {spec} from {source.path}")
-    return Calibration(drawn["input_ids"], spec, source.path, device, config.batch_size, source.sha256)
+    key = (session.fingerprint, source.identity, str(spec)) + ((bos,) if bos != "none" else ())
+    drawn = load_or_make(cache, "calibration", key, make)
+    log(f"calibration: {spec} from {source.path}" + (f", BOS: {bos}" if bos != "none" else ""))
+    return Calibration(drawn["input_ids"], spec, source.path, device, config.batch_size, source.sha256, bos=bos)
 
 
 def prepare_evaluations(evaluations: list[tuple[Evaluator, list[str]]], context: EvalContext,
