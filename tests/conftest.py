@@ -57,6 +57,64 @@ def tiny_config(name: str):
     raise KeyError(name)
 
 
+#: Real checkpoints' config.json (tests/configs/, the hub repo in the file name), for
+#: ``real_tiny_config``: every field the real model has, at a tiny size.
+REAL_CONFIGS = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.json"))
+
+
+def real_tiny_config(name: str):
+    """A real checkpoint's config (``tests/configs/NAME.json``) shrunk to a small model: fewer
+    layers (keeping one of each layer type), fewer heads of 64 dimensions (80 where a partial
+    rotary factor needs it; 96 beside a width of 256 where the config sets ``head_dim``, so
+    head_dim ≠ hidden / heads stays true), the grouped-query ratio kept, the vocabulary of the
+    tiny tokenizer, sliding windows of 16 tokens (shorter than the test sequences, so they act).
+    Rows of at least 256 weights keep a per-row pruning count within the ratio tolerance of its
+    target. Every other field is the checkpoint's."""
+    import json
+
+    from transformers import AutoConfig
+
+    fields = json.loads((Path(__file__).parent / "configs" / f"{name}.json").read_text())
+    heads, kv = fields["num_attention_heads"], fields.get("num_key_value_heads", fields["num_attention_heads"])
+    small_kv = min(kv, 2) if kv < heads else 4
+    small_heads = small_kv * (heads // kv)
+    head_dim = 80 if fields.get("partial_rotary_factor", 1.0) != 1.0 else 64
+    if "head_dim" in fields:
+        head_dim, hidden = 96, 256
+        fields["head_dim"] = head_dim
+    else:
+        hidden = small_heads * head_dim
+    layers = max(2, fields.get("sliding_window_pattern") or 2)
+    fields.update(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_attention_heads=small_heads, num_key_value_heads=small_kv, vocab_size=TINY["vocab_size"])
+    if "max_window_layers" in fields:
+        fields["max_window_layers"] = min(fields["max_window_layers"], layers)
+    if fields.get("sliding_window"):
+        fields["sliding_window"] = 16
+    for key, small in (("bos_token_id", 1), ("eos_token_id", 2), ("pad_token_id", 0)):  # ids of the tiny vocabulary
+        value = fields.get(key)
+        if isinstance(value, list):
+            fields[key] = [v if v < TINY["vocab_size"] else small + i for i, v in enumerate(value)]
+        elif value is not None and value >= TINY["vocab_size"]:
+            fields[key] = small
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def real_tiny_model(name: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(real_tiny_config(name), dtype=torch.float32)
+    with torch.no_grad():  # as tiny_model: biases and norm weights away from 0 and 1
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    model.config.use_cache = False
+    return model
+
+
 #: Architectures every method supports.
 ARCHS = ["llama2", "llama3", "smollm2", "mistral", "qwen2", "phi3", "phi2"]
 #: Architectures some methods refuse (tests/test_gemma.py says which and why).

@@ -28,7 +28,6 @@ from harness.evaluation import EvalContext, EvalResult, Evaluator, Prepared, cac
 from harness.models.adapters import ModelAdapter
 from harness.targets import Target
 
-
 BOS_WORDS = {"stream": "one BOS opening the stream", "window": "a BOS before every window", "none": "no BOS"}
 
 

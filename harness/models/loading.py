@@ -205,7 +205,11 @@ def load_config(name: str = DEFAULT_MODEL) -> PretrainedConfig:
         return AutoConfig.from_pretrained(name)
     source = resolve(name)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    from harness.models.adapters import UnsupportedArchitecture, architecture_for, supported_model_types
+    from harness.models.adapters import (
+        UnsupportedArchitecture,
+        architecture_for,
+        supported_model_types,
+    )
 
     try:
         # A GGUF file's config comes from its metadata alone, mapped to a model type by
