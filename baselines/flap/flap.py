@@ -20,8 +20,9 @@ From the reference: the statistics all come from the dense model (one pass, then
 the attention channel scores are squared before standardising (its code, not its paper);
 ``std`` unbiased; the metric options ``WIFV`` (default), ``IFV`` (Var(x_j) alone) and ``WIFN``
 (mean_i |W_ij| · ‖x_j‖). Ours: the variance is the sample variance over every calibration
-token (the reference's running estimate skips the first sequence and scales by the sequence
-length, the same for every channel); a unit weighs its nonzero parameters exactly (the
+token (the reference's running estimate gives the first sequence no weight and each later one a
+weight that grows with its position, centred on the running mean: it ranks a few percent of the
+channels differently); a unit weighs its nonzero parameters exactly (the
 reference weighs a head 170 MLP channels, its int truncation of 4·128/3); a block keeps at least
 one query head and one MLP channel (the reference fails on a block left without heads); the
 compensating bias adds to a bias the linear already has; grouped-query attention (the
