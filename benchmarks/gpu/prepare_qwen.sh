@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Build .device/ parts for the Qwen2.5-0.5B GPU sweep (issue 17) on top of prepare_device.sh:
-#   .device/q1 … .device/q9   the Qwen2.5-Coder-0.5B Q4_K_M GGUF (491 MB) in 56 MiB parts, one per call
+# Build .device/ parts for a Qwen GPU sweep on top of prepare_device.sh:
+#   bash benchmarks/gpu/prepare_qwen.sh [qwen2.5-0.5b|qwen2.5-1.5b] [MODELS_DIR]
+#   .device/q1 … .device/qN   the model's Q4_K_M GGUF in 56 MiB parts, one per call (0.5B: 9, 1.5B: 20)
 #   .device/zs                lm-eval and the packages it needs that the device image lacks
-#                             (py3.12 wheels, the locked versions), and the 7+1 zero-shot task files
+#                             (py3.12 wheels, the locked versions), the 7+1 zero-shot task files,
+#                             the GGUF's sha256 and which model it is
 # Calls on the device machine (it stays warm 30 s between calls; each carries ≤ 64 MiB):
 #   1. carry [.device/whl, .device/data, .device/zs]   bash benchmarks/gpu/on_device.sh stash
-#   2..10. carry [.device/qN]                          bash benchmarks/gpu/on_device.sh stash
-#   then:  bash benchmarks/gpu/qwen_sweep.sh        (resumable: records persist in /tmp/dev/qwen while warm,
-#          and each call returns them under $OUT; commit them to leaderboards/qwen2.5-coder-0.5b-instruct-awq/records/)
+#   2..N+1. carry [.device/qK]                          bash benchmarks/gpu/on_device.sh stash
+#   (1.5B, Ray: also .device/raya and .device/rayb from prepare_ray.sh, one call each)
+#   then:  bash benchmarks/gpu/qwen_sweep.sh   (resumable; see there)
 # The GGUF comes from ../shared/tools/get-model (an offline stand-in for the hub; not the product's job).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dev=.device
-models=${1:-/work/models}
-gguf=$(../shared/tools/get-model qwen2.5-0.5b "$models" | tail -1 | cut -d' ' -f1)
-rm -rf "$dev"/q? "$dev/zs"; mkdir -p "$dev/zs/whl" "$dev/zs/zeroshot"
-split -b 56M -d -a 1 "$gguf" "$dev/qpart"
-for part in "$dev"/qpart?; do n=$(( ${part: -1} + 1 )); mkdir -p "$dev/q$n"; mv "$part" "$dev/q$n/qwen.part"; done
+model=${1:-qwen2.5-0.5b} models=${2:-/work/models}
+case $model in qwen2.5-0.5b|qwen2.5-1.5b) ;; *) echo "model: qwen2.5-0.5b or qwen2.5-1.5b, got $model" >&2; exit 2 ;; esac
+gguf=$(../shared/tools/get-model "$model" "$models" | tail -1 | cut -d' ' -f1)
+rm -rf "$dev"/q[0-9]* "$dev/zs"; mkdir -p "$dev/zs/whl" "$dev/zs/zeroshot"
+split -b 56M -d -a 2 "$gguf" "$dev/qpart"
+for part in "$dev"/qpart??; do n=$(( 10#${part: -2} + 1 )); mkdir -p "$dev/q$n"; mv "$part" "$dev/q$n/qwen.part"; done
 sha256sum "$gguf" | cut -d' ' -f1 > "$dev/zs/qwen.sha256"
+echo "$model" > "$dev/zs/qwen.model"
 pin() { grep -i "^$1==" .ci/constraints.txt; }
 pip_get() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -33,4 +37,4 @@ for p in rouge_score sqlitedict word2number; do  # pure-Python sources only: bui
   python3 -m pip wheel -q --no-deps -w "$dev/zs/whl" "$(pin "$p")"
 done
 cp ../shared/data/zeroshot/*.jsonl ../shared/data/zeroshot/SHA256SUMS "$dev/zs/zeroshot/"
-du -sh "$dev"/q? "$dev/zs"
+du -sh "$dev"/q[0-9]* "$dev/zs"
