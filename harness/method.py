@@ -90,6 +90,10 @@ class Method:
     #: The method's own options: name -> ``Knob`` (type, default, help). The harness refuses
     #: any other ``-o METHOD.NAME`` before work starts, and ``harness plugins`` lists them.
     knobs: ClassVar[dict[str, Knob]] = {}
+    #: Knobs that make another variant of the method (OWL's ``base``, RIA's ``permute``): a row
+    #: set away from their default names them (``owl (base=sparsegpt)``), so two variants at one
+    #: target are two rows of a table, not one superseding the other.
+    variant_knobs: ClassVar[tuple[str, ...]] = ()
 
     def unsupported(self, arch: Architecture) -> str | None:
         """Why this method cannot compress models of ``arch``, or None if it can. The default
@@ -129,6 +133,25 @@ class Method:
     def setting_label(self, target: Target) -> str | None:
         """How a table names a run that is not at a ratio (a quantization grid: ``w4g128``)."""
         return None
+
+    def variant(self, target: Target) -> str | None:
+        """How a table tells this variant from the method's defaults, beside its name: the
+        variant knobs set away from their defaults (``base=sparsegpt``), or None."""
+        return self.variant_words(target)
+
+    def variant_words(self, target: Target) -> str | None:
+        """The variant knobs set away from their defaults, as words (``base=sparsegpt``,
+        ``act-order``, ``no-compensate``), or None."""
+        words = []
+        for name in self.variant_knobs:
+            value = self.option(target, name)
+            if value != self.knobs[name].default:
+                word = name.replace("_", "-")
+                if isinstance(value, bool):
+                    words.append(word if value else f"no-{word}")
+                else:
+                    words.append(f"{word}={value:g}" if isinstance(value, float) else f"{word}={value}")
+        return " ".join(words) or None
 
     def ratio_steps(self, model: ModelAdapter) -> list[float] | None:
         """The ratios a method with ``discrete_ratios`` reaches on ``model``, in increasing order
@@ -175,21 +198,16 @@ class QuantizationMethod(Method):
     #: The grids a matched-speed run may choose from, mildest first: the formats the low-bit
     #: kernels serve (int8 per row, int4 in groups), so a probe times a kernel, not a fallback.
     speed_grid: ClassVar[tuple[Grid, ...]] = (Grid(8, -1, True), *(Grid(4, group) for group in (32, 64, 128)))
-    #: Knobs that make another variant of the method: a row set away from their default says so
-    #: in its label (``w4g128 act-order``), so two variants of one grid are two rows of a table.
-    variant_knobs: ClassVar[tuple[str, ...]] = ()
 
     def grid(self, target: Target) -> Grid:
         return Grid(self.option(target, "bits"), self.option(target, "group_size"), self.option(target, "symmetric"))
 
     def setting_label(self, target: Target) -> str:
-        words = [self.grid(target).label]
-        for name in self.variant_knobs:
-            value = self.option(target, name)
-            if value != self.knobs[name].default:
-                word = name.replace("_", "-")
-                words.append((word if value else f"no-{word}") if isinstance(value, bool) else f"{word}={value:g}")
-        return " ".join(words)
+        """The grid, and the variant knobs set away from their defaults (``w4g128 act-order``)."""
+        return " ".join(filter(None, [self.grid(target).label, self.variant_words(target)]))
+
+    def variant(self, target: Target) -> str | None:
+        return None  # in the label: a grid row is named by its grid and variant together
 
     def shape_probe(self, model: ModelAdapter, target: Target) -> None:
         """The grid's format on whatever weights the model has (round to nearest): speed and

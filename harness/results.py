@@ -36,6 +36,7 @@ class Record:
     target: dict[str, Any]  # Target as a dict: ratio, pattern, options
     mode: str  # "matched-ratio" | "matched-speedup" | "native KNOB"
     label: str  # the target as the table shows it: "0.3", "2:4", "s=1.25", "slicing=0.25"
+    variant: str | None = None  # the method's variant knobs away from their defaults ("base=sparsegpt")
     status: str = "ok"  # "ok" | "failed" | "unreachable"
     error: str | None = None
     calibration: dict[str, Any] | None = None  # Calibration.describe(), or None

@@ -207,12 +207,16 @@ def measure_ratio(dense: ParameterCount, compressed: ModelAdapter) -> MeasuredRa
 
 def check_pattern(adapter: ModelAdapter, n_m: tuple[int, int]) -> None:
     """An N:M target is met when every group of M consecutive inputs of every block linear
-    holds at most N nonzeros. Its ratio is then measured and reported, not enforced: on a
+    (in the input order the method pruned in, ``nm_input_order``, where it chose one) holds at
+    most N nonzeros. Its ratio is then measured and reported, not enforced: on a
     model that already holds zeros it depends on the method (a group with fewer than N
     nonzeros loses none under a pure mask, while SparseGPT's updates refill it to N)."""
     n, m = n_m
     for name, linear in adapter.named_linears():
         weight = linear.weight.detach()
+        order = getattr(linear, "nm_input_order", None)  # a mask chosen in a permuted column order (RIA)
+        if order is not None:
+            weight = weight[:, order]
         if weight.shape[1] % m or bool(((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) > n).any()):
             raise RatioMismatch(f"{name} is not {n}:{m} sparse: some group of {m} inputs keeps more than {n}")
 

@@ -94,3 +94,57 @@ def test_ria_n_m_masks_are_exact(pattern, arch):
     for name, lin in adapter.named_linears():
         kept = (lin.weight != 0).reshape(lin.out_features, -1, m).sum(-1)
         assert bool((kept == n).all()), name
+
+
+def test_channel_reallocation_gives_every_group_one_column_of_each_band():
+    from baselines.ria.permutation import reallocate
+
+    scores = torch.rand(6, 16, generator=torch.Generator().manual_seed(0))
+    order = reallocate(scores, 4)
+    assert sorted(order.tolist()) == list(range(16))  # a permutation
+    band = {c: rank * 4 // 16 for rank, c in enumerate(scores.sum(0).argsort().tolist())}
+    for group in order.reshape(-1, 4).tolist():
+        assert [band[c] for c in group] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_the_assignment_keeps_at_least_the_score_of_the_reallocation(pattern):
+    from baselines.ria.permutation import (
+        assign_position,
+        kept_score,
+        mask_in_order,
+        permuted_order,
+        reallocate,
+    )
+
+    n, m = Target(0.5, pattern).n_m
+    scores = torch.rand(32, 64, generator=torch.Generator().manual_seed(1)) ** 3
+    start = reallocate(scores, m)
+    after = assign_position(scores, start, n, m, 0)
+    assert sorted(after.tolist()) == list(range(64))
+    assert kept_score(scores, after, n, m) >= kept_score(scores, start, n, m) - 1e-4
+    order = permuted_order(scores, n, m)
+    assert kept_score(scores, order, n, m) >= kept_score(scores, start, n, m) - 1e-4
+    mask = mask_in_order(scores, order, n, m)
+    kept = (~mask)[:, order].reshape(32, -1, m).sum(-1)
+    assert bool((kept == n).all())  # N:M in the chosen order
+    assert float(scores[~mask].sum()) == pytest.approx(kept_score(scores, order, n, m), rel=1e-5)
+
+
+def test_permuted_ria_rows_are_n_m_in_their_order_and_named_as_a_variant(tiny_model_dir, data_dir, tmp_path):
+    from harness.plugins import load_plugins
+    from harness.run import RunConfig, run
+
+    config = RunConfig(model=str(tiny_model_dir), methods=["dense", "ria"], pattern="2:4", calibration="wikitext2:4x32",
+                       eval_windows=2, eval_length=32, data_dir=str(data_dir), out=tmp_path / "out",
+                       cache_dir=tmp_path / "cache", options={"ria": {"permute": True}})
+    records = {r.method: r for r in run(config, load_plugins(), log=lambda *a: None)}
+    permuted = records["ria"]
+    assert permuted.ok, permuted.error
+    assert permuted.variant == "permute" and permuted.label == "2:4"
+    assert "kept score in the permuted order" in " ".join(permuted.report["notes"])
+    plain = {r.method: r for r in run(RunConfig(**{**config.__dict__, "options": {}}), load_plugins(),
+                                       log=lambda *a: None)}["ria"]
+    assert plain.variant is None and plain.key != permuted.key  # two rows of one table
+    with pytest.raises(ValueError, match="give an N:M --pattern"):
+        RIA().compress(ModelAdapter(tiny_model("llama2")), calibration(), Target(0.5, options={"permute": True}))

@@ -63,6 +63,7 @@ class FLAP(WidthPruning):
     description = "fluctuation of o/down inputs, heads and channels ranked model-wide, bias compensation (An et al. 2024)"
     knobs = {"metric": Knob(str, "WIFV", "WIFV (variance × squared column norm), IFV (variance) or WIFN"),
              "compensate": Knob(bool, True, "add each removed input's mean contribution as a bias")}
+    variant_knobs = ("metric", "compensate")
 
     def compress(self, model, calibration, target):
         metric, compensate = self.option(target, "metric"), self.option(target, "compensate")

@@ -95,6 +95,7 @@ class LLMPruner(WidthPruning):
              "examples": Knob(int, 10, "calibration windows the gradient is taken on"),
              "skip_first": Knob(int, -1, "blocks at the start left unpruned (-1: the reference's 4 of 32, scaled)"),
              "skip_last": Knob(int, -1, "blocks at the end left unpruned (-1: the reference's 2 of 32, scaled)")}
+    variant_knobs = ("taylor", "examples", "skip_first", "skip_last")
 
     def compress(self, model, calibration, target):
         mode = self.option(target, "taylor")

@@ -58,6 +58,7 @@ class OWL(Method):
     knobs = {"base": Knob(str, "wanda", "the method that prunes each block: wanda or sparsegpt"),
              "hyper_m": Knob(float, 5.0, "a score is an outlier above M times its block's mean score"),
              "lamda": Knob(float, 0.08, "block sparsities range over S ± λ")}
+    variant_knobs = ("base", "hyper_m", "lamda")
 
     def compress(self, model, calibration, target):
         base, m, lamda = self.option(target, "base"), float(self.option(target, "hyper_m")), float(self.option(target, "lamda"))

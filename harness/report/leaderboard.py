@@ -36,7 +36,7 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             continue
         row = {
             "model": r.name,
-            "method": r.method,
+            "method": f"{r.method} ({r.variant})" if r.variant else r.method,
             "kind": r.method_kind,
             "pattern": r.pattern,
             "target": f"{r.label} (nearest)" if r.mode == "nearest-ratio" else r.label,

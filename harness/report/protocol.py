@@ -111,13 +111,13 @@ def distinguishing(groups: list[ProtocolTable]) -> list[list[str]]:
 
 
 def newest_per_cell(records: list[Record]) -> tuple[list[Record], list[Record]]:
-    """One record per cell (model, method, target, mode, dtype) of one protocol table: of those
+    """One record per cell (model, method and its variant, target, mode, dtype) of one protocol table: of those
     that measured the most metrics, the newest (``created``). Another record of the same cell
     measured the same way is a rerun of the same measurement (another harness commit, say), and
     one that ran fewer of the table's evaluations never hides one that ran more; records of other
     protocols are never compared here. Returns (kept, superseded)."""
     def cell(record: Record) -> tuple:
-        return record.name, record.method, record.label, record.mode, record.dtype
+        return record.name, record.method, record.variant, record.label, record.mode, record.dtype
 
     def rank(record: Record) -> tuple:
         return len(record.metrics), record.provenance.get("created", "")

@@ -34,6 +34,10 @@ class Plan:
     memory_target: MemoryTarget | None = None  # matched-memory mode: the ratio or grid is searched
 
     @property
+    def variant(self) -> str | None:
+        return self.method.variant(self.target)
+
+    @property
     def label(self) -> str:
         if self.speed_target:
             return f"s={self.speed_target.speedup:g}"

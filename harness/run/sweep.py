@@ -174,6 +174,7 @@ def new_record(plan: Plan, key: str, session: ModelSession, calibration: Calibra
     return Record(
         key=key, model=session.name, model_id=session.identity, model_name=session.display_name, architecture=session.arch.family, dtype=str(session.dtype).removeprefix("torch."),
         method=method.name, method_kind=method.kind, target=asdict(plan.target), mode=mode, label=plan.label,
+        variant=plan.variant,
         calibration=calibration.describe() if calibration and method.needs_calibration else None,
         eval=eval_spec, provenance={
             "harness": harness.__version__, "versions": _versions(), "python": platform.python_version(),
