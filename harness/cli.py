@@ -127,7 +127,10 @@ def _run_command(sub) -> None:
 def _leaderboard_command(sub) -> None:
     """`harness leaderboard`: tables, plots and an index from run records."""
     board = sub.add_parser("leaderboard", help="build leaderboard tables from run records")
-    board.add_argument("results", type=Path, help="directory of run records")
+    board.add_argument("results", type=Path, nargs="+", help="directories of run records (several: --site only)")
+    board.add_argument("--site", type=Path, metavar="OUT", help="write the leaderboard site to OUT instead: "
+                       "index.html and one page per model with sortable, filterable tables and trade-off plots "
+                       "(static, opens from file://; pip install 'compression-harness[site]')")
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="output directory")
     board.add_argument("--sort", help="metric to rank by (default: first perplexity)")
     board.add_argument("--formats", type=_names, help="subset of formats (default: all reporters)")
@@ -446,7 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from harness.report.leaderboard import write_leaderboards
 
-            for path in write_leaderboards(args.results, args.out, args.sort, args.formats, plots=args.plots,
+            if args.site:
+                from harness.report.site import write_site
+
+                for path in write_site(args.results, args.site):
+                    print(path)
+                return 0
+            if len(args.results) > 1:
+                raise ValueError("several record folders make one --site; tables take one folder")
+            for path in write_leaderboards(args.results[0], args.out, args.sort, args.formats, plots=args.plots,
                                            skip_corrupt=args.skip_corrupt, metrics=args.metrics,
                                            deltas=args.deltas):
                 print(path)

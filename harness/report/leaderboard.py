@@ -12,6 +12,7 @@ first perplexity, ascending). The protocol is printed above each table.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -262,10 +263,35 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; known: {', '.join(registry.reporters)}")
 
+    written, index = [], []
+    for entry in table_groups(records):
+        paths = write_table(entry.group, Path(out_dir) / entry.stem, entry.family, sort, formats, registry, plots,
+                            metrics, deltas, entry.fields if entry.several else None)
+        written += paths
+        index.append((entry.stem, entry.model, entry.family, entry.group, entry.fields))
+    written.append(write_index(Path(out_dir), index))
+    return written
+
+
+@dataclass
+class TableGroup:
+    """One table to write: a model's records of one family (matched ratio, speedup, memory) and
+    one protocol; ``fields`` set it apart from the model's other tables of that family."""
+
+    stem: str  # its file name without extension
+    model: str
+    family: str
+    group: ProtocolTable
+    fields: list[str]
+    several: bool  # the model has other tables of this family (another protocol)
+
+
+def table_groups(records: list[Record]) -> list[TableGroup]:
+    """Every table the records make, in the order their models and families first appear."""
     def in_table(r: Record, model: str, family: str) -> bool:  # the dense reference heads every family's tables
         return r.name == model and (r.method_kind == "reference" or table_family(r) == family)
 
-    written, index = [], []
+    entries = []
     for model, family in dict.fromkeys((r.name, table_family(r)) for r in records):
         groups = [g for g in tables([r for r in records if in_table(r, model, family)])
                   if any(r.ok for r in g.records)
@@ -277,13 +303,8 @@ def write_leaderboards(results_dir: Path, out_dir: Path, sort: str | None = None
             name = next(f"{name}{tail}" for tail in ["", *(f"-{i}" for i in range(2, len(groups) + 2))]
                         if f"{name}{tail}" not in stems)  # cut hashes may coincide: never overwrite a table
             stems.add(name)
-            stem = Path(out_dir) / name
-            paths = write_table(group, stem, family, sort, formats, registry, plots, metrics, deltas,
-                                fields if len(groups) > 1 else None)
-            written += paths
-            index.append((stem.name, model, family, group, fields))
-    written.append(write_index(Path(out_dir), index))
-    return written
+            entries.append(TableGroup(name, model, family, group, fields, len(groups) > 1))
+    return entries
 
 
 def write_table(group: ProtocolTable, stem: Path, family: str, sort: str | None, formats: list[str],

@@ -1,0 +1,141 @@
+"""The leaderboard site: pages from records, checked as files and in a real browser (headless
+Chromium through Selenium; CI installs the Debian packages ``chromium`` and ``chromium-driver``).
+Screenshots of the index and of a model page are left in the test's tmp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from harness.cli import main
+from harness.plugins import load_plugins
+from harness.run import RunConfig, run
+
+pytest.importorskip("plotly")
+pytest.importorskip("itables")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir_module(tmp_path_factory, tiny_tokenizer_dir):
+    from conftest import tiny_model
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("model") / "tiny-llama"
+    tiny_model("smollm2").save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_model_dir_module, data_dir):
+    """Records of dense and four methods at two ratios on a tiny model, and the site made from them."""
+    root = tmp_path_factory.mktemp("site")
+    config = RunConfig(model=str(tiny_model_dir_module), methods=["dense", "magnitude", "wanda", "slicegpt", "rtn"],
+                       ratios=[0.25, 0.5], calibration="wikitext2:4x32", eval_windows=2, eval_length=32,
+                       data_dir=str(data_dir), out=root / "records", cache_dir=root / "cache")
+    records = [r for r in run(config, load_plugins(), log=lambda *a: None) if r.ok]
+    assert main(["leaderboard", str(root / "records"), "--site", str(root / "out")]) == 0
+    return root, records
+
+
+def test_pages_name_no_machine_path_and_plot_every_row(site):
+    root, records = site
+    index = (root / "out" / "index.html").read_text()
+    (page,) = [p for p in (root / "out").glob("*.html") if p.name != "index.html"]
+    text = page.read_text()
+    assert page.name in index and (root / "out" / "assets" / "plotly.min.js").is_file()
+    for text_of in (index, text):
+        assert str(root) not in text_of and "/tmp/" not in text_of  # data by name and hash, the model by identity
+    rows = re.findall(r'<tr data-record="(\w+)"', text)
+    assert sorted(rows) == sorted(r.key for r in records)  # every record a row, once
+    figures = [json.loads(f.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+               for f in re.findall(r'data-figure="([^"]*)"', text)]
+    ratio_plot = next(f for f in figures if f["layout"]["xaxis"]["title"]["text"] == "ratio")
+    assert len(ratio_plot["data"][0]["x"]) == len(records)
+    assert all(f'id="record-{r.key}"' in text for r in records)  # per-record details
+    assert "harness run --model" in text
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        missing = "headless Chromium not installed (apt-get install chromium chromium-driver; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)  # CI installs it: a missing browser there is a broken CI, not a skip
+        pytest.skip(missing)
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.set_window_size(1400, 1000)
+    return browser
+
+
+def _open(browser, path) -> float:
+    start = time.perf_counter()
+    browser.get(path.as_uri())
+    for _ in range(300):
+        if browser.execute_script("return document.body && document.body.dataset.ready === '1'"):
+            return time.perf_counter() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name} never finished initialising: {browser.get_log('browser')}")
+
+
+def _rows(browser) -> list[tuple[str, str]]:
+    """(method, kind) of the first table's visible rows, top to bottom."""
+    return browser.execute_script("""
+        const table = document.querySelector('table.board');
+        return [...table.tBodies[0].rows].filter(r => r.offsetParent !== null).map(r => [r.cells[1].innerText, r.dataset.kind]);
+    """)
+
+
+def test_the_site_in_a_real_browser(site, tmp_path):
+    pytest.importorskip("selenium")
+    root, records = site
+    (page,) = [p for p in (root / "out").glob("*.html") if p.name != "index.html"]
+    browser = _browser()
+    try:
+        _open(browser, root / "out" / "index.html")
+        browser.save_screenshot(str(tmp_path / "index.png"))
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        seconds = _open(browser, page)
+        browser.save_screenshot(str(tmp_path / "model.png"))
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"], "console errors"
+        assert seconds < 10  # generous for a loaded CI machine; the closing note says what it takes idle
+        before = _rows(browser)
+        assert len(before) == len(records) and before[0][1] == "reference"
+        # sort by perplexity, then the other way: the order changes, the reference row stays on top
+        header = browser.execute_script("""
+            return [...document.querySelectorAll('table.board thead th')].find(th => th.innerText.trim() === 'ppl:wikitext2');""")
+        header.click()
+        ascending = _rows(browser)
+        header.click()
+        descending = _rows(browser)
+        assert ascending != descending and ascending[0][1] == descending[0][1] == "reference"
+        assert [m for m, _ in ascending[1:]] == [m for m, _ in descending[1:]][::-1] or ascending[1:] != descending[1:]
+        # the kind filter shows exactly the rows of that kind
+        option = browser.execute_script("""
+            const pane = [...document.querySelectorAll('.dtsp-searchPane')]
+                .find(p => (p.querySelector('input') || {}).placeholder === 'kind');
+            return [...pane.querySelectorAll('tbody tr')]
+                .find(tr => (tr.querySelector('.dtsp-name') || {}).innerText?.trim() === 'unstructured');""")
+        option.click()
+        filtered = _rows(browser)
+        assert filtered and {kind for _, kind in filtered} == {"unstructured"}
+        assert len(filtered) == sum(r.method_kind == "unstructured" for r in records)
+        # each plot has one point per row
+        points = browser.execute_script(
+            "return [...document.querySelectorAll('div.plot')].map(p => p.data[0].x.length);")
+        assert points and max(points) == len(records)
+    finally:
+        browser.quit()
