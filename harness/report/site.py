@@ -2,7 +2,8 @@
 
 A model page holds each of its tables (matched ratio, matched speedup, matched memory; one per
 protocol, as ``harness.report.leaderboard`` splits them): sortable by any column and filterable by
-method kind, pattern and target, the dense row pinned on top as the reference, Δ columns coloured
+method kind, pattern and target, the dense row pinned on top as the reference (a footer group
+drawn first: sorting and filtering leave it), Δ columns coloured
 by whether the change is for the better (``higher_is_better`` from the records). Beside each table
 its trade-off plots: quality against measured speedup, weight memory and ratio, one point per row,
 the Pareto front drawn, the method, knobs and provenance on hover. Under them, per record: knobs,
@@ -216,18 +217,20 @@ def _cell(column: str, value, better: dict[str, bool]) -> str:
 
 
 def _table_html(table: dict) -> str:
+    """The table: the dense row in a footer group drawn first (CSS), so no sort or filter moves or
+    hides the reference; every other record a body row."""
     frame, records = table["frame"], table["records"]
     columns = list(frame.columns)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["pin", *columns])
-    rows = []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body, reference = [], []
     for (_, row), record in zip(frame.iterrows(), records):
-        pin = 0 if record.method_kind == "reference" else 1
-        cells = f'<td data-order="{pin}">{"reference" if pin == 0 else ""}</td>'
-        cells += "".join(_cell(c, row[c], table["better"]) for c in columns)
-        rows.append(f'<tr data-record="{record.key}" data-kind="{html.escape(record.method_kind)}">{cells}</tr>')
-    filters = [columns.index(c) + 1 for c in FILTERS if c in columns]
+        cells = "".join(_cell(c, row[c], table["better"]) for c in columns)
+        line = f'<tr data-record="{record.key}" data-kind="{html.escape(record.method_kind)}">{cells}</tr>'
+        (reference if record.method_kind == "reference" else body).append(line)
+    filters = [columns.index(c) for c in FILTERS if c in columns]
     return (f'<table id="{table["id"]}" class="board display compact" data-filters="{json.dumps(filters)}">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f'<thead><tr>{head}</tr></thead><tfoot class="reference">{"".join(reference)}</tfoot>'
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 STYLE = """
@@ -235,6 +238,7 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400
 td.better { color: #1a7f37; } td.worse { color: #cf222e; }
 ul.protocol { color: #555; font-size: 12px; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plot { width: 560px; } details { margin: .2em 0; } dd code { white-space: pre-wrap; }
+table.board tfoot.reference { display: table-row-group; font-weight: 600; background: #f3f6fa; }
 """
 
 INIT = """
@@ -243,9 +247,8 @@ const {ITable} = await import(URL.createObjectURL(new Blob(
 for (const table of document.querySelectorAll("table.board")) {
   const filters = JSON.parse(table.dataset.filters);
   new ITable(table, {
-    paging: false, orderFixed: {pre: [[0, "asc"]]}, order: [],  // the reference row stays on top
-    columnDefs: [{targets: 0, visible: false, searchable: false},
-                 {targets: filters, searchPanes: {show: true}}],  // every filter shown, however few its values
+    paging: false, order: [],  // rows as ranked until a reader sorts; the reference sits in the footer group
+    columnDefs: [{targets: filters, searchPanes: {show: true}}],  // every filter shown, however few its values
     layout: {topStart: "searchPanes", topEnd: "search", bottomStart: "info", bottomEnd: null},
     searchPanes: {columns: filters, layout: "columns-3", cascadePanes: true, initCollapsed: false},
   });
