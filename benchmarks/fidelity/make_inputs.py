@@ -45,19 +45,34 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-length", type=int, default=2048)
+    parser.add_argument("--round-to", choices=["float16", "bfloat16"],
+                        help="round every weight to this dtype and back before saving (in --dtype): for a "
+                             "reference that loads half precision and computes in float32, both sides then hold "
+                             "identical weights")
+    parser.add_argument("--legacy-rope", action="store_true",
+                        help="also write rope_theta at the config's top level, where transformers < 5 reads it")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(args.model)
     model, _ = load_model(args.model, getattr(torch, args.dtype))
+    if args.round_to:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(getattr(torch, args.round_to)).to(parameter.dtype))
     model.save_pretrained(args.out / "model")
     tokenizer.save_pretrained(args.out / "model")
+    if args.legacy_rope:
+        config_file = args.out / "model" / "config.json"
+        config = json.loads(config_file.read_text())
+        config.setdefault("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta"))
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
     dataset = default_registry().dataset(args.dataset)
     sources = {split: dataset.locate(split, args.data_dir) for split in ("calibration", "test")}
     calibration = draw_windows(tokenize(tokenizer, dataset.read(sources["calibration"])), args.n, args.length, args.seed)
     test, _ = eval_windows(tokenize(tokenizer, dataset.read(sources["test"])), args.test_length)
     torch.save({"calibration": calibration, "test": test}, args.out / "ids.pt")
-    info = {"model": args.model, "dtype": args.dtype, "seed": args.seed,
+    info = {"model": args.model, "dtype": args.dtype, "rounded_to": args.round_to, "seed": args.seed,
             "calibration": {"shape": list(calibration.shape), "sha256": digest(calibration),
                             "data": Path(sources["calibration"].path).name, "data_sha256": sources["calibration"].sha256},
             "test": {"shape": list(test.shape), "sha256": digest(test),
