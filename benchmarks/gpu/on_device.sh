@@ -20,10 +20,13 @@ case "${1:-}" in
       mkdir -p "$store/data/zeroshot" && cp "$store"/zs/zeroshot/* "$store/data/zeroshot/"
       touch "$store/zs/.installed"; echo "installed: lm-eval and the zero-shot tasks"
     fi
-    if [ -e "$store/p1" ] && [ -e "$store/p2" ] && [ ! -e "$store/smollm2.gguf" ]; then
-      cat "$store/p1" "$store/p2" > "$store/smollm2.gguf.part"
-      echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf.part" | sha256sum -c --quiet
-      mv "$store/smollm2.gguf.part" "$store/smollm2.gguf"; echo "device ready: $store/smollm2.gguf"
+    if [ -e "$store/p1" ] && [ ! -e "$store/smollm2.gguf" ]; then  # the GGUF once all its parts are here
+      cat $(ls "$store"/p[0-9] | sort -V) > "$store/smollm2.gguf.part"
+      if echo "$(cat "$store/data/smollm2.sha256")  $store/smollm2.gguf.part" | sha256sum -c --quiet 2>/dev/null; then
+        mv "$store/smollm2.gguf.part" "$store/smollm2.gguf"; echo "device ready: $store/smollm2.gguf"
+      else
+        rm "$store/smollm2.gguf.part"; echo "model parts so far: $(ls "$store" | grep -c '^p[0-9]$')"
+      fi
     fi
     ls "$store" ;;
   ray)  # Ray from its two carried parts (.device/raya, .device/rayb: see prepare_ray.sh), once

