@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -45,38 +44,8 @@ def write_json(table: pd.DataFrame, header: str, stem: Path) -> Path:
     return path
 
 
-HTML_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-ul.protocol {{ color: #555; font-size: 0.9em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
-th {{ background: #f3f3f3; position: sticky; top: 0; }}
-td:nth-child(2), td:nth-child(3), td:nth-child(4), td:nth-child(5) {{ text-align: left; }}
-tr.reference td {{ font-weight: bold; background: #fafae8; }}
-</style></head><body>
-<h1>{title}</h1>
-<ul class="protocol">{protocol}</ul>
-{table}
-</body></html>
-"""
-
-
-def write_html(table: pd.DataFrame, header: str, stem: Path) -> Path:
-    """A self-contained page: protocol list, then the table (dense row highlighted)."""
-    import html
-
-    protocol = "".join(f"<li>{html.escape(line)}</li>" for line in header.splitlines())
-    body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
-    body = re.sub(r"<tr>(\s*<td>[^<]*</td>\s*<td>dense</td>)", r'<tr class="reference">\1', body, count=1)
-    page = HTML_PAGE.format(title=html.escape(stem.name), protocol=protocol, table=body)
-    return atomic_write_text(file_for(stem, ".html"), page)
-
-
 @hookimpl
 def register_reporters(register):
     register("markdown", write_markdown)
     register("csv", write_csv)
     register("json", write_json)
-    register("html", write_html)
