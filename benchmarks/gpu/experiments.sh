@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Named GPU experiments: the low-bit kernels against their reference path, the 7B shape's int4
 # and int8 rows, SmolLM2's quantization tables, GPTQ beside RTN across settings, and the pruning
-# baselines' sweep. The
-# device is prepared as prepare_device.sh says (two calls: wheels, data and the SmolLM2 GGUF in
-# two parts); then
+# baselines' sweep. The device is prepared as prepare_device.sh says (one call per part: wheels and
+# data with the SmolLM2 GGUF's first part, then the others; .device/zs from prepare_qwen.sh for the
+# sweeps' zero-shot cells); then
 #   source <(bash benchmarks/gpu/on_device.sh env) && bash benchmarks/gpu/experiments.sh EXPERIMENT...
 # or, past one call's limit, `on_device.sh bg q "CALL_S=3000 bash benchmarks/gpu/experiments.sh ..."`.
 # Under $OUT: speed-*.json rows (copy to leaderboards/llama-2-7b-shape/) and NAME-records.tgz per
