@@ -276,7 +276,7 @@ class Int8WeightOnlyLinear(nn.Module):
 
 
 class GemliteLinear(nn.Module):
-    """A 4- or 8-bit ``QuantizedLinear`` on gemlite's Triton kernels (``gemlite.GemLiteLinear``).
+    """A 4-bit, or 8-bit per-row, ``QuantizedLinear`` on gemlite's Triton kernels (``gemlite.GemLiteLinear``).
 
     gemlite's weight format is ours, W = s·(q − z) per (row, group) ("HQQ format"), with half
     precision scales; it folds the zero point into an offset, W = q·s + (−z·s), as tinygemm
@@ -291,6 +291,10 @@ class GemliteLinear(nn.Module):
 
         if q.bits not in (4, 8) or q.g_idx is not None or q.in_features % q.group_size or q.in_features % 32:
             raise ValueError("gemlite takes 4- or 8-bit weights in contiguous groups that divide the input width")
+        if q.bits == 8 and q.group_size != q.in_features:
+            # its 8-bit kernel in groups narrower than a row does not give the reference path's
+            # products (tests/test_quant_kernels.py): 8 bits go to it one scale per row only
+            raise ValueError("gemlite's 8-bit kernel is used with one scale per row only")
         if q.scales.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError("gemlite takes float16 or bfloat16 models")
         self.in_features, self.out_features, self.dtype = q.in_features, q.out_features, q.scales.dtype
