@@ -25,7 +25,9 @@ the gradient comes from the first ``examples`` windows of the shared calibration
 reference: 10 random BookCorpus windows of 64 tokens); the share per pruned block is set so that
 all blocks together lose the target ratio of their nonzero parameters, the MLP channels filling
 what the whole heads leave; grouped-query attention as in Wanda-sp (``baselines/flap``): a query
-head takes its q rows and o columns, its KV head's k and v rows go with the group's last one.
+head takes its q rows and o columns, its KV head's k and v rows go with the group's last one
+(the reference's grouped-query route, ``llama3.py``, removes whole KV groups, counted on k_proj:
+``leaderboards/fidelity/llm_pruner_smollm2_cpu.md``).
 The gradient needs the whole model on the device at once (the reference computes it in float32
 on a CPU); the scores are then applied block by block.
 """
