@@ -64,9 +64,9 @@ REAL_CONFIGS = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("
 
 def real_tiny_config(name: str):
     """A real checkpoint's config (``tests/configs/NAME.json``) shrunk to a small model: fewer
-    layers (keeping one of each layer type), fewer heads of 64 dimensions (80 where a partial
-    rotary factor needs it; 96 beside a width of 256 where the config sets ``head_dim``, so
-    head_dim ≠ hidden / heads stays true), the grouped-query ratio kept, the vocabulary of the
+    layers (keeping one of each layer type), fewer heads of at least 32 dimensions, wide enough
+    for a width of 256 (80 where a partial rotary factor needs it; 96 beside a width of 256 where
+    the config sets ``head_dim``, so head_dim ≠ hidden / heads stays true), the grouped-query ratio kept, the vocabulary of the
     tiny tokenizer, sliding windows of 16 tokens (shorter than the test sequences, so they act).
     Rows of at least 256 weights keep a per-row pruning count within the ratio tolerance of its
     target. Every other field is the checkpoint's."""
@@ -78,7 +78,7 @@ def real_tiny_config(name: str):
     heads, kv = fields["num_attention_heads"], fields.get("num_key_value_heads", fields["num_attention_heads"])
     small_kv = min(kv, 2) if kv < heads else 4
     small_heads = small_kv * (heads // kv)
-    head_dim = 80 if fields.get("partial_rotary_factor", 1.0) != 1.0 else 64
+    head_dim = 80 if fields.get("partial_rotary_factor", 1.0) != 1.0 else max(32, 256 // small_heads)
     if "head_dim" in fields:
         head_dim, hidden = 96, 256
         fields["head_dim"] = head_dim
