@@ -67,3 +67,23 @@ def test_llm_pruner_removes_the_lowest_scoring_heads():
     kept = adapter.attention(adapter.blocks[1]).heads
     gone = sorted(set(range(H)) - set(kept))
     assert gone == sorted(torch.argsort(direct, stable=True)[:len(gone)].tolist()) and gone
+
+
+def test_a_grouped_query_block_loses_whole_kv_groups_as_the_reference_counts_them():
+    """llama3.py's route: units counted on k's channels, floored to whole groups, each group a KV
+    head with the query heads that read it, scored by the sum of those heads' scores."""
+    model = ModelAdapter(tiny_model("llama3"))  # 4 query heads, 2 KV heads: groups {0, 1} and {2, 3}
+    scores = torch.tensor([5.0, 4.0, 1.0, 1.5])  # group 1 sums lowest, though head 0's partner is low too
+    assert LLMPruner.heads_to_remove(model, 4, scores, 0.5, "kv-group") == {2, 3}
+    assert LLMPruner.heads_to_remove(model, 4, scores, 0.3, "kv-group") == set()  # 0.3 of 2 groups: none whole
+    assert LLMPruner.heads_to_remove(model, 4, scores, 0.5, "query-head") == {2, 3}
+    assert LLMPruner.heads_to_remove(model, 4, torch.tensor([1.0, 4.0, 2.0, 5.0]), 0.5, "query-head") == {0, 2}
+    adapter = ModelAdapter(tiny_model("llama3", layers=6))
+    dense = count_parameters(adapter)
+    LLMPruner().compress(adapter, synthetic_calibration(), Target(0.3, options={"skip_first": 1, "skip_last": 1}))
+    assert measure_ratio(dense, adapter).ratio == pytest.approx(0.3, abs=0.01)
+    for block in adapter.blocks:  # every block keeps whole groups: q rows = (KV heads kept) × 2 heads
+        q, k = adapter.linears(block)["q"].out_features, adapter.linears(block)["k"].out_features
+        assert q == 2 * k
+    with pytest.raises(ValueError, match="gqa_unit"):
+        LLMPruner().compress(adapter, synthetic_calibration(), Target(0.3, options={"gqa_unit": "head"}))

@@ -24,10 +24,11 @@ default those counts scaled to the model's depth: 4 and 2 of SmolLM2's 30). Ours
 the gradient comes from the first ``examples`` windows of the shared calibration set (the
 reference: 10 random BookCorpus windows of 64 tokens); the share per pruned block is set so that
 all blocks together lose the target ratio of their nonzero parameters, the MLP channels filling
-what the whole heads leave; grouped-query attention as in Wanda-sp (``baselines/flap``): a query
-head takes its q rows and o columns, its KV head's k and v rows go with the group's last one
-(the reference's grouped-query route, ``llama3.py``, removes whole KV groups, counted on k_proj:
-``leaderboards/fidelity/llm_pruner_smollm2_cpu.md``).
+what the whole heads leave; grouped-query attention as the reference's own route for it (``llama3.py``): whole KV
+groups (a KV head, its query heads' q rows and o columns), counted on k's channels and scored by
+the sum of the query heads they remove (the reference sums another set of query heads for a group:
+``leaderboards/fidelity/llm_pruner_smollm2_cpu.md``); ``gqa_unit="query-head"`` removes query heads
+one at a time instead, the KV head going with its group's last one, as Wanda-sp here does.
 The gradient needs the whole model on the device at once (the reference computes it in float32
 on a CPU); the scores are then applied block by block.
 """
@@ -96,13 +97,17 @@ class LLMPruner(WidthPruning):
     knobs = {"taylor": Knob(str, "param_first", "element score: param_first, param_second, param_mix or vectorize"),
              "examples": Knob(int, 10, "calibration windows the gradient is taken on"),
              "skip_first": Knob(int, -1, "blocks at the start left unpruned (-1: the reference's 4 of 32, scaled)"),
-             "skip_last": Knob(int, -1, "blocks at the end left unpruned (-1: the reference's 2 of 32, scaled)")}
-    variant_knobs = ("taylor", "examples", "skip_first", "skip_last")
+             "skip_last": Knob(int, -1, "blocks at the end left unpruned (-1: the reference's 2 of 32, scaled)"),
+             "gqa_unit": Knob(str, "kv-group", "grouped-query attention: kv-group (a KV head with its query "
+                                               "heads, the reference's llama3.py) or query-head")}
+    variant_knobs = ("taylor", "examples", "skip_first", "skip_last", "gqa_unit")
 
     def compress(self, model, calibration, target):
-        mode = self.option(target, "taylor")
+        mode, unit = self.option(target, "taylor"), self.option(target, "gqa_unit")
         if mode not in TAYLOR:
             raise ValueError(f"llm-pruner: taylor must be one of {', '.join(TAYLOR)}, got {mode!r}")
+        if unit not in ("kv-group", "query-head"):
+            raise ValueError(f"llm-pruner: gqa_unit must be kv-group or query-head, got {unit!r}")
         depth = len(model.blocks)
         first, last = self.option(target, "skip_first"), self.option(target, "skip_last")
         first = round(depth * 4 / 32) if first < 0 else first
@@ -124,15 +129,28 @@ class LLMPruner(WidthPruning):
         for index in pruned:
             block, block_units = model.blocks[index], units[index]
             heads_score, channel_score = self.group_scores(model, index, block, mode, grads, squares)
-            channels_q = block_units.heads * model.head_dim  # the reference's count on q's channels
-            n_heads = (channels_q - int(channels_q * (1 - share))) // model.head_dim
-            heads = set(torch.argsort(heads_score, stable=True)[:n_heads].tolist())
+            heads = self.heads_to_remove(model, block_units.heads, heads_score, share, unit)
             channels = block_units.channels_for(share, heads, torch.argsort(channel_score, stable=True).tolist())
             remove_units(model, block, sorted(heads), channels)
             report.layer_ratios[f"layers.{index}.heads"] = len(heads) / block_units.heads
             report.layer_ratios[f"layers.{index}.mlp"] = len(channels) / block_units.channels
         report.timings = {"gradient_s": gradient_s, "prune_s": time.perf_counter() - start}
         return report
+
+    @staticmethod
+    def heads_to_remove(model, n_heads: int, heads_score: torch.Tensor, share: float, unit: str) -> set[int]:
+        """The query heads a block loses. The reference counts the units on its root's channels:
+        q's for one KV head per query head (``hf_prune.py``); k's, in whole KV groups (a KV head with
+        the query heads that read it), for grouped-query models (``llama3.py``, ``unit="kv-group"``),
+        a group scored by the sum of the query heads it removes."""
+        hd, groups = model.head_dim, model.num_kv_heads
+        if unit == "kv-group" and groups < n_heads:
+            per = n_heads // groups
+            n_groups = (groups * hd - int(groups * hd * (1 - share))) // hd
+            lowest = torch.argsort(heads_score.reshape(groups, per).sum(1), stable=True)[:n_groups].tolist()
+            return {g * per + i for g in lowest for i in range(per)}
+        n = (n_heads * hd - int(n_heads * hd * (1 - share))) // hd
+        return set(torch.argsort(heads_score, stable=True)[:n].tolist())
 
     @staticmethod
     def group_scores(model, index, block, mode, grads, squares) -> tuple[torch.Tensor, torch.Tensor]:
