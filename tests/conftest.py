@@ -105,14 +105,7 @@ def real_tiny_model(name: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(real_tiny_config(name), dtype=torch.float32)
-    with torch.no_grad():  # as tiny_model: biases and norm weights away from 0 and 1
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    model.eval()
-    model.config.use_cache = False
-    return model
+    return _ready(AutoModelForCausalLM.from_config(real_tiny_config(name), dtype=torch.float32))
 
 
 #: Architectures every method supports.
@@ -133,8 +126,12 @@ def tiny_model(name: str, seed: int = 0, layers: int | None = None):
         if types:  # the architecture's pattern, repeated
             config.layer_types = [types[i % len(types)] for i in range(layers)]
     config.pad_token_id = config.eos_token_id = config.bos_token_id = 0
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    # Random init has tiny biases/norm weights of 0/1; perturb them so folding bugs show.
+    return _ready(AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager"))
+
+
+def _ready(model):
+    """In eval mode, no cache, its biases and norm weights moved off random init's 0 and 1 so
+    that folding bugs show."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
