@@ -30,9 +30,7 @@ per-layer lists, on a ``RESULT`` line.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -41,14 +39,16 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from reference_protocol import (
+    CALIBRATION_LENGTH,
+    CALIBRATION_WINDOWS,
+    SEED,
+    TEST_WINDOWS,
+    import_reference,
+    load_model,
+    perplexity,
+)
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
-
-SEED = 0
-CALIBRATION_WINDOWS = 8
-CALIBRATION_LENGTH = 512
-TEST_WINDOWS = 16
-ROPE_THETA = 100000.0  # the v5 config stores it under rope_parameters; 4.37.2 would read 10000
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ppl", action="store_true", help="perplexity on the first 16 test windows")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     return parser.parse_args()
-
-
-def import_reference(reference_dir: Path, name: str) -> ModuleType:
-    """Import ``name`` (e.g. ``lib.prune``) from the reference copy."""
-    if str(reference_dir) not in sys.path:
-        sys.path.insert(0, str(reference_dir))
-    return importlib.import_module(name)
 
 
 def exact_variance_add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
@@ -127,18 +120,6 @@ def reference_args(method: str, ratio: float, model_dir: Path) -> argparse.Names
     if method == "wanda_sp":
         args.metrics, args.structure = "N/A", "N/A"  # as the repository's LLaMA script; unused by Wanda-sp
     return args
-
-
-def load_model(model_dir: Path) -> nn.Module:
-    config = AutoConfig.from_pretrained(str(model_dir))
-    config.rope_theta = ROPE_THETA
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), config=config, torch_dtype=torch.float32,
-                                                 low_cpu_mem_usage=True)
-    assert model.config.rope_theta == ROPE_THETA
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    model.seqlen = CALIBRATION_LENGTH
-    model.eval()
-    return model
 
 
 def model_shape(config) -> ModelShape:
@@ -210,18 +191,6 @@ def check_masked_heads(model: nn.Module, shape: ModelShape, heads_kept: list[lis
     present = [int((layer.self_attn.q_proj.weight.abs().sum(1) != 0).sum()) // shape.head_dim
                for layer in model.model.layers]
     assert present == [len(heads) for heads in heads_kept], (present,)
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, test_ids: torch.Tensor) -> tuple[float, float]:
-    """Each window alone, no BOS, float32 logits; returns exp(mean NLL) and the summed NLL."""
-    nll_sum = 0.0
-    for window in test_ids.split(1):
-        logits = model(window).logits.float()
-        nll = nn.functional.cross_entropy(logits[0, :-1], window[0, 1:], reduction="sum")
-        nll_sum += nll.double().item()
-    predicted_tokens = test_ids.shape[0] * (test_ids.shape[1] - 1)
-    return math.exp(nll_sum / predicted_tokens), nll_sum
 
 
 def main() -> None:

@@ -30,9 +30,7 @@ Writes to --out-dir:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,14 +38,17 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from reference_protocol import (
+    CALIBRATION_LENGTH,
+    CALIBRATION_WINDOWS,
+    SEED,
+    TEST_WINDOWS,
+    import_reference,
+    load_model,
+    perplexity,
+)
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
 
-SEED = 0
-CALIBRATION_WINDOWS = 8
-CALIBRATION_LENGTH = 512
-TEST_WINDOWS = 16
-ROPE_THETA = 100000.0  # the v5 config stores it under rope_parameters; older transformers would read 10000
 LAMBDA = 0.08  # OWL's sparsity spread
 OUTLIER_M = 5.0  # OWL's outlier threshold, a multiple of the layer's mean score
 BLOCK_CALLS_PER_LOOP = CALIBRATION_WINDOWS  # the reference forwards the calibration windows one at a time
@@ -66,13 +67,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def import_reference(reference_dir: Path, name: str) -> ModuleType:
-    """Import ``name`` (e.g. ``lib.prune_all``) from the reference copy."""
-    if str(reference_dir) not in sys.path:
-        sys.path.insert(0, str(reference_dir))
-    return importlib.import_module(name)
-
-
 def check_reference_calibration(reference_dir: Path, calibration_ids: torch.Tensor) -> None:
     """Stop unless the copy's C4 loader yields ``calibration_ids``."""
     data = import_reference(reference_dir, "lib.data")
@@ -89,18 +83,6 @@ def reference_args(ratio: float, model_dir: Path) -> argparse.Namespace:
     return argparse.Namespace(model=str(model_dir), seed=SEED, nsamples=CALIBRATION_WINDOWS, sparsity_ratio=ratio,
                               sparsity_type="unstructured", prune_method="wanda_owl", use_variant=False,
                               Lamda=LAMBDA, Hyper_m=OUTLIER_M, outlier_by_activation=False, outlier_by_wmetric=False)
-
-
-def load_model(model_dir: Path) -> nn.Module:
-    """float32 on the CPU; ``device_map`` so that ``hf_device_map`` exists, as the reference expects."""
-    config = AutoConfig.from_pretrained(str(model_dir))
-    config.rope_theta = ROPE_THETA
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), config=config, torch_dtype=torch.float32,
-                                                 low_cpu_mem_usage=True, device_map="cpu")
-    assert model.config.rope_theta == ROPE_THETA
-    model.seqlen = CALIBRATION_LENGTH
-    model.eval()
-    return model
 
 
 def zero_weights(prune_all: ModuleType, layers: nn.ModuleList) -> dict[str, torch.Tensor]:
@@ -187,17 +169,6 @@ def layer_sparsities(outlier_ratios: list[float], ratio: float) -> list[float]:
     return [float(1 - share) for share in kept]
 
 
-@torch.no_grad()
-def perplexity(model: nn.Module, test_ids: torch.Tensor) -> tuple[float, float]:
-    """Each window alone, no BOS, float32 logits; returns exp(mean NLL) and the summed NLL."""
-    nll_sum = 0.0
-    for window in test_ids.split(1):
-        logits = model(window).logits.float()
-        nll = nn.functional.cross_entropy(logits[0, :-1], window[0, 1:], reduction="sum")
-        nll_sum += nll.double().item()
-    return math.exp(nll_sum / (test_ids.shape[0] * (test_ids.shape[1] - 1))), nll_sum
-
-
 def main() -> None:
     cli = parse_args()
     torch.set_num_threads(1)
@@ -209,7 +180,7 @@ def main() -> None:
     np.random.seed(SEED)
     torch.random.manual_seed(SEED)
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, device_map="cpu")
     layers = model.model.layers
     before = zero_weights(prune_all, layers)
     wrappers, outlier_ratios = record_statistics(prune_all)
