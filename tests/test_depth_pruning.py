@@ -57,6 +57,8 @@ def test_shortgpt_removes_the_blocks_of_lowest_influence(arch):
     order = sorted(range(6), key=expected.__getitem__)
     assert expected[3] == pytest.approx(0.0, abs=1e-9) and order[0] == 3
     assert f"removed blocks {sorted(order[:2])}" in report.notes[0] and len(adapter.blocks) == 4
+    assert [name for name, removed in report.layer_ratios.items() if removed == 1.0] == [
+        f"layers.{i}" for i in sorted(order[:2])] and len(report.layer_ratios) == 6  # the allocation plot's bars
     # r counts nonzero weights: the identity block's zeroed projections were never counted
     share = sum(nonzeros[i] for i in order[:2]) / sum(nonzeros)
     assert measure_ratio(dense, adapter).ratio == pytest.approx(share)
@@ -88,6 +90,7 @@ def test_sleb_removes_greedily_and_never_an_end_block():
     report = SLEB().compress(adapter, calibration, Target(0.0, options={"blocks": 2}))
     removed = [int(part.split()[0]) for part in report.notes[0].split(": ", 1)[1].split(", ")]
     assert removed == [best, min(second, key=second.get)] and len(adapter.blocks) == 4
+    assert {name for name, ratio in report.layer_ratios.items() if ratio == 1.0} == {f"layers.{i}" for i in removed}
     assert second != {j: first[j] for j in second}  # the second round saw the first removal
 
 

@@ -33,9 +33,10 @@ def tiny_model_dir_module(tmp_path_factory, tiny_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_model_dir_module, data_dir):
-    """Records of dense and four methods at two ratios on a tiny model, and the site made from them."""
+    """Records of dense and five methods at two ratios on a tiny model (ShortGPT's allocation
+    differs by block, the others' is uniform; it refuses 0.25 of two blocks), and the site made from them."""
     root = tmp_path_factory.mktemp("site")
-    config = RunConfig(model=str(tiny_model_dir_module), methods=["dense", "magnitude", "wanda", "slicegpt", "rtn"],
+    config = RunConfig(model=str(tiny_model_dir_module), methods=["dense", "magnitude", "wanda", "shortgpt", "slicegpt", "rtn"],
                        ratios=[0.25, 0.5], calibration="wikitext2:4x32", eval_windows=2, eval_length=32,
                        data_dir=str(data_dir), out=root / "records", cache_dir=root / "cache")
     records = [r for r in run(config, load_plugins(), log=lambda *a: None) if r.ok]
@@ -59,6 +60,8 @@ def test_pages_name_no_machine_path_and_plot_every_row(site):
     assert len(ratio_plot["data"][0]["x"]) == len(records)
     assert all(f'id="record-{r.key}"' in text for r in records)  # per-record details
     assert "harness run --model" in text
+    wanda = next(r for r in records if r.method == "wanda")
+    assert "Allocation: uniform" in text.split(f'id="record-{wanda.key}"')[1].split("</details>")[0]
 
 
 def _browser():
@@ -154,9 +157,22 @@ def test_the_site_in_a_real_browser(site, tmp_path):
         filtered = _rows(browser)
         assert filtered and {kind for _, kind in filtered} == {"unstructured"}
         assert len(filtered) == sum(r.method_kind == "unstructured" for r in records) and _reference_on_top(browser)
-        # each plot has one point per row
+        # figures are drawn as they come into view: each plot has one point per row
+        browser.execute_script("document.querySelector('div.plots').scrollIntoView()")
+        _wait(browser, lambda: browser.execute_script(
+            "return [...document.querySelectorAll('div.plots')[0].children].every(p => p.classList.contains('drawn'))"))
         points = browser.execute_script(
-            "return [...document.querySelectorAll('div.plot')].map(p => p.data[0].x.length);")
+            "return [...document.querySelectorAll('div.plots')[0].children].map(p => p.data[0].x.length);")
         assert points and max(points) == len(records)
+        # a record's per-layer allocation is drawn when it is opened: one bar per layer, as its report says
+        allocated = next(r for r in records if r.method == "shortgpt")
+        browser.execute_script(f"const d = document.getElementById('record-{allocated.key}'); d.open = true; d.scrollIntoView();")
+        _wait(browser, lambda: browser.execute_script(
+            f"return document.querySelector('#record-{allocated.key} div.allocation.drawn')"))
+        bars = browser.execute_script(
+            f"return document.querySelector('#record-{allocated.key} div.allocation').data.map(t => t.y);")
+        assert sorted(v for trace in bars for v in trace) == sorted(allocated.report["layer_ratios"].values())
+        browser.save_screenshot(str(tmp_path / "allocation.png"))
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"], "console errors"
     finally:
         browser.quit()

@@ -30,6 +30,11 @@ class DepthPruning(Method):
                              f"asked {n} (ratio {target.ratio:g})")
         return n
 
+    @staticmethod
+    def allocation(depth: int, removed: list[int]) -> dict[str, float]:
+        """The report's per-layer allocation: each block of the original numbering, 1 if removed."""
+        return {f"layers.{i}": float(i in removed) for i in range(depth)}
+
     def ratio_steps(self, model: ModelAdapter) -> list[float]:
         depth = len(model.blocks)
         return [k / depth for k in range(1, depth)]

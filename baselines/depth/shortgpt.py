@@ -55,7 +55,8 @@ class ShortGPT(DepthPruning):
             step.next_inputs = outputs
         removed = sorted(sorted(range(len(influence)), key=influence.__getitem__)[:n])
         model.remove_blocks(removed)
-        report = CompressionReport(knobs={"blocks": n}, timings={"score_s": time.perf_counter() - start})
+        report = CompressionReport(knobs={"blocks": n}, layer_ratios=self.allocation(len(influence), removed),
+                                   timings={"score_s": time.perf_counter() - start})
         report.notes.append(f"removed blocks {removed}; block influence: "
                             + ", ".join(f"{i}:{bi:.4f}" for i, bi in enumerate(influence)))
         return report

@@ -85,8 +85,9 @@ class SLEB(DepthPruning):
             removed.append(best)
             alive.remove(best)
             rounds.append(f"{best} ({loss[best] / calibration.input_ids[:, 1:].numel():.4f})")
+        depth = len(model.blocks)
         model.remove_blocks(removed)
-        report = CompressionReport(knobs={"blocks": n, "protect": protect},
+        report = CompressionReport(knobs={"blocks": n, "protect": protect}, layer_ratios=self.allocation(depth, removed),
                                    timings={"search_s": time.perf_counter() - start})
         report.notes.append("removed in order (mean calibration NLL without it): " + ", ".join(rounds))
         return report

@@ -53,6 +53,16 @@ def plot_metric_vs_ratio(records: list[Record], metric: str, stem: Path, lower_b
     return path
 
 
+def allocation_by_part(layer_ratios: dict[str, float]) -> dict[str, dict[int, float]]:
+    """A report's ``layer_ratios`` by part, then block: names are "layers.12" (a whole block:
+    part "block") or "layers.12.mlp" / "layers.12.down" (one of its parts)."""
+    parts: dict[str, dict[int, float]] = {}
+    for name, ratio in layer_ratios.items():
+        _, block, *part = name.split(".")
+        parts.setdefault(".".join(part) or "block", {})[int(block)] = ratio
+    return parts
+
+
 def plot_allocation(record: Record, stem: Path) -> Path | None:
     """A method's per-layer (or per-module) ratios, from its report."""
     plt = _pyplot()
@@ -60,15 +70,13 @@ def plot_allocation(record: Record, stem: Path) -> Path | None:
     if plt is None or len(set(ratios.values())) < 2:
         return None  # uniform allocations say nothing a table does not
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    # names look like "layers.12.mlp" or "layers.12.down": one bar group per block
-    kinds = list(dict.fromkeys(n.rsplit(".", 1)[1] for n in ratios))
-    blocks = sorted({int(n.split(".")[1]) for n in ratios})
-    width = 0.9 / len(kinds)
-    for i, kind in enumerate(kinds):
-        xs = [b + (i - (len(kinds) - 1) / 2) * width for b in blocks]
-        ax.bar(xs, [ratios.get(f"layers.{b}.{kind}", 0.0) for b in blocks], width=width, label=kind)
+    parts = allocation_by_part(ratios)  # one bar group per block
+    width = 0.9 / len(parts)
+    for i, (part, by_block) in enumerate(parts.items()):
+        xs = [b + (i - (len(parts) - 1) / 2) * width for b in by_block]
+        ax.bar(xs, list(by_block.values()), width=width, label=part)
     ax.set_xlabel("block")
-    ax.legend(fontsize=7, ncol=len(kinds))
+    ax.legend(fontsize=7, ncol=len(parts))
     ax.set_ylabel("ratio removed")
     ax.set_title(f"{record.method} @ {record.label}: allocation "
                  f"(measured r = {record.achieved['ratio']:.3f})")

@@ -7,13 +7,15 @@ drawn first: sorting and filtering leave it), Δ columns coloured
 by whether the change is for the better (``higher_is_better`` from the records). Beside each table
 its trade-off plots: quality against measured speedup, weight memory and ratio, one point per row,
 the Pareto front drawn, the method, knobs and provenance on hover. Under them, per record: knobs,
-provenance, the command that reproduces it and how to load its export.
+provenance, the command that reproduces it, how to load its export and its per-layer allocation.
 
 Interactivity comes from maintained libraries, taken from their Python packages so that the site
 works from ``file://`` and any static host with no CDN and no server: tables are DataTables as
 ``itables`` bundles it (an ES module, inlined into each page and imported from a blob URL, since
 browsers refuse module files over ``file://``), plots are Plotly figures drawn by the
-``plotly.min.js`` the ``plotly`` package ships (one copy in ``assets/``).
+``plotly.min.js`` the ``plotly`` package ships (one copy in ``assets/``). The tables are usable
+before any figure: figures are drawn as they come into view, and the Plotly script, the heaviest
+file, is fetched for the first of them.
 
 Nothing published names a machine path: data files appear by name and content hash, the model by
 its name and identity.
@@ -41,6 +43,7 @@ from harness.report.leaderboard import (
     table_groups,
     table_notes,
 )
+from harness.report.plots import allocation_by_part
 from harness.report.protocol import newest_per_cell
 from harness.results import Record, load_records, slug
 
@@ -176,6 +179,25 @@ def _command(r: Record) -> str:
     return " ".join(parts)
 
 
+def _allocation(r: Record) -> str:
+    """The record's per-layer allocation (its report's ``layer_ratios``: the share each block, or
+    each of its modules, lost) as a bar chart drawn when the record is opened; a uniform one is
+    said in words."""
+    ratios = (r.report or {}).get("layer_ratios") or {}
+    if not ratios:
+        return ""
+    if len(set(ratios.values())) == 1:
+        return f"<p>Allocation: uniform, {next(iter(ratios.values())):.4g} removed in each of {len(ratios)} layers.</p>"
+    data = [{"type": "bar", "name": part, "x": list(by_block), "y": list(by_block.values())}
+            for part, by_block in allocation_by_part(ratios).items()]
+    achieved = (r.achieved or {}).get("ratio")
+    title = "per-layer allocation" + (f" (measured r = {achieved:.4g})" if achieved is not None else "")
+    figure = {"data": data, "layout": {"title": {"text": title}, "barmode": "group", "height": 300,
+                                      "margin": {"t": 40}, "xaxis": {"title": {"text": "block"}, "dtick": 1},
+                                      "yaxis": {"title": {"text": "share removed"}}}}
+    return f'<div class="figure allocation" data-figure="{html.escape(json.dumps(figure))}"></div>'
+
+
 def _record_details(r: Record) -> str:
     p, c = r.provenance, r.calibration or {}
     items = {
@@ -194,7 +216,8 @@ def _record_details(r: Record) -> str:
         items["export"] = f"saved as {Path(r.saved_model).name}: harness run --model {Path(r.saved_model).name}"
     body = "".join(f"<dt>{html.escape(k)}</dt><dd><code>{html.escape(str(v))}</code></dd>" for k, v in items.items())
     method = f"{r.method} ({r.variant})" if r.variant else r.method
-    return f'<details id="record-{r.key}"><summary>{html.escape(method)} @ {html.escape(r.label)}</summary><dl>{body}</dl></details>'
+    return (f'<details id="record-{r.key}"><summary>{html.escape(method)} @ {html.escape(r.label)}</summary>'
+            f"<dl>{body}</dl>{_allocation(r)}</details>")
 
 
 def _without_paths(line: str) -> str:
@@ -237,7 +260,7 @@ STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; }
 td.better { color: #1a7f37; } td.worse { color: #cf222e; }
 ul.protocol { color: #555; font-size: 12px; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plot { width: 560px; } details { margin: .2em 0; } dd code { white-space: pre-wrap; }
+.plot { width: 560px; min-height: 380px; } .allocation { max-width: 1100px; min-height: 300px; } details { margin: .2em 0; } dd code { white-space: pre-wrap; }
 table.board tfoot.reference { display: table-row-group; font-weight: 600; background: #f3f6fa; }
 """
 
@@ -253,18 +276,35 @@ for (const table of document.querySelectorAll("table.board")) {
     searchPanes: {columns: filters, layout: "columns-3", cascadePanes: true, initCollapsed: false},
   });
 }
-for (const plot of document.querySelectorAll("div.plot")) {
-  const figure = JSON.parse(plot.dataset.figure);
-  Plotly.newPlot(plot, figure.data, figure.layout, {displaylogo: false, responsive: true});
-}
+document.body.dataset.readyAt = performance.now().toFixed(0);
 document.body.dataset.ready = "1";
+
+// Figures are drawn when they come into view (a closed record's allocation when it is opened), and
+// plotly.min.js, the page's largest file, is fetched for the first of them: the tables never wait.
+let plotly;
+const loadPlotly = () => plotly ??= new Promise((resolve, reject) => {
+  const script = Object.assign(document.createElement("script"), {src: "assets/plotly.min.js"});
+  script.onload = resolve; script.onerror = () => reject(new Error("assets/plotly.min.js did not load"));
+  document.head.append(script);
+});
+async function draw(figure) {
+  await loadPlotly();
+  const {data, layout} = JSON.parse(figure.dataset.figure);
+  await Plotly.newPlot(figure, data, layout, {displaylogo: false, responsive: true});
+  figure.dataset.drawnAt = performance.now().toFixed(0);
+  figure.classList.add("drawn");
+}
+const inView = new IntersectionObserver(entries => entries.filter(e => e.isIntersecting).forEach(e => {
+  inView.unobserve(e.target); draw(e.target);
+}), {rootMargin: "400px"});
+document.querySelectorAll("div.figure").forEach(figure => inView.observe(figure));
 """
 
 
 def _model_page(model: str, tables: list[dict], bundle: str) -> str:
     sections = []
     for table in tables:
-        plots = "".join(f'<div class="plot" data-figure="{html.escape(json.dumps(fig))}"></div>' for fig in table["plots"])
+        plots = "".join(f'<div class="figure plot" data-figure="{html.escape(json.dumps(fig))}"></div>' for fig in table["plots"])
         details = "".join(_record_details(r) for r in table["records"])
         header = "".join(f"<li>{html.escape(line.lstrip('- '))}</li>" for line in table["header"])
         sections.append(f'<section id="section-{table["id"]}"><h2>{html.escape(table["title"])}</h2>'
@@ -272,7 +312,7 @@ def _model_page(model: str, tables: list[dict], bundle: str) -> str:
                         f'<div class="plots">{plots}</div><h3>Records</h3>{details}</section>')
     css = _datatables_css()
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(model)}</title>"
-            f"<style>{css}{STYLE}</style><script src='assets/plotly.min.js'></script></head><body>"
+            f"<style>{css}{STYLE}</style></head><body>"
             f"<p><a href='index.html'>← all models</a></p><h1>{html.escape(model)}</h1>{''.join(sections)}"
             f"<script type='text/plain' id='datatables-bundle'>{bundle}</script>"
             f"<script type='module'>{INIT}</script></body></html>")
