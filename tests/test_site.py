@@ -147,11 +147,12 @@ def test_the_site_in_a_real_browser(site, tmp_path):
         descending = _rows(browser)
         assert ascending != descending and _reference_on_top(browser)
         # the kind filter shows exactly the rows of that kind
+        browser.execute_script("""
+            [...document.querySelector('table.board').tHead.rows[0].cells].find(th => th.innerText.trim() === 'kind')
+                .querySelector('.dtcc-button_dropdown').click();""")
         option = browser.execute_script("""
-            const pane = [...document.querySelectorAll('.dtsp-searchPane')]
-                .find(p => (p.querySelector('input') || {}).placeholder === 'kind');
-            return [...pane.querySelectorAll('tbody tr')]
-                .find(tr => (tr.querySelector('.dtsp-name') || {}).innerText?.trim() === 'unstructured');""")
+            return [...document.querySelectorAll('.dtcc-dropdown .dtcc-list-buttons button')]
+                .find(b => b.innerText.trim() === 'unstructured');""")
         option.click()
         _wait(browser, lambda: {kind for _, kind in _rows(browser)} == {"unstructured"})
         filtered = _rows(browser)

@@ -11,7 +11,7 @@ provenance, the command that reproduces it, how to load its export and its per-l
 
 Interactivity comes from maintained libraries, taken from their Python packages so that the site
 works from ``file://`` and any static host with no CDN and no server: tables are DataTables as
-``itables`` bundles it (an ES module, inlined into each page and imported from a blob URL, since
+``itables`` bundles it, filtered by ColumnControl's value lists in the header (an ES module, inlined into each page and imported from a blob URL, since
 browsers refuse module files over ``file://``), plots are Plotly figures drawn by the
 ``plotly.min.js`` the ``plotly`` package ships (one copy in ``assets/``). The tables are usable
 before any figure: figures are drawn as they come into view, and the Plotly script, the heaviest
@@ -271,9 +271,8 @@ for (const table of document.querySelectorAll("table.board")) {
   const filters = JSON.parse(table.dataset.filters);
   new ITable(table, {
     paging: false, order: [],  // rows as ranked until a reader sorts; the reference sits in the footer group
-    columnDefs: [{targets: filters, searchPanes: {show: true}}],  // every filter shown, however few its values
-    layout: {topStart: "searchPanes", topEnd: "search", bottomStart: "info", bottomEnd: null},
-    searchPanes: {columns: filters, layout: "columns-3", cascadePanes: true, initCollapsed: false},
+    columnDefs: [{targets: filters, columnControl: [["searchList"]]}],  // a value list in the filter columns' headers
+    layout: {topStart: null, topEnd: "search", bottomStart: "info", bottomEnd: null},
   });
 }
 document.body.dataset.readyAt = performance.now().toFixed(0);
