@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Named GPU experiments: the low-bit kernels against their reference path, the 7B shape's int4
-# and int8 rows, SmolLM2's quantization tables, GPTQ beside RTN across settings, and the pruning
+# and int8 rows, GPTQ's compression time beside SparseGPT's, SmolLM2's quantization tables, GPTQ beside RTN across settings, and the pruning
 # baselines' sweep. The device is prepared as prepare_device.sh says (one call per part: wheels and
 # data with the SmolLM2 GGUF's first part, then the others; .device/zs from prepare_qwen.sh for the
 # sweeps' zero-shot cells); then
@@ -31,6 +31,9 @@ for experiment in "$@"; do
     shape7b)  # the 7B shape's int4 and int8 rows at every phase
       # shellcheck disable=SC2086
       bench speed-quant --methods dense,rtn,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
+    compress7b)  # GPTQ's compression time beside SparseGPT's (the same float64 statistics), 4 blocks of the 7B shape
+      timeout "${BENCH_S:-570}" python3 -m harness.cli bench compress --shape llama-2-7b --methods sparsegpt,gptq,rtn \
+        --calib 128x2048 --layers 4 --json "$results/compress-7b.json" 2>&1 | grep -v "it/s\]$" | tee "$results/compress-7b.log" || true ;;
     smollm2)  # SmolLM2-135M-Instruct, fp16: grid rows, 2:4 + w4, matched memory
       sweep smollm2-q leaderboards/smollm2-135m-instruct/records experiments/smollm2-quantization.toml ;;
     pruning-baselines)  # ShortGPT, SLEB, FLAP, Wanda-sp, OWL, RIA on SmolLM2, fp16 (zero-shot needs .device/zs)
