@@ -31,6 +31,9 @@ for experiment in "$@"; do
     shape7b)  # the 7B shape's int4 and int8 rows at every phase
       # shellcheck disable=SC2086
       bench speed-quant --methods dense,rtn,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
+    prune7b)  # depth and width pruning at r = 0.25 beside dense (shapes from each method's data-free probe)
+      bench speed-prune --methods dense,shortgpt,flap,wanda-sp,llm-pruner --ratio 0.25 \
+        --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
     compress7b)  # GPTQ's compression time beside SparseGPT's (the same float64 statistics), 4 blocks of the 7B shape
       timeout "${BENCH_S:-570}" python3 -m harness.cli bench compress --shape llama-2-7b --methods sparsegpt,gptq,rtn \
         --calib 128x2048 --layers 4 --json "$results/compress-7b.json" 2>&1 | grep -v "it/s\]$" | tee "$results/compress-7b.log" || true ;;
