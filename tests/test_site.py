@@ -172,7 +172,7 @@ def test_the_site_in_a_real_browser(site, tmp_path):
             f"return document.querySelector('#record-{allocated.key} div.allocation.drawn')"))
         bars = browser.execute_script(
             f"return document.querySelector('#record-{allocated.key} div.allocation').data.map(t => t.y);")
-        assert sorted(v for trace in bars for v in trace) == sorted(allocated.report["layer_ratios"].values())
+        assert sorted(v for trace in bars for v in trace) == sorted(round(v, 4) for v in allocated.report["layer_ratios"].values())
         browser.save_screenshot(str(tmp_path / "allocation.png"))
         assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"], "console errors"
     finally:

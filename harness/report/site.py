@@ -188,7 +188,7 @@ def _allocation(r: Record) -> str:
         return ""
     if len(set(ratios.values())) == 1:
         return f"<p>Allocation: uniform, {next(iter(ratios.values())):.4g} removed in each of {len(ratios)} layers.</p>"
-    data = [{"type": "bar", "name": part, "x": list(by_block), "y": list(by_block.values())}
+    data = [{"type": "bar", "name": part, "x": list(by_block), "y": [round(v, 4) for v in by_block.values()]}
             for part, by_block in allocation_by_part(ratios).items()]
     achieved = (r.achieved or {}).get("ratio")
     title = "per-layer allocation" + (f" (measured r = {achieved:.4g})" if achieved is not None else "")
@@ -271,6 +271,7 @@ for (const table of document.querySelectorAll("table.board")) {
   const filters = JSON.parse(table.dataset.filters);
   new ITable(table, {
     paging: false, order: [],  // rows as ranked until a reader sorts; the reference sits in the footer group
+    autoWidth: false,  // the browser lays the columns out: DataTables would measure a hidden copy of the table
     columnDefs: [{targets: filters, columnControl: [["searchList"]]}],  // a value list in the filter columns' headers
     layout: {topStart: null, topEnd: "search", bottomStart: "info", bottomEnd: null},
   });
