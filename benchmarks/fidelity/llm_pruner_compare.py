@@ -5,18 +5,19 @@ the results are in ``leaderboards/fidelity/llm_pruner_smollm2_cpu.md``.
     python benchmarks/fidelity/llm_pruner_compare.py ref_*.json ours_*.json [--out compare.json]
 
 Each file is sorted by its content: a run of ours has ``harness_ratio_blocks``; a reference run
-with ``"diag_aligned": true`` is the aligned-group-score diagnostic. Each reference run (at its
-``--pruning_ratio`` p) is compared with
-  every run of ours at ratio p                      (the nominal budget), and
-  every run of ours at the reference's budget        (ours' ratio within --budget-tolerance of the
-                                                      share of block weights the reference removed),
-and a diagnostic run with the reference run at the same p. For each pair it prints a Markdown
-table row: both perplexities and their difference ("0, bit-equal" where the two floats are equal),
-the share of the blocks' q, k, v, o, gate, up, down weights each removed, the layers whose kept
-query heads are identical, and the layers whose kept MLP channels are identical with the mean
-Jaccard index of the kept channels over all layers. Below the table, the units each run removed
-per pruned block (query heads, KV groups, MLP channels: the values taken, with how many blocks).
-With --out, all of it is written as JSON.
+with ``"diag_aligned": true`` is the aligned-group-score diagnostic. A reference run at its
+``--pruning_ratio`` p is compared with
+  the diagnostic run at p,
+  every run of ours at ratio p (the nominal budget), and
+  every run of ours at the reference's budget (ours' ratio within --budget-tolerance of the share
+  of block weights the reference removed);
+a diagnostic run with every run of ours at its budget on the same gradient tokens. For each pair it
+prints a Markdown table row: both perplexities and their difference ("0, bit-equal" where the two
+floats are equal), the share of the blocks' q, k, v, o, gate, up, down weights each removed, the
+layers whose kept query heads are identical, and the layers whose kept MLP channels are identical
+with the mean Jaccard index of the kept channels over all layers. Below the table, the units each
+run removed per pruned block (query heads, KV groups, MLP channels: the values taken, with how many
+blocks). With --out, all of it is written as JSON.
 """
 
 from __future__ import annotations
@@ -75,12 +76,15 @@ def pairs_of(runs: list[dict], tolerance: float) -> list[tuple[dict, dict]]:
     for reference in references:
         data = reference["data"]
         realised = data["removed_fraction_of_block_linears"]
-        if reference["role"] == "ref":
-            pairs += [(reference, run) for run in runs
-                      if run["role"] == "diag" and run["data"]["ratio"] == data["ratio"]]
+        at_budget = [run for run in ours if run["data"]["ratio"] != data["ratio"]
+                     and abs(run["data"]["ratio"] - realised) <= tolerance]
+        if reference["role"] == "diag":  # beside ours at its budget on the same gradient tokens
+            pairs += [(reference, run) for run in at_budget
+                      if run["data"]["gradient_length"] == data["gradient_length"]]
+            continue
+        pairs += [(reference, run) for run in runs if run["role"] == "diag" and run["data"]["ratio"] == data["ratio"]]
         pairs += [(reference, run) for run in ours if run["data"]["ratio"] == data["ratio"]]
-        pairs += [(reference, run) for run in ours if run["data"]["ratio"] != data["ratio"]
-                  and abs(run["data"]["ratio"] - realised) <= tolerance]
+        pairs += [(reference, run) for run in at_budget]
     return pairs
 
 
