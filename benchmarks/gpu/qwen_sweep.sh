@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Qwen sweep on the GPU machine (Q4_K_M GGUF, dequantised once into the cache), for the model
 # prepare_qwen.sh cut into parts:
-#   qwen2.5-0.5b  one stage per sweep file, experiments/qwen2.5-0.5b-{zeroshot,ppl,speed}.toml, feeding
+#   qwen2.5-0.5b  one stage per sweep file, experiments/qwen2.5-0.5b-STAGE.toml (zeroshot, ppl, speed by
+#                 default; quantization, pruning-baselines when named), feeding
 #                 leaderboards/qwen2.5-coder-0.5b-instruct-awq/
 #   qwen2.5-1.5b  experiments/qwen2.5-1.5b.toml (stage "all") through Ray, quality cells RAY_GPUS
 #                 (default 0.25) of the GPU each, speed cells alone, feeding
@@ -45,6 +46,6 @@ sweep_begin
 common=(--model "$store/qwen.gguf" --out "$out")
 for stage in $stages; do
   if [ "$model" = qwen2.5-1.5b ]; then config=experiments/qwen2.5-1.5b.toml; else config=experiments/qwen2.5-0.5b-$stage.toml; fi
-  [ -e "$config" ] || { echo "unknown stage $stage (0.5B: zeroshot, ppl, speed; 1.5B: all)" >&2; exit 2; }
+  [ -e "$config" ] || { echo "unknown stage $stage (0.5B: zeroshot, ppl, speed, quantization, pruning-baselines; 1.5B: all)" >&2; exit 2; }
   step --config "$config"
 done
