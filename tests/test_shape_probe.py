@@ -19,10 +19,11 @@ def shapes(model):
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("method", ["slicegpt", "intraslice", "intraslice-uniform"])
+@pytest.mark.parametrize("method", ["slicegpt", "intraslice", "intraslice-uniform", "llm-pruner", "wanda-sp"])
 def test_structured_probe_has_the_shapes_of_compress(arch, method):
-    """SliceGPT's shapes follow from the ratio; IntraSlice's depend on the data (deleted
-    heads, Fisher allocation), so its probe takes them from the run's report (``kept``)."""
+    """SliceGPT's, LLM-Pruner's (whole KV groups in its middle blocks) and Wanda-sp's shapes follow
+    from the ratio; IntraSlice's depend on the data (deleted heads, Fisher allocation), so its
+    probe takes them from the run's report (``kept``)."""
     registry = default_registry()
     if registry.method(method).unsupported(ModelAdapter(tiny_model(arch)).arch):
         pytest.skip(f"{method} does not support {arch}")

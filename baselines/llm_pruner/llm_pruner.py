@@ -106,25 +106,13 @@ class LLMPruner(WidthPruning):
         mode, unit = self.option(target, "taylor"), self.option(target, "gqa_unit")
         if mode not in TAYLOR:
             raise ValueError(f"llm-pruner: taylor must be one of {', '.join(TAYLOR)}, got {mode!r}")
-        if unit not in ("kv-group", "query-head"):
-            raise ValueError(f"llm-pruner: gqa_unit must be kv-group or query-head, got {unit!r}")
-        depth = len(model.blocks)
-        first, last = self.option(target, "skip_first"), self.option(target, "skip_last")
-        first = round(depth * 4 / 32) if first < 0 else first
-        last = depth - (round(depth * 2 / 32) if last < 0 else last)
-        if not 0 <= first < last <= depth:
-            raise ValueError(f"llm-pruner: no block left to prune between {first} and {last} of {depth}")
+        pruned, units, share = self.budget(model, target)
         start = time.perf_counter()
         windows = calibration.input_ids[: self.option(target, "examples")]
         grads, squares = calibration_gradients(model, windows, calibration.device, mode in ("param_second", "param_mix"))
         gradient_s = time.perf_counter() - start
-        units = [BlockUnits(model, block) for block in model.blocks]
-        pruned = range(first, last)
-        share = target.ratio * sum(u.total for u in units) / sum(units[i].total for i in pruned)
-        if share >= 1:
-            raise ValueError(f"llm-pruner reaches at most r = {sum(units[i].total for i in pruned) / sum(u.total for u in units):.3f} "
-                             f"pruning blocks {first}..{last - 1}; asked {target.ratio}")
-        report = CompressionReport(knobs={"taylor": mode, "examples": len(windows), "blocks": f"{first}..{last - 1}"})
+        report = CompressionReport(knobs={"taylor": mode, "examples": len(windows),
+                                          "blocks": f"{pruned.start}..{pruned.stop - 1}"})
         start = time.perf_counter()
         for index in pruned:
             block, block_units = model.blocks[index], units[index]
@@ -136,6 +124,36 @@ class LLMPruner(WidthPruning):
             report.layer_ratios[f"layers.{index}.mlp"] = len(channels) / block_units.channels
         report.timings = {"gradient_s": gradient_s, "prune_s": time.perf_counter() - start}
         return report
+
+    def shape_probe(self, model, target):
+        """The shapes without data: the same blocks, unit and counts as ``compress``, any units
+        (speed and bytes depend on how many, not which)."""
+        pruned, units, share = self.budget(model, target)
+        for index in pruned:
+            block_units = units[index]
+            heads = self.heads_to_remove(model, block_units.heads, torch.zeros(block_units.heads), share,
+                                         self.option(target, "gqa_unit"))
+            channels = block_units.channels_for(share, heads, list(range(block_units.channels)))
+            remove_units(model, model.blocks[index], sorted(heads), channels)
+
+    def budget(self, model, target) -> tuple[range, list[BlockUnits], float]:
+        """(the blocks pruned, every block's units, the share each pruned block loses) so that all
+        blocks together lose the target ratio of their nonzero parameters."""
+        if self.option(target, "gqa_unit") not in ("kv-group", "query-head"):
+            raise ValueError(f"llm-pruner: gqa_unit must be kv-group or query-head, got {self.option(target, 'gqa_unit')!r}")
+        depth = len(model.blocks)
+        first, last = self.option(target, "skip_first"), self.option(target, "skip_last")
+        first = round(depth * 4 / 32) if first < 0 else first
+        last = depth - (round(depth * 2 / 32) if last < 0 else last)
+        if not 0 <= first < last <= depth:
+            raise ValueError(f"llm-pruner: no block left to prune between {first} and {last} of {depth}")
+        units = [BlockUnits(model, block) for block in model.blocks]
+        pruned = range(first, last)
+        share = target.ratio * sum(u.total for u in units) / sum(units[i].total for i in pruned)
+        if share >= 1:
+            raise ValueError(f"llm-pruner reaches at most r = {sum(units[i].total for i in pruned) / sum(u.total for u in units):.3f} "
+                             f"pruning blocks {first}..{last - 1}; asked {target.ratio}")
+        return pruned, units, share
 
     @staticmethod
     def heads_to_remove(model, n_heads: int, heads_score: torch.Tensor, share: float, unit: str) -> set[int]:
