@@ -64,6 +64,29 @@ def test_pages_name_no_machine_path_and_plot_every_row(site):
     assert "Allocation: uniform" in text.split(f'id="record-{wanda.key}"')[1].split("</details>")[0]
 
 
+def test_the_reproducing_command_plans_the_same_cell(site):
+    """A record's ``harness run`` line, as the page prints it, parses and plans: its method, target
+    and evaluations (a zero-shot record's tasks included) are ones the harness accepts."""
+    import dataclasses
+    import shlex
+
+    from harness.cli import build_parser, configs_from_args
+    from harness.plugins import default_registry
+    from harness.report.site import _command
+    from harness.run.plan import plan_evaluations, plan_runs
+
+    _, records = site
+    wanda = next(r for r in records if r.method == "wanda")
+    zeroshot = dataclasses.replace(wanda, eval={**wanda.eval, "zeroshot": {"tasks": ["piqa", "arc_easy"], "limit": None}})
+    for record in (wanda, zeroshot):
+        line = _command(record)
+        (config,) = configs_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+        (plan,) = plan_runs(config, default_registry())
+        assert plan.method.name == "wanda" and config.ratios == [record.target["ratio"]]
+        evals = {e.name: args for e, args in plan_evaluations(config, default_registry())}
+        assert evals.get("zeroshot", []) == (["piqa", "arc_easy"] if record is zeroshot else [])
+
+
 def _browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

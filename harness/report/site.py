@@ -132,8 +132,10 @@ def _plots(frame: pd.DataFrame, records: list[Record], better: dict[str, bool]) 
                 {"type": "scatter", "mode": "lines", "name": "Pareto front", "x": [xs[i] for i in front],
                  "y": [ys[i] for i in front], "hoverinfo": "skip", "line": {"dash": "dot"}}],
                 "layout": {"title": {"text": f"{quality} against {axis}"}, "xaxis": {"title": {"text": axis}},
-                           "yaxis": {"title": {"text": quality}}, "height": 380, "margin": {"t": 40},
-                           "showlegend": False}})
+                           # perplexities span orders of magnitude across ratios: a log axis
+                           "yaxis": {"title": {"text": quality},
+                                     "type": "linear" if better.get(quality, False) else "log"},
+                           "height": 380, "margin": {"t": 40}, "showlegend": False}})
     return figures
 
 
@@ -175,7 +177,7 @@ def _command(r: Record) -> str:
         c = r.calibration
         parts.append(f"--calib {c['dataset']}:{c['n']}x{c['length']} --seed {c['seed']}")
     parts += [f"-o {r.method}.{k}={v}" for k, v in (r.target.get("options") or {}).items()]
-    parts += [f"--eval {name}" for name in r.eval]
+    parts += [f"--eval {_eval_argument(name, spec)}" for name, spec in r.eval.items()]
     return " ".join(parts)
 
 
@@ -196,6 +198,14 @@ def _allocation(r: Record) -> str:
                                       "margin": {"t": 40}, "xaxis": {"title": {"text": "block"}, "dtick": 1},
                                       "yaxis": {"title": {"text": "share removed"}}}}
     return f'<div class="figure allocation" data-figure="{html.escape(json.dumps(figure))}"></div>'
+
+
+def _eval_argument(name: str, spec: dict) -> str:
+    """An evaluation as ``--eval`` takes it: ``ppl:wikitext2`` as recorded; an evaluation recorded
+    under its bare name with its tasks (zero-shot) as ``zeroshot:piqa,arc_easy,...``."""
+    if ":" in name or not spec.get("tasks"):
+        return name
+    return f"{name}:{','.join(spec['tasks'])}"
 
 
 def _record_details(r: Record) -> str:
@@ -290,7 +300,8 @@ const loadPlotly = () => plotly ??= new Promise((resolve, reject) => {
 async function draw(figure) {
   await loadPlotly();
   const {data, layout} = JSON.parse(figure.dataset.figure);
-  await Plotly.newPlot(figure, data, layout, {displaylogo: false, responsive: true});
+  // no tool bar over the title: drag zooms, a double click resets, hover shows each record
+  await Plotly.newPlot(figure, data, layout, {displayModeBar: false, responsive: true});
   figure.dataset.drawnAt = performance.now().toFixed(0);
   figure.classList.add("drawn");
 }
