@@ -122,16 +122,17 @@ def describe_spec(key: str, spec: dict) -> str:
 def parse_evals(items: list[str]) -> dict[str, list[str]]:
     """``["ppl:wikitext2,c4", "zeroshot:piqa"]`` → ``{"ppl": ["wikitext2", "c4"], "zeroshot": ["piqa"]}``.
 
-    A part without ``NAME:`` continues the evaluator before it.
+    Within one item, a part without ``NAME:`` continues the evaluator before it; each item names
+    its own (a bare ``"zeroshot"`` after ``"ppl:wikitext2"`` is refused, not read as a dataset).
     """
     evals: dict[str, list[str]] = {}
-    name = None
     for item in items:
+        name = None
         for part in filter(None, (p.strip() for p in item.split(","))):
             if ":" in part:
                 name, part = part.split(":", 1)
             if name is None:
-                raise ValueError(f"evaluation {part!r} names no evaluator; write NAME:ARGS, e.g. ppl:wikitext2")
+                raise ValueError(f"evaluation {part!r} names no evaluator; write NAME:ARGS, e.g. ppl:wikitext2 or zeroshot:piqa,arc_easy")
             evals.setdefault(name, []).append(part)
     return evals
 

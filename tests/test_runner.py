@@ -112,6 +112,7 @@ def test_a_failing_method_does_not_lose_the_others(config, registry):
     ({"pattern": "5:4"}, "0 < N < M"),
     ({"evals": ["ppl:nodata"]}, "unknown dataset 'nodata'"),
     ({"evals": ["acc:wikitext2"]}, "unknown evaluation"),
+    ({"evals": ["ppl:wikitext2", "zeroshot"]}, "'zeroshot' names no evaluator"),  # not a perplexity dataset
     ({"calibration": "mystery:4x32"}, "unknown dataset 'mystery'"),
     ({"model": "/no/such/model.gguf"}, "no GGUF file"),
     ({"evals": ["speed:decode@0x8"]}, "batch ≥ 1"),
