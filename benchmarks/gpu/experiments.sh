@@ -19,7 +19,8 @@ bench() { local name=$1; shift; echo "== $name: harness bench speed $*"
 sweep() {  # sweep NAME COMMITTED CONFIG: one sweep file, resumable (sweep_steps.sh)
   name=$1 committed=$2; source benchmarks/gpu/sweep_steps.sh; sweep_begin
   common=(--model "$SMOLLM2" --out "$out" --cache-dir "$store/cache"); step --config "$3"; }
-# int4 g128 and int8 per-channel symmetric formats in one run beside dense: the shape probes
+# int4 g128 and int8 per-channel symmetric formats, each in a run beside dense (one run held both
+# past a call's time): the shape probes
 # round random weights to the nearest (speed depends on the format alone)
 INT8="-o gptq.bits=8 -o gptq.group_size=-1 -o gptq.symmetric=true"
 for experiment in "$@"; do
@@ -28,9 +29,11 @@ for experiment in "$@"; do
       python3 -m pytest -q -p no:cacheprovider tests/test_quant_kernels.py tests/test_fusion.py 2>&1 | tail -15
       # shellcheck disable=SC2086
       bench quant-check --methods dense,rtn,gptq $INT8 --layers 2 --phases decode@1x512,prefill@8x2048 --profile ;;
-    shape7b)  # the 7B shape's int4 and int8 rows at every phase
+    shape7b)  # the 7B shape's int4 rows at every phase, beside dense
+      bench speed-quant --methods dense,rtn --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
+    shape7b-int8)  # the 7B shape's int8 (per row, symmetric) rows at every phase, beside dense
       # shellcheck disable=SC2086
-      bench speed-quant --methods dense,rtn,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
+      bench speed-quant-int8 --methods dense,gptq $INT8 --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
     prune7b)  # depth and width pruning at r = 0.25 beside dense (shapes from each method's data-free probe)
       bench speed-prune --methods dense,shortgpt,flap,wanda-sp,llm-pruner --ratio 0.25 \
         --phases decode@1x512,decode@16x512,prefill@8x2048 ;;
