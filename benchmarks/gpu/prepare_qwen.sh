@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .device/ parts for a Qwen GPU sweep on top of prepare_device.sh:
 #   bash benchmarks/gpu/prepare_qwen.sh [qwen2.5-0.5b|qwen2.5-1.5b] [MODELS_DIR]
-#   .device/q1 … .device/qN   the model's Q4_K_M GGUF in 56 MiB parts, one per call (0.5B: 9, 1.5B: 20)
+#   .device/q1 … .device/qN   the model's Q4_K_M GGUF in 44 MiB parts, one per call beside the working tree
+#                             (a call carries at most 64 MiB in all; 0.5B: 11 parts, 1.5B: 26)
 #   .device/zs                lm-eval and the packages it needs that the device image lacks
 #                             (py3.12 wheels, the locked versions), the 7+1 zero-shot task files,
 #                             the GGUF's sha256 and which model it is
@@ -18,7 +19,7 @@ model=${1:-qwen2.5-0.5b} models=${2:-/work/models}
 case $model in qwen2.5-0.5b|qwen2.5-1.5b) ;; *) echo "model: qwen2.5-0.5b or qwen2.5-1.5b, got $model" >&2; exit 2 ;; esac
 gguf=$(../shared/tools/get-model "$model" "$models" | tail -1 | cut -d' ' -f1)
 rm -rf "$dev"/q[0-9]* "$dev/zs"; mkdir -p "$dev/zs/whl" "$dev/zs/zeroshot"
-split -b 56M -d -a 2 "$gguf" "$dev/qpart"
+split -b 44M -d -a 2 "$gguf" "$dev/qpart"
 for part in "$dev"/qpart??; do n=$(( 10#${part: -2} + 1 )); mkdir -p "$dev/q$n"; mv "$part" "$dev/q$n/qwen.part"; done
 sha256sum "$gguf" | cut -d' ' -f1 > "$dev/zs/qwen.sha256"
 echo "$model" > "$dev/zs/qwen.model"
