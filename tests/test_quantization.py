@@ -122,6 +122,28 @@ def test_gptq_beats_rtn_on_correlated_inputs(act_order, static_groups):
     assert error < 0.8 * (x @ (rtn.dequantize() - w).T).pow(2).sum()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("act_order,static_groups,keep_zeros,group", [
+    (False, False, False, 128), (True, False, False, 64), (True, True, False, 32), (False, False, True, 256)])
+def test_a_graphed_sweep_gives_the_eager_sweeps_codes(act_order, static_groups, keep_zeros, group):
+    """Replaying a captured block sweep runs the same kernels on the same values: the same codes,
+    scales and zero points bit for bit, for every linear of the shape that shares the graph."""
+    torch.manual_seed(0)
+    x = (torch.randn(2048, 640) @ torch.randn(640, 640) * 0.2).cuda()
+    gram = (x.T @ x).double()
+    graphs = {}
+    for seed in (1, 2):  # the second linear of this shape replays the first one's graph
+        torch.manual_seed(seed)
+        w = torch.randn(96, 640, device="cuda")
+        if keep_zeros:
+            w.view(96, -1, 4)[:, :, 1::2] = 0
+        options = (128, 0.01, act_order, static_groups, keep_zeros)
+        eager = gptq_quantize(w, gram, 2048, Grid(4, group), *options)
+        graphed = gptq_quantize(w, gram, 2048, Grid(4, group), *options, graphs=graphs)
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(eager, graphed))
+    assert len(graphs) == 1
+
+
 def test_gptq_keeps_a_pruned_mask():
     torch.manual_seed(0)
     x = torch.randn(512, 64) @ torch.randn(64, 64)

@@ -27,7 +27,11 @@ From the reference, exactly:
   reference's default); ``true_sequential``: q/k/v, then o, then the MLP inputs, then down,
   each from a pass through the block as the earlier groups left it (the reference's flag).
 Ours: XᵀX accumulated in float64, factorised in float64; the sweep in float32 as the
-reference's. ``keep_zeros``: weights that are zero before quantizing stay zero (their error is
+reference's, every column's grid looked up before its block's sweep (the grids are the ones the
+reference fits as the sweep reaches them: they read columns the block's sweep does not change);
+on a GPU each full block's sweep is replayed as one captured CUDA graph (``cuda_graph``: the same
+kernels on the same values, so the same codes; a column's dozen small kernels are launched from
+Python once per shape instead of once per column). ``keep_zeros``: weights that are zero before quantizing stay zero (their error is
 still pushed on), the joint prune-and-quantize of SparseGPT's paper for a mask fixed first;
 a chain after a pruning stage turns it on (``harness.run.chain``).
 """
@@ -43,12 +47,71 @@ from harness.obs import hessian_inverse_factor
 from harness.quantization import Grid, minmax_grid, quantized_linear
 
 
+def sweep_columns(W1: torch.Tensor, S1: torch.Tensor, Z1: torch.Tensor, U1: torch.Tensor, keep1: torch.Tensor | None,
+                  C1: torch.Tensor, Err1: torch.Tensor, T: torch.Tensor, maxq: int) -> None:
+    """One block's column-by-column sweep, in place: each column of ``W1`` rounded on its grid
+    (``S1``, ``Z1``: every column's scale and zero point) into the codes ``C1``, its error scaled
+    by U_ii into ``Err1`` and pushed onto the block's later columns. Fixed kernels per column, no
+    branch on data, so a CUDA graph can replay it (``T``: one column of scratch)."""
+    for i in range(W1.shape[1]):
+        w, q = W1[:, i], C1[:, i]
+        torch.div(w, S1[:, i], out=q)
+        q.round_().add_(Z1[:, i]).clamp_(0, maxq)
+        if keep1 is not None:  # a pruned weight's code is the zero point: exactly 0
+            q.copy_(torch.where(keep1[:, i], q, Z1[:, i]))
+        torch.sub(q, Z1[:, i], out=T).mul_(S1[:, i])  # the dequantised column, scale · (q − zero)
+        torch.sub(w, T, out=T)
+        err = torch.div(T, U1[i, i], out=Err1[:, i])
+        W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # W[:, j] −= err · U[i, j], j ≥ i
+
+
+class GraphedSweep:
+    """``sweep_columns`` over full blocks of one shape, captured once as a CUDA graph and
+    replayed per block: the same kernels on the same values (bit-equal), without a launch from
+    Python for each of a column's kernels."""
+
+    def __init__(self, rows: int, width: int, U_dtype: torch.dtype, keep: bool, maxq: int, device: torch.device):
+        self.width = width
+        shape = (rows, width)
+        self.W1, self.S1, self.Z1 = (torch.zeros(shape, device=device) for _ in range(3))
+        self.U1 = torch.zeros(width, width, dtype=U_dtype, device=device)
+        self.keep1 = torch.ones(shape, dtype=torch.bool, device=device) if keep else None
+        self.C1, self.Err1 = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        self.T = torch.zeros(rows, device=device)
+        self.S1.fill_(1.0)
+        self.U1.fill_diagonal_(1.0)
+        args = (self.W1, self.S1, self.Z1, self.U1, self.keep1, self.C1, self.Err1, self.T, maxq)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs want
+            sweep_columns(*args)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            sweep_columns(*args)
+
+    def __call__(self, W1, S1, Z1, U1, keep1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, Err1) of the block; ``W1`` is updated in place as ``sweep_columns`` would."""
+        self.W1.copy_(W1)
+        self.S1.copy_(S1)
+        self.Z1.copy_(Z1)
+        self.U1.copy_(U1)
+        if keep1 is not None:
+            self.keep1.copy_(keep1)
+        self.graph.replay()
+        W1.copy_(self.W1)
+        return self.C1.clone(), self.Err1.clone()
+
+
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, tokens: int, grid: Grid, blocksize: int = 128,
                   damp: float = 0.01, act_order: bool = False, static_groups: bool = False,
-                  keep_zeros: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  keep_zeros: bool = False, graphs: dict | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(codes, scales, zeros, g_idx) of ``weight`` quantized by GPTQ; g_idx (column → group) only
-    where act-order formed the groups in another order. ``weight`` is left untouched."""
+    where act-order formed the groups in another order. ``weight`` is left untouched.
+    ``graphs``: on a GPU, full blocks replay a captured sweep (``GraphedSweep``), kept in this
+    dict by shape for the next linear of that shape (None: every block swept from Python)."""
     W = weight.float().clone()
     rows, cols = W.shape
     keep = W != 0 if keep_zeros else None
@@ -63,34 +126,46 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, tokens: int, grid: G
         keep = keep[:, order] if keep is not None else None
     U, dead = hessian_inverse_factor(gram, tokens, damp)
     W[:, dead] = 0
-    codes = torch.zeros_like(W)
-    column_group = torch.zeros(cols, dtype=torch.long, device=W.device)
+    # each column's group in sweep order (static groups keep the original column's)
+    column_group = (order if static is not None and order is not None else torch.arange(cols, device=W.device)) // group
+    group_of = column_group.tolist()  # read on the host, without a device sync per column
+    codes = torch.empty_like(W)
     scales, zeros = [], []
-    scale = zero = None
+    graphed = None
+    if graphs is not None and W.is_cuda and cols >= blocksize:
+        key = (rows, blocksize, U.dtype, keep is not None, grid.maxq, W.device)
+        graphed = graphs.get(key) or graphs.setdefault(key, GraphedSweep(*key))
+    S1, Z1, T = torch.empty(rows, blocksize, device=W.device), torch.empty(rows, blocksize, device=W.device), torch.empty(rows, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
+        width = i2 - i1
+        # every column's grid, before the block's sweep: a group starting inside the block is
+        # fitted on the columns as the earlier blocks' lazy updates left them (not this block's)
+        i = 0
+        while i < width:  # one run of columns sharing a grid at a time
             column = i1 + i
+            run = 1
+            while i + run < width and group_of[column + run] == group_of[column]:
+                run += 1
             if static is not None:
-                source = int(order[column]) if order is not None else column
-                scale, zero = static[source // group]
-                column_group[column] = source // group
-            else:
-                if column % group == 0:  # a new group: its grid from the columns as they are now
-                    scale, zero = minmax_grid(W[:, column:column + group], grid)
-                    scales.append(scale)
-                    zeros.append(zero)
-                column_group[column] = len(scales) - 1
-            w = W1[:, i]
-            q = torch.clamp(torch.round(w / scale) + zero, 0, grid.maxq)
-            if keep is not None:  # a pruned weight's code is the zero point: exactly 0
-                q = torch.where(keep[:, column], q, zero)
-            codes[:, column] = q
-            err = torch.div(w - scale * (q - zero), U1[i, i], out=Err1[:, i])
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # W[:, j] −= err · U[i, j], j ≥ i
+                scale, zero = static[group_of[column]]
+            elif column % group == 0:
+                scale, zero = minmax_grid(W[:, column:column + group], grid)
+                scales.append(scale)
+                zeros.append(zero)
+            else:  # a group begun in an earlier block
+                scale, zero = scales[-1], zeros[-1]
+            S1[:, i:i + run] = scale[:, None]
+            Z1[:, i:i + run] = zero[:, None]
+            i += run
+        W1 = W[:, i1:i2].clone()
+        U1 = U[i1:i2, i1:i2]
+        keep1 = keep[:, i1:i2] if keep is not None else None
+        if graphed is not None and width == blocksize:
+            codes[:, i1:i2], Err1 = graphed(W1, S1, Z1, U1, keep1)
+        else:
+            Err1 = torch.empty_like(W1)
+            sweep_columns(W1, S1[:, :width], Z1[:, :width], U1, keep1, codes[:, i1:i2], Err1, T, grid.maxq)
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     if static is not None:
         scales, zeros = [s for s, _ in static], [z for _, z in static]
@@ -112,7 +187,8 @@ class GPTQ(QuantizationMethod):
              "true_sequential": Knob(bool, False, "statistics of each sub-layer group after the earlier ones are quantized"),
              "blocksize": Knob(int, 128, "columns quantized and updated together (the reference's 128)"),
              "damp": Knob(float, 0.01, "dampening added to H's diagonal, as a fraction of its mean"),
-             "keep_zeros": Knob(bool, False, "weights zero before quantizing stay zero (after a pruning stage)")}
+             "keep_zeros": Knob(bool, False, "weights zero before quantizing stay zero (after a pruning stage)"),
+             "cuda_graph": Knob(bool, True, "on a GPU, replay each block of columns as one CUDA graph (same kernels, same codes)")}
     variant_knobs = ("act_order", "static_groups", "true_sequential", "damp")
 
     def compress(self, model, calibration, target):
@@ -120,6 +196,7 @@ class GPTQ(QuantizationMethod):
         options = {name: self.option(target, name) for name in self.knobs}
         report = CompressionReport(knobs=options)
         stats_s = quantize_s = 0.0
+        graphs = {}  # captured sweeps by shape, shared by every linear of that shape
         for block in calibration.sequential(model, desc="gptq"):
             roles = list(block.linears)
             stages = self.sequential_groups(model, roles) if options["true_sequential"] else [roles]
@@ -133,7 +210,8 @@ class GPTQ(QuantizationMethod):
                     s = stats[role]
                     codes, scales, zeros, g_idx = gptq_quantize(
                         linear.weight.data, s.gram, s.tokens, grid, options["blocksize"], float(options["damp"]),
-                        options["act_order"], options["static_groups"], options["keep_zeros"])
+                        options["act_order"], options["static_groups"], options["keep_zeros"],
+                        graphs if options["cuda_graph"] else None)
                     nonzeros = int(torch.count_nonzero(linear.weight))
                     model.replace_linear(block.module, role,
                                          quantized_linear(linear, codes, scales, zeros, grid, nonzeros, g_idx))
