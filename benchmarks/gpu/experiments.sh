@@ -25,8 +25,8 @@ sweep() {  # sweep NAME COMMITTED CONFIG: one sweep file, resumable (sweep_steps
 INT8="-o gptq.bits=8 -o gptq.group_size=-1 -o gptq.symmetric=true"
 for experiment in "$@"; do
   case $experiment in
-    kernels)  # the GPU tests of the low-bit kernels and the serving step, then 2 blocks of the 7B shape
-      python3 -m pytest -q -p no:cacheprovider tests/test_quant_kernels.py tests/test_fusion.py 2>&1 | tail -15
+    kernels)  # the GPU tests of the low-bit kernels, the serving step and GPTQ's graphed sweep, then 2 blocks of the 7B shape
+      python3 -m pytest -q -p no:cacheprovider tests/test_quant_kernels.py tests/test_fusion.py tests/test_quantization.py 2>&1 | tail -15
       # shellcheck disable=SC2086
       bench quant-check --methods dense,rtn,gptq $INT8 --layers 2 --phases decode@1x512,prefill@8x2048 --profile ;;
     shape7b)  # the 7B shape's int4 rows at every phase, beside dense
