@@ -45,7 +45,7 @@ case "${1:-}" in
       </dev/null >/dev/null 2>&1 &
     echo "started $name: $store/$name.log (its \$OUT: $store/out-$name)" ;;
   poll)  # poll NAME [LINES]: the job's last lines, whether it still runs, the GPU's load
-    grep -v "logging.cc\|^WARNING" "$store/$2.log" | tail -n "${3:-5}"
+    { grep -v "logging.cc\|^WARNING" "$store/$2.log" || true; } | tail -n "${3:-5}"  # an empty log is no error
     pgrep -f "$store/$2.log" >/dev/null && echo "($2 running)" || echo "($2 finished)"
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader ;;
   env)
