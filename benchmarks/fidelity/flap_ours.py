@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from reference_protocol import block_weight_counts, kept_units
 
 import baselines.flap.flap as flap_module
 import baselines.flap.wanda_sp as wanda_sp_module
@@ -63,35 +64,6 @@ def record_removed_units(modules: tuple[ModuleType, ...]) -> dict[int, tuple[lis
 
         module.remove_units = recording_remove_units
     return removed
-
-
-def kept_units(config, removed: dict[int, tuple[list[int], list[int]]]) -> tuple[list, list]:
-    """Kept query heads and MLP channels of every layer, from what was removed."""
-    heads_kept, mlp_kept = [], []
-    for layer in range(config.num_hidden_layers):
-        heads_removed, channels_removed = removed.get(layer, ([], []))
-        heads_kept.append([h for h in range(config.num_attention_heads) if h not in heads_removed])
-        channels_removed = set(channels_removed)
-        mlp_kept.append([c for c in range(config.intermediate_size) if c not in channels_removed])
-    return heads_kept, mlp_kept
-
-
-def layer_linear_weights(config, heads: list[int], channels: list[int]) -> int:
-    """q, k, v, o, gate, up, down weights of one block keeping ``heads`` and ``channels``; a KV
-    head stays while any query head of its group does."""
-    hidden = config.hidden_size
-    head_dim = hidden // config.num_attention_heads
-    heads_per_group = config.num_attention_heads // config.num_key_value_heads
-    groups = len({head // heads_per_group for head in heads})
-    return (2 * len(heads) + 2 * groups) * head_dim * hidden + 3 * len(channels) * hidden
-
-
-def block_weight_counts(config, heads_kept: list[list[int]], mlp_kept: list[list[int]]) -> dict:
-    all_heads, all_channels = list(range(config.num_attention_heads)), list(range(config.intermediate_size))
-    dense = config.num_hidden_layers * layer_linear_weights(config, all_heads, all_channels)
-    after = sum(layer_linear_weights(config, heads, channels) for heads, channels in zip(heads_kept, mlp_kept))
-    return {"block_linear_weights_after": after, "block_linear_weights_removed": dense - after,
-            "removed_fraction_of_block_linears": 1 - after / dense}
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from reference_protocol import (
     CALIBRATION_WINDOWS,
     SEED,
     TEST_WINDOWS,
+    block_weight_counts,
     import_reference,
     load_model,
     perplexity,
@@ -53,22 +54,16 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes the parameter counts need, from the model's config."""
+    """The sizes the whole-model count and the head check need, from the model's config."""
 
     layers: int
     heads: int
-    kv_heads: int
     hidden: int
-    intermediate: int
     vocab: int
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
-
-    @property
-    def heads_per_group(self) -> int:
-        return self.heads // self.kv_heads
 
 
 def parse_args() -> argparse.Namespace:
@@ -123,8 +118,7 @@ def reference_args(method: str, ratio: float, model_dir: Path) -> argparse.Names
 
 
 def model_shape(config) -> ModelShape:
-    return ModelShape(config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
-                      config.hidden_size, config.intermediate_size, config.vocab_size)
+    return ModelShape(config.num_hidden_layers, config.num_attention_heads, config.hidden_size, config.vocab_size)
 
 
 def add_zero_output_biases(model: nn.Module, hidden: int) -> None:
@@ -164,26 +158,16 @@ def run_reference_pruning(prune_module: ModuleType, args: argparse.Namespace, mo
     return seconds
 
 
-def layer_linear_weights(shape: ModelShape, heads: list[int], channels: list[int]) -> int:
-    """q, k, v, o, gate, up, down weights of one block keeping ``heads`` and ``channels``; a KV
-    head stays while any query head of its group does."""
-    groups = len({head // shape.heads_per_group for head in heads})
-    attention_rows = 2 * len(heads) + 2 * groups
-    return attention_rows * shape.head_dim * shape.hidden + 3 * len(channels) * shape.hidden
-
-
-def parameter_counts(shape: ModelShape, heads_kept: list[list[int]], mlp_kept: list[list[int]],
+def parameter_counts(config, shape: ModelShape, heads_kept: list[list[int]], mlp_kept: list[list[int]],
                      dense_params: int) -> dict:
     """Counts for the really-pruned equivalent of the masked model (``dense_params``: the dense
     model's, zero biases included)."""
-    dense = shape.layers * layer_linear_weights(shape, list(range(shape.heads)), list(range(shape.intermediate)))
-    after = sum(layer_linear_weights(shape, heads, channels) for heads, channels in zip(heads_kept, mlp_kept))
+    blocks = block_weight_counts(config, heads_kept, mlp_kept)
     biases_and_norms = shape.layers * 4 * shape.hidden  # o/down biases and the two norms of each block
     embedding_and_final_norm = shape.vocab * shape.hidden + shape.hidden  # the head is tied
-    return {"params_after_incl_zero_biases_as_main_py": after + biases_and_norms + embedding_and_final_norm,
-            "dense_params_with_zero_biases": dense_params,
-            "block_linear_weights_dense": dense, "block_linear_weights_after": after,
-            "block_linear_weights_removed": dense - after, "removed_fraction_of_block_linears": 1 - after / dense}
+    return {"params_after_incl_zero_biases_as_main_py":
+            blocks["block_linear_weights_after"] + biases_and_norms + embedding_and_final_norm,
+            "dense_params_with_zero_biases": dense_params, **blocks}
 
 
 def check_masked_heads(model: nn.Module, shape: ModelShape, heads_kept: list[list[int]]) -> None:
@@ -217,7 +201,7 @@ def main() -> None:
 
     out = {"method": cli.method, "ratio": cli.ratio, "exact_variance": cli.exact_variance,
            "prune_s": prune_seconds, "heads_kept": heads_kept, "mlp_kept": mlp_kept,
-           **parameter_counts(shape, heads_kept, mlp_kept, dense_params)}
+           **parameter_counts(model.config, shape, heads_kept, mlp_kept, dense_params)}
     check_masked_heads(model, shape, heads_kept)
     if cli.ppl:
         start = time.time()

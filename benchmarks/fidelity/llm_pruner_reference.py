@@ -50,7 +50,13 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from reference_protocol import TEST_WINDOWS, import_reference, load_model, perplexity
+from reference_protocol import (
+    TEST_WINDOWS,
+    block_weight_counts,
+    import_reference,
+    load_model,
+    perplexity,
+)
 from torch import nn
 
 # The reference's gradient examples: --num_examples windows of 64 tokens (its BookCorpus sampler's length).
@@ -197,24 +203,6 @@ def kept_units(model: nn.Module, dense: dict[str, torch.Tensor]) -> tuple[list, 
         heads_kept.append(heads)
         mlp_kept.append(channels)
     return heads_kept, mlp_kept
-
-
-def layer_linear_weights(config, heads: list[int], channels: list[int]) -> int:
-    """q, k, v, o, gate, up, down weights of one block keeping ``heads`` and ``channels``; a KV
-    head stays while any query head of its group does."""
-    hidden = config.hidden_size
-    head_dim = hidden // config.num_attention_heads
-    heads_per_group = config.num_attention_heads // config.num_key_value_heads
-    groups = len({head // heads_per_group for head in heads})
-    return (2 * len(heads) + 2 * groups) * head_dim * hidden + 3 * len(channels) * hidden
-
-
-def block_weight_counts(config, heads_kept: list[list[int]], mlp_kept: list[list[int]]) -> dict:
-    all_heads, all_channels = list(range(config.num_attention_heads)), list(range(config.intermediate_size))
-    dense = config.num_hidden_layers * layer_linear_weights(config, all_heads, all_channels)
-    after = sum(layer_linear_weights(config, heads, channels) for heads, channels in zip(heads_kept, mlp_kept))
-    return {"block_linear_weights_after": after, "block_linear_weights_removed": dense - after,
-            "removed_fraction_of_block_linears": 1 - after / dense}
 
 
 def main() -> None:
